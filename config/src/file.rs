@@ -1,0 +1,701 @@
+//! Raw configuration as parsed from TOML (and, with the same shapes, from etcd JSON), and its
+//! validation into the types of `model`.
+//!
+//! Raw types accept anything serde can read and refuse unknown fields; validation then checks
+//! every value and reports all problems at once, each with its origin and dotted field path.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use http::HeaderName;
+use serde::Deserialize;
+
+use crate::error::Errors;
+use crate::model::{
+    Backend, BackendUrl, DEFAULT_ADMIN, DEFAULT_ENTRYPOINT, DEFAULT_LISTEN, DesiredState, Entrypoint, HashOn,
+    HeaderMatch, HostPattern, Limits, MAX_WEIGHT, Match, PathMatch, Policy, Router, Scheme, Service,
+    StaticConfig, Timeouts,
+};
+use crate::{duration, rule};
+
+/// A whole config file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub entrypoints: BTreeMap<String, FileEntrypoint>,
+    pub admin: Option<FileAdmin>,
+    #[serde(default)]
+    pub routers: BTreeMap<String, FileRouter>,
+    #[serde(default)]
+    pub services: BTreeMap<String, FileService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntrypoint {
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    pub address: Option<String>,
+}
+
+/// A router as written. Either `rule` (Traefik-style expression) or the structured fields.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRouter {
+    pub entrypoints: Option<Vec<String>>,
+    pub rule: Option<String>,
+    pub hosts: Option<Vec<String>>,
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub query: Option<BTreeMap<String, String>>,
+    pub priority: Option<i64>,
+    pub strip_prefix: Option<bool>,
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileService {
+    #[serde(default)]
+    pub backends: Vec<FileBackend>,
+    pub policy: Option<String>,
+    pub hash_on: Option<String>,
+    pub timeouts: Option<FileTimeouts>,
+    pub limits: Option<FileLimits>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBackend {
+    pub url: String,
+    pub weight: Option<i64>,
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTimeouts {
+    pub connect: Option<String>,
+    pub response_header: Option<String>,
+    pub idle: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub max_connections_per_backend: Option<i64>,
+    pub max_idle_per_backend: Option<i64>,
+}
+
+/// The parts of a validated config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidatedFile {
+    pub static_config: StaticConfig,
+    pub state: DesiredState,
+}
+
+/// Parses TOML text. `origin` (usually the file path) prefixes every error.
+pub fn parse_toml(text: &str, origin: &str) -> Result<FileConfig, Errors> {
+    toml::from_str::<FileConfig>(text).map_err(|e| {
+        let mut errs = Errors::new();
+        let reason = e.message().trim().to_string();
+        let field = match e.span() {
+            Some(span) => {
+                let (line, col) = line_col(text, span.start);
+                format!("line {line}, column {col}")
+            }
+            None => String::new(),
+        };
+        errs.push(origin, field, reason);
+        errs
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Parses and validates a config file's text in one step.
+pub fn load(text: &str, origin: &str) -> Result<ValidatedFile, Errors> {
+    parse_toml(text, origin)?.validate(origin)
+}
+
+impl FileConfig {
+    pub fn validate(self, origin: &str) -> Result<ValidatedFile, Errors> {
+        let mut errs = Errors::new();
+
+        let mut entrypoints = Vec::new();
+        for (name, ep) in &self.entrypoints {
+            let field = format!("entrypoints.{name}");
+            check_name(&mut errs, origin, &field, name);
+            match ep.address.parse::<SocketAddr>() {
+                Ok(address) => entrypoints.push(Entrypoint {
+                    name: name.clone(),
+                    address,
+                }),
+                Err(_) => errs.push(
+                    origin,
+                    format!("{field}.address"),
+                    format!(
+                        "{:?} is not an IP:port address (e.g. \"0.0.0.0:8080\")",
+                        ep.address
+                    ),
+                ),
+            }
+        }
+        if entrypoints.is_empty()
+            && self.entrypoints.is_empty()
+            && let Ok(address) = DEFAULT_LISTEN.parse()
+        {
+            entrypoints.push(Entrypoint {
+                name: DEFAULT_ENTRYPOINT.into(),
+                address,
+            });
+        }
+        let admin_text = self
+            .admin
+            .as_ref()
+            .and_then(|a| a.address.as_deref())
+            .unwrap_or(DEFAULT_ADMIN);
+        let admin = match admin_text.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                errs.push(
+                    origin,
+                    "admin.address",
+                    format!("{admin_text:?} is not an IP:port address"),
+                );
+                StaticConfig::default().admin
+            }
+        };
+
+        let state = match validate_state(self.routers, self.services, origin) {
+            Ok(s) => s,
+            Err(e) => {
+                errs.extend(e);
+                DesiredState::default()
+            }
+        };
+        errs.into_result(ValidatedFile {
+            static_config: StaticConfig { entrypoints, admin },
+            state,
+        })
+    }
+}
+
+/// Validates routers and services together (a router must name a service that exists in the
+/// same input or, once merged, in another source; that cross-check happens at compile time).
+pub fn validate_state(
+    routers: BTreeMap<String, FileRouter>,
+    services: BTreeMap<String, FileService>,
+    origin: &str,
+) -> Result<DesiredState, Errors> {
+    let mut errs = Errors::new();
+    let mut state = DesiredState::default();
+    for (name, r) in routers {
+        let field = format!("routers.{name}");
+        if let Some(router) = validate_router(r, origin, &field, &name, &mut errs) {
+            state.routers.insert(name, router);
+        }
+    }
+    for (name, s) in services {
+        let field = format!("services.{name}");
+        if let Some(service) = validate_service(s, origin, &field, &name, &mut errs) {
+            state.services.insert(name, service);
+        }
+    }
+    errs.into_result(state)
+}
+
+/// Names of routers, services and entrypoints appear in metrics labels, URLs of the admin API
+/// and etcd keys, so they are kept to a safe alphabet.
+pub fn check_name(errs: &mut Errors, origin: &str, field: &str, name: &str) -> bool {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        errs.push(
+            origin,
+            field,
+            format!("name {name:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"),
+        );
+    }
+    ok
+}
+
+pub fn validate_router(
+    r: FileRouter,
+    origin: &str,
+    field: &str,
+    name: &str,
+    errs: &mut Errors,
+) -> Option<Router> {
+    let before = errs.0.len();
+    check_name(errs, origin, field, name);
+    let structured = r.hosts.is_some()
+        || r.path.is_some()
+        || r.path_prefix.is_some()
+        || r.methods.is_some()
+        || r.headers.is_some()
+        || r.query.is_some();
+    let mut matcher = Match::default();
+    if let Some(text) = &r.rule {
+        if structured {
+            errs.push(
+                origin,
+                format!("{field}.rule"),
+                "use either `rule` or the fields hosts/path/path_prefix/methods/headers/query, not both",
+            );
+        }
+        match rule::parse(text) {
+            Ok(m) => matcher = m,
+            Err(e) => errs.push(origin, format!("{field}.rule"), e),
+        }
+    } else {
+        for (i, h) in r.hosts.iter().flatten().enumerate() {
+            match parse_host_pattern(h) {
+                Ok(p) => matcher.hosts.push(p),
+                Err(e) => errs.push(origin, format!("{field}.hosts[{i}]"), e),
+            }
+        }
+        match (&r.path, &r.path_prefix) {
+            (Some(_), Some(_)) => errs.push(
+                origin,
+                format!("{field}.path"),
+                "set either `path` or `path_prefix`, not both",
+            ),
+            (Some(p), None) => match check_path(p) {
+                Ok(()) => matcher.path = Some(PathMatch::Exact(p.clone())),
+                Err(e) => errs.push(origin, format!("{field}.path"), e),
+            },
+            (None, Some(p)) => match check_path(p) {
+                Ok(()) => matcher.path = Some(PathMatch::Prefix(p.clone())),
+                Err(e) => errs.push(origin, format!("{field}.path_prefix"), e),
+            },
+            (None, None) => {}
+        }
+        for (i, m) in r.methods.iter().flatten().enumerate() {
+            match parse_method(m) {
+                Ok(m) => matcher.methods.push(m),
+                Err(e) => errs.push(origin, format!("{field}.methods[{i}]"), e),
+            }
+        }
+        for (k, v) in r.headers.iter().flatten() {
+            match parse_header_match(k, v) {
+                Ok(h) => matcher.headers.push(h),
+                Err(e) => errs.push(origin, format!("{field}.headers.{k}"), e),
+            }
+        }
+        for (k, v) in r.query.iter().flatten() {
+            if k.is_empty() {
+                errs.push(origin, format!("{field}.query"), "empty query parameter name");
+            } else {
+                matcher.query.push((k.clone(), v.clone()));
+            }
+        }
+    }
+    normalize_match(&mut matcher);
+
+    let priority = match r.priority {
+        None => 0,
+        Some(p) => match i32::try_from(p) {
+            Ok(p) => p,
+            Err(_) => {
+                errs.push(
+                    origin,
+                    format!("{field}.priority"),
+                    format!("{p} is out of range"),
+                );
+                0
+            }
+        },
+    };
+    let strip_prefix = r.strip_prefix.unwrap_or(false);
+    if strip_prefix && !matches!(matcher.path, Some(PathMatch::Prefix(_))) {
+        errs.push(
+            origin,
+            format!("{field}.strip_prefix"),
+            "strip_prefix needs a path prefix to strip",
+        );
+    }
+    let mut entrypoints = Vec::new();
+    for (i, ep) in r.entrypoints.iter().flatten().enumerate() {
+        if check_name(errs, origin, &format!("{field}.entrypoints[{i}]"), ep) {
+            entrypoints.push(ep.clone());
+        }
+    }
+    entrypoints.sort();
+    entrypoints.dedup();
+    let service = match r.service {
+        Some(s) => {
+            check_name(errs, origin, &format!("{field}.service"), &s);
+            s
+        }
+        None => {
+            errs.push(
+                origin,
+                format!("{field}.service"),
+                "missing: a router must name its service",
+            );
+            String::new()
+        }
+    };
+    (errs.0.len() == before).then_some(Router {
+        entrypoints,
+        matcher,
+        priority,
+        strip_prefix,
+        service,
+    })
+}
+
+/// Sorts and dedups every list so that the same meaning compares equal. A path prefix of `/`
+/// matches every request, so it is the same as no path condition and ranks like one.
+pub fn normalize_match(m: &mut Match) {
+    if matches!(&m.path, Some(PathMatch::Prefix(p)) if p == "/") {
+        m.path = None;
+    }
+    m.hosts.sort();
+    m.hosts.dedup();
+    m.methods.sort();
+    m.methods.dedup();
+    m.headers
+        .sort_by(|a, b| (a.name.as_str(), &a.value).cmp(&(b.name.as_str(), &b.value)));
+    m.headers.dedup();
+    m.query.sort();
+    m.query.dedup();
+}
+
+pub fn parse_host_pattern(text: &str) -> Result<HostPattern, String> {
+    let h = text.trim().trim_end_matches('.').to_ascii_lowercase();
+    let (wild, name) = match h.strip_prefix("*.") {
+        Some(rest) => (true, rest.to_string()),
+        None => (false, h.clone()),
+    };
+    if name.is_empty() {
+        return Err(format!("host {text:?} is empty"));
+    }
+    if name.contains('*') {
+        return Err(format!(
+            "host {text:?}: a wildcard is only allowed as a leading `*.`"
+        ));
+    }
+    let is_ipv6 = name.starts_with('[') && name.ends_with(']');
+    if !is_ipv6 && name.contains(':') {
+        return Err(format!(
+            "host {text:?} must not carry a port: hosts match without it"
+        ));
+    }
+    let ok = is_ipv6
+        || name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !ok {
+        return Err(format!("host {text:?} is not a valid host name"));
+    }
+    Ok(if wild {
+        HostPattern::Wildcard(name)
+    } else {
+        HostPattern::Exact(name)
+    })
+}
+
+pub fn check_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("path {p:?} must start with '/'"));
+    }
+    if p.bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'?' || b == b'#')
+    {
+        return Err(format!(
+            "path {p:?} must not contain spaces, control characters, '?' or '#'"
+        ));
+    }
+    Ok(())
+}
+
+pub fn parse_method(m: &str) -> Result<String, String> {
+    let up = m.trim().to_ascii_uppercase();
+    if up.is_empty() || http::Method::from_bytes(up.as_bytes()).is_err() {
+        return Err(format!("{m:?} is not an HTTP method"));
+    }
+    Ok(up)
+}
+
+pub fn parse_header_match(name: &str, value: &str) -> Result<HeaderMatch, String> {
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("{name:?} is not a valid header name"))?;
+    Ok(HeaderMatch {
+        name,
+        value: value.to_string(),
+    })
+}
+
+pub fn validate_service(
+    s: FileService,
+    origin: &str,
+    field: &str,
+    name: &str,
+    errs: &mut Errors,
+) -> Option<Service> {
+    let before = errs.0.len();
+    check_name(errs, origin, field, name);
+    let mut backends: Vec<Backend> = Vec::with_capacity(s.backends.len());
+    for (i, b) in s.backends.into_iter().enumerate() {
+        if let Some(b) = validate_backend(b, origin, &format!("{field}.backends[{i}]"), errs) {
+            if backends.iter().any(|x| x.url == b.url) {
+                errs.push(
+                    origin,
+                    format!("{field}.backends[{i}].url"),
+                    format!("{} is listed twice; use one entry with a weight", b.url),
+                );
+            } else {
+                backends.push(b);
+            }
+        }
+    }
+    let policy = parse_policy(s.policy.as_deref(), s.hash_on.as_deref(), origin, field, errs);
+    let timeouts = validate_timeouts(
+        s.timeouts.unwrap_or_default(),
+        origin,
+        &format!("{field}.timeouts"),
+        errs,
+    );
+    let limits = validate_limits(
+        s.limits.unwrap_or_default(),
+        origin,
+        &format!("{field}.limits"),
+        errs,
+    );
+    let mut service = Service::new(backends);
+    service.policy = policy;
+    service.timeouts = timeouts;
+    service.limits = limits;
+    (errs.0.len() == before).then_some(service)
+}
+
+pub fn validate_backend(b: FileBackend, origin: &str, field: &str, errs: &mut Errors) -> Option<Backend> {
+    let before = errs.0.len();
+    let url = match parse_backend_url(&b.url) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            errs.push(origin, format!("{field}.url"), e);
+            None
+        }
+    };
+    let weight = match b.weight {
+        None => 1,
+        Some(w) if (0..=i64::from(MAX_WEIGHT)).contains(&w) => w as u32,
+        Some(w) => {
+            errs.push(
+                origin,
+                format!("{field}.weight"),
+                format!("{w} is out of range 0..={MAX_WEIGHT}"),
+            );
+            0
+        }
+    };
+    let version = match b.version {
+        Some(v) => match check_version(&v) {
+            Ok(()) => Some(v),
+            Err(e) => {
+                errs.push(origin, format!("{field}.version"), e);
+                None
+            }
+        },
+        None => None,
+    };
+    match url {
+        Some(url) if errs.0.len() == before => Some(Backend { url, weight, version }),
+        _ => None,
+    }
+}
+
+pub fn check_version(v: &str) -> Result<(), String> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "version {v:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+/// `http://host[:port][/]`. The port defaults to 80.
+pub fn parse_backend_url(text: &str) -> Result<BackendUrl, String> {
+    let uri: http::Uri = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a URL"))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::Http,
+        Some(other) => return Err(format!("{text:?}: scheme {other:?} is not supported (use http)")),
+        None => return Err(format!("{text:?} needs a scheme, e.g. http://{text}")),
+    };
+    let authority = uri.authority().ok_or_else(|| format!("{text:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("{text:?}: credentials in backend URLs are not supported"));
+    }
+    match uri.path_and_query().map(|p| p.as_str()) {
+        None | Some("") | Some("/") => {}
+        Some(p) => {
+            return Err(format!(
+                "{text:?}: a backend URL cannot carry a path or query ({p:?})"
+            ));
+        }
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(format!("{text:?} has no host"));
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    if port == 0 {
+        return Err(format!("{text:?}: port 0 is not a port"));
+    }
+    Ok(BackendUrl { scheme, host, port })
+}
+
+fn parse_policy(
+    policy: Option<&str>,
+    hash_on: Option<&str>,
+    origin: &str,
+    field: &str,
+    errs: &mut Errors,
+) -> Policy {
+    let p = match policy.unwrap_or("round_robin") {
+        "round_robin" | "wrr" => Policy::RoundRobin,
+        "least_request" => Policy::LeastRequest,
+        "hash" => match hash_on {
+            Some(h) => match parse_hash_on(h) {
+                Ok(h) => return Policy::Hash(h),
+                Err(e) => {
+                    errs.push(origin, format!("{field}.hash_on"), e);
+                    return Policy::RoundRobin;
+                }
+            },
+            None => {
+                errs.push(
+                    origin,
+                    format!("{field}.hash_on"),
+                    "policy \"hash\" needs hash_on = \"header:NAME\", \"cookie:NAME\" or \"client_ip\"",
+                );
+                return Policy::RoundRobin;
+            }
+        },
+        other => {
+            errs.push(
+                origin,
+                format!("{field}.policy"),
+                format!("unknown policy {other:?} (use round_robin, least_request or hash)"),
+            );
+            Policy::RoundRobin
+        }
+    };
+    if hash_on.is_some() {
+        errs.push(
+            origin,
+            format!("{field}.hash_on"),
+            "hash_on only applies to policy = \"hash\"",
+        );
+    }
+    p
+}
+
+pub fn parse_hash_on(text: &str) -> Result<HashOn, String> {
+    let t = text.trim();
+    if t == "client_ip" {
+        return Ok(HashOn::ClientIp);
+    }
+    if let Some(h) = t.strip_prefix("header:") {
+        return HeaderName::from_bytes(h.trim().as_bytes())
+            .map(HashOn::Header)
+            .map_err(|_| format!("{h:?} is not a valid header name"));
+    }
+    if let Some(c) = t.strip_prefix("cookie:") {
+        let c = c.trim();
+        if c.is_empty() || c.bytes().any(|b| b.is_ascii_whitespace() || b"=;,".contains(&b)) {
+            return Err(format!("{c:?} is not a valid cookie name"));
+        }
+        return Ok(HashOn::Cookie(c.to_string()));
+    }
+    Err(format!(
+        "{t:?}: use \"header:NAME\", \"cookie:NAME\" or \"client_ip\""
+    ))
+}
+
+pub fn validate_timeouts(t: FileTimeouts, origin: &str, field: &str, errs: &mut Errors) -> Timeouts {
+    let mut out = Timeouts::default();
+    for (name, text, slot) in [
+        ("connect", &t.connect, &mut out.connect),
+        ("response_header", &t.response_header, &mut out.response_header),
+        ("idle", &t.idle, &mut out.idle),
+    ] {
+        if let Some(text) = text {
+            match duration::parse(text) {
+                Ok(d) if d.is_zero() => {
+                    errs.push(origin, format!("{field}.{name}"), "must be greater than zero")
+                }
+                Ok(d) => *slot = d,
+                Err(e) => errs.push(origin, format!("{field}.{name}"), e),
+            }
+        }
+    }
+    out
+}
+
+pub fn validate_limits(l: FileLimits, origin: &str, field: &str, errs: &mut Errors) -> Limits {
+    let mut out = Limits::default();
+    for (name, v, slot, min) in [
+        (
+            "max_connections_per_backend",
+            l.max_connections_per_backend,
+            &mut out.max_connections_per_backend,
+            1,
+        ),
+        (
+            "max_idle_per_backend",
+            l.max_idle_per_backend,
+            &mut out.max_idle_per_backend,
+            0,
+        ),
+    ] {
+        if let Some(v) = v {
+            match u32::try_from(v) {
+                Ok(n) if i64::from(n) >= min && n <= 1_000_000 => *slot = n,
+                _ => errs.push(
+                    origin,
+                    format!("{field}.{name}"),
+                    format!("{v} is out of range {min}..=1000000"),
+                ),
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

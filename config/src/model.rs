@@ -1,0 +1,306 @@
+//! Validated configuration: what Gantry should be doing, independent of where it was declared.
+//!
+//! Every type here is normalized (sorted, lowercased where case does not matter, defaults filled
+//! in) and implements `Eq`, so "did this change alter the meaning?" is a plain `==`. Values of
+//! these types only come out of validation (`file`, and later the Docker and etcd sources).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::Serialize;
+
+/// Settings read once at start-up: changing them needs a restart, as with Traefik's static
+/// configuration (sockets cannot be re-bound under live connections without surprises).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StaticConfig {
+    pub entrypoints: Vec<Entrypoint>,
+    pub admin: SocketAddr,
+}
+
+/// The name of the entrypoint `--listen` sets and that a config without entrypoints gets.
+pub const DEFAULT_ENTRYPOINT: &str = "web";
+/// Where the proxy listens when nothing says otherwise.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// The admin API listens on loopback unless told otherwise: it is never open to the world by
+/// default.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:8081";
+
+impl Default for StaticConfig {
+    fn default() -> Self {
+        Self {
+            entrypoints: vec![Entrypoint::new(DEFAULT_ENTRYPOINT, default_addr(DEFAULT_LISTEN))],
+            admin: default_addr(DEFAULT_ADMIN),
+        }
+    }
+}
+
+fn default_addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))
+}
+
+/// A listening socket that accepts client traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Entrypoint {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+impl Entrypoint {
+    pub fn new(name: &str, address: SocketAddr) -> Self {
+        Self {
+            name: name.to_string(),
+            address,
+        }
+    }
+}
+
+/// Everything that can change at run time: routers and the services they send traffic to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DesiredState {
+    pub routers: BTreeMap<String, Router>,
+    pub services: BTreeMap<String, Service>,
+}
+
+/// A rule that matches requests and names the service that handles them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Router {
+    /// Entrypoints this router is attached to; empty means all of them.
+    pub entrypoints: Vec<String>,
+    #[serde(rename = "match")]
+    pub matcher: Match,
+    /// Higher wins. Routers of equal priority are ordered by specificity (see `routing`).
+    pub priority: i32,
+    /// Remove the matched `PathPrefix` before forwarding (`/api/users` -> `/users`).
+    pub strip_prefix: bool,
+    pub service: String,
+}
+
+/// The conditions a request must meet, all of them (a conjunction). Each list is a disjunction:
+/// `hosts = ["a", "b"]` matches either host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Match {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostPattern>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<(String, String)>,
+}
+
+/// `example.com` (exact) or `*.example.com` (any name ending in `.example.com`, at any depth,
+/// as nginx does). Stored lowercase, without port or trailing dot.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HostPattern {
+    Exact(String),
+    /// The suffix after `*.`: `*.example.com` is stored as `example.com`.
+    Wildcard(String),
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(s) => write!(f, "*.{s}"),
+        }
+    }
+}
+
+impl Serialize for HostPattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathMatch {
+    /// The path equals this, byte for byte.
+    Exact(String),
+    /// The path starts with this string (as nginx, Traefik and Envoy do: `/api` also matches
+    /// `/apix`; write `/api/` to match a segment).
+    Prefix(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderMatch {
+    pub name: HeaderName,
+    pub value: String,
+}
+
+impl Serialize for HeaderMatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(self.name.as_str())?;
+        t.serialize_element(&self.value)?;
+        t.end()
+    }
+}
+
+/// A pool of backends behind one name, and how to spread traffic over them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Service {
+    /// Sorted by URL; URLs are unique within a service.
+    pub backends: Vec<Backend>,
+    pub policy: Policy,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+}
+
+impl Service {
+    pub fn new(backends: Vec<Backend>) -> Self {
+        let mut backends = backends;
+        backends.sort_by(|a, b| a.url.cmp(&b.url));
+        Self {
+            backends,
+            policy: Policy::RoundRobin,
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Backend {
+    pub url: BackendUrl,
+    /// Relative share of traffic; 0 takes the backend out of rotation without removing it.
+    pub weight: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// Weights are bounded so that sums never overflow and so that typos such as `weight = 10000000`
+/// are caught.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// Where a backend is reached. Only the origin: a path in a backend URL is refused, because
+/// proxies that silently drop or prepend it surprise people.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendUrl {
+    pub scheme: Scheme,
+    /// Lowercase host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+impl BackendUrl {
+    /// `host:port` as a connect target (IPv6 in brackets).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for BackendUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme.as_str(), self.authority())
+    }
+}
+
+impl Serialize for BackendUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// HTTP/1.1 over TCP.
+    Http,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+        }
+    }
+}
+
+/// How a service picks a backend for a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "policy", content = "hash_on")]
+pub enum Policy {
+    /// Smooth weighted round robin, as nginx does it: over any window the split follows the
+    /// weights, and a heavy backend's turns are spread out rather than bunched.
+    RoundRobin,
+    /// Power of two choices over in-flight requests and latency EWMA, divided by weight.
+    LeastRequest,
+    /// Consistent hashing (a ring with virtual nodes per weight) on the given key.
+    Hash(HashOn),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashOn {
+    Header(HeaderName),
+    Cookie(String),
+    ClientIp,
+}
+
+impl fmt::Display for HashOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashOn::Header(h) => write!(f, "header:{h}"),
+            HashOn::Cookie(c) => write!(f, "cookie:{c}"),
+            HashOn::ClientIp => f.write_str("client_ip"),
+        }
+    }
+}
+
+impl Serialize for HashOn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Timeouts {
+    /// TCP connect to a backend. Exceeding it is a 504.
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub connect: Duration,
+    /// From the request being sent to the backend's response head arriving. Exceeding it is a 504.
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub response_header: Duration,
+    /// How long an unused pooled connection to a backend is kept open.
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            response_header: Duration::from_secs(60),
+            idle: Duration::from_secs(90),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Open connections to one backend (pooled and busy). A request that finds no idle
+    /// connection while the limit is reached gets a fast 503 instead of piling up.
+    pub max_connections_per_backend: u32,
+    /// Idle keep-alive connections kept per backend.
+    pub max_idle_per_backend: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections_per_backend: 1024,
+            max_idle_per_backend: 128,
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Where routes come from. Each source turns its own events into a whole [`DesiredState`] of its
+//! own (or an error that says where it came from) and sends it to the [`Reconciler`], the only
+//! writer of the routing table, which merges the sources, compiles, and publishes through a
+//! [`Sink`].
+//!
+//! ```text
+//! file watcher / SIGHUP --\
+//! (docker events)  --------> Update -> Reconciler -> merge -> compile -> Sink::publish
+//! (etcd watch)     --/                     \-> errors -> Sink::rejected (last good table stays)
+//! ```
+
+pub mod file;
+pub mod reconcile;
+
+pub use file::{FileSource, FileWatch};
+pub use reconcile::{Outcome, Reconciler, Sink, SourceId, Update};

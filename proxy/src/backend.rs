@@ -1,0 +1,308 @@
+//! Per-backend state that outlives routing-table swaps: in-flight count, latency EWMA, the
+//! keep-alive pool of upstream connections. It is keyed by backend identity (service name and
+//! URL) in a [`BackendRegistry`]; a new snapshot picks up the existing state of every backend it
+//! still has, so a weight change or an unrelated route change resets nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use gantry_config::BackendUrl;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use prometheus::IntCounter;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::body::UpstreamBody;
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+
+/// How long a latency observation keeps its weight in the least-request score: after this long
+/// without a new sample, a slow backend's penalty has decayed by a factor of e, so a backend that
+/// recovered gets traffic again even when it got none for a while.
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+/// Weight of a new latency sample in the EWMA.
+const EWMA_ALPHA: f64 = 0.3;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub service: Arc<str>,
+    pub url: BackendUrl,
+}
+
+#[derive(Debug)]
+enum Target {
+    Addr(SocketAddr),
+    Name(String),
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+#[derive(Debug)]
+pub struct BackendState {
+    pub key: BackendKey,
+    /// The URL as text: the `backend` label of metrics and the admin API.
+    pub label: Arc<str>,
+    target: Target,
+    in_flight: AtomicU32,
+    /// Latency EWMA in nanoseconds (f64 bits), and when it was last updated.
+    ewma_ns: AtomicU64,
+    ewma_at_ns: AtomicU64,
+    /// Open upstream connections; shared with each connection's task, which decrements it when the
+    /// connection ends (the task must not hold the whole state: the pool would keep itself alive).
+    open: Arc<AtomicU32>,
+    idle: Mutex<Vec<Idle>>,
+    /// Set when the backend left the routing table: idle connections are closed and finished
+    /// exchanges do not return theirs to the pool.
+    retired: AtomicBool,
+    connect_errors: IntCounter,
+    connections_opened: IntCounter,
+}
+
+/// Process-wide monotonic epoch for timestamps stored in atomics.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn nanos_since_epoch(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_nanos() as u64
+}
+
+impl BackendState {
+    pub fn new(key: BackendKey, metrics: &Metrics) -> Self {
+        let label: Arc<str> = Arc::from(key.url.to_string());
+        let authority = key.url.authority();
+        let target = match authority.parse::<SocketAddr>() {
+            Ok(a) => Target::Addr(a),
+            Err(_) => Target::Name(authority),
+        };
+        let connect_errors = metrics.connect_errors.with_label_values(&[&key.service, &label]);
+        let connections_opened = metrics
+            .connections_opened
+            .with_label_values(&[&key.service, &label]);
+        Self {
+            key,
+            label,
+            target,
+            in_flight: AtomicU32::new(0),
+            ewma_ns: AtomicU64::new(0f64.to_bits()),
+            ewma_at_ns: AtomicU64::new(0),
+            open: Arc::new(AtomicU32::new(0)),
+            idle: Mutex::new(Vec::new()),
+            retired: AtomicBool::new(false),
+            connect_errors,
+            connections_opened,
+        }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn open_connections(&self) -> u32 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn idle_connections(&self) -> usize {
+        self.idle.lock().map_or(0, |i| i.len())
+    }
+
+    /// Counts a request against this backend until the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Records the time to a response head (or a failure's cost) for least-request.
+    pub fn observe_latency(&self, sample: Duration, now: Instant) {
+        let s = sample.as_nanos() as f64;
+        let old = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        let new = if old == 0.0 {
+            s
+        } else {
+            old + EWMA_ALPHA * (s - old)
+        };
+        self.ewma_ns.store(new.to_bits(), Ordering::Relaxed);
+        self.ewma_at_ns.store(nanos_since_epoch(now), Ordering::Relaxed);
+    }
+
+    /// The latency EWMA, decayed towards zero for the time since its last sample.
+    pub fn latency_ewma(&self, now: Instant) -> f64 {
+        let ewma = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        if ewma == 0.0 {
+            return 0.0;
+        }
+        let age = nanos_since_epoch(now).saturating_sub(self.ewma_at_ns.load(Ordering::Relaxed)) as f64;
+        ewma * (-age / EWMA_DECAY.as_nanos() as f64).exp()
+    }
+
+    /// Takes a pooled connection that is open, not expired, and ready for a request.
+    pub async fn take_idle(&self, idle_timeout: Duration) -> Option<SendRequest<UpstreamBody>> {
+        loop {
+            let candidate = {
+                let mut idle = self.idle.lock().ok()?;
+                idle.pop()?
+            };
+            if candidate.sender.is_closed() || candidate.since.elapsed() > idle_timeout {
+                continue; // dropping the sender closes the connection
+            }
+            let mut sender = candidate.sender;
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            // The previous exchange finished a moment ago; the connection task has not yet
+            // marked it ready. That takes one scheduling round, not a network round trip.
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(100), sender.ready()).await {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// Returns a connection whose last response was read to its end.
+    pub fn put_idle(&self, sender: SendRequest<UpstreamBody>, max_idle: usize) {
+        if sender.is_closed() || self.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < max_idle
+        {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes pooled connections unused for longer than `idle_timeout`.
+    pub fn evict_idle(&self, idle_timeout: Duration) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() <= idle_timeout);
+        }
+    }
+
+    /// Marks the backend as gone from the routing table and closes its idle connections.
+    /// Requests already in flight finish on their connections, which are then closed.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Opens a new HTTP/1.1 connection to the backend.
+    pub async fn connect(
+        &self,
+        connect_timeout: Duration,
+        max_connections: u32,
+    ) -> Result<SendRequest<UpstreamBody>, ProxyError> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= max_connections {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(ProxyError::ConnectionLimit);
+        }
+        match self.connect_inner(connect_timeout).await {
+            Ok(sender) => Ok(sender),
+            Err(e) => {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                if !matches!(e, ProxyError::Upstream(_)) {
+                    self.connect_errors.inc();
+                }
+                debug!(backend = %self.label, error = %e, "connect failed");
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect_inner(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<SendRequest<UpstreamBody>, ProxyError> {
+        let connecting = async {
+            match &self.target {
+                Target::Addr(a) => TcpStream::connect(*a).await,
+                Target::Name(n) => TcpStream::connect(n.as_str()).await,
+            }
+        };
+        let stream = match tokio::time::timeout(connect_timeout, connecting).await {
+            Err(_) => return Err(ProxyError::ConnectTimeout(connect_timeout)),
+            Ok(Err(e)) => return Err(ProxyError::Connect(e)),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ProxyError::Upstream)?;
+        self.connections_opened.inc();
+        let open = self.open.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(error = %e, "upstream connection ended with an error");
+            }
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+        Ok(sender)
+    }
+}
+
+/// Keeps a request counted as in flight on its backend while it lives.
+#[derive(Debug)]
+pub struct InFlight(Arc<BackendState>);
+
+impl InFlight {
+    pub fn backend(&self) -> &Arc<BackendState> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// All backends the routing table knows, by identity. Only the snapshot builder writes it.
+#[derive(Debug, Default)]
+pub struct BackendRegistry {
+    backends: Mutex<HashMap<BackendKey, Arc<BackendState>>>,
+}
+
+impl BackendRegistry {
+    /// The state of a backend, created on first sight.
+    pub fn resolve(&self, key: &BackendKey, metrics: &Metrics) -> Arc<BackendState> {
+        let mut map = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.clone())
+            .or_insert_with(|| Arc::new(BackendState::new(key.clone(), metrics)))
+            .clone()
+    }
+
+    /// Forgets (and retires) every backend not in `keep`; returns the ones it removed.
+    pub fn retain(&self, keep: &HashSet<BackendKey>) -> Vec<Arc<BackendState>> {
+        let mut map = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<BackendKey> = map.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+        gone.into_iter()
+            .filter_map(|k| map.remove(&k))
+            .inspect(|b| b.retire())
+            .collect()
+    }
+
+    pub fn all(&self) -> Vec<Arc<BackendState>> {
+        self.backends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}

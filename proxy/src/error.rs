@@ -1,0 +1,168 @@
+//! Every way a proxied request can fail, and the one place where a failure becomes a status code
+//! and a short plain-text body that says which failure it was.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::ResponseBody;
+
+#[derive(Debug)]
+pub enum ProxyError {
+    /// An HTTP/1.1 request without a Host header (RFC 9112 section 3.2 says 400).
+    MissingHost,
+    /// No router matches the request.
+    NoRoute,
+    /// The service has no backend that can take the request (none configured, all weight 0).
+    NoBackend,
+    /// The backend is at its connection limit and has no idle connection.
+    ConnectionLimit,
+    /// TCP connect did not complete in time.
+    ConnectTimeout(Duration),
+    /// TCP connect failed (refused, unreachable, reset).
+    Connect(io::Error),
+    /// The backend took the request but sent no response head in time.
+    ResponseTimeout(Duration),
+    /// The backend connection failed after the request was handed to it (reset, closed early,
+    /// invalid response).
+    Upstream(hyper::Error),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::MissingHost => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoBackend | ProxyError::ConnectionLimit => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectTimeout(_) | ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// A short machine-friendly name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::MissingHost => "missing_host",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::NoBackend => "no_backend",
+            ProxyError::ConnectionLimit => "connection_limit",
+            ProxyError::ConnectTimeout(_) => "connect_timeout",
+            ProxyError::Connect(e) if e.kind() == io::ErrorKind::ConnectionRefused => "connect_refused",
+            ProxyError::Connect(_) => "connect_failed",
+            ProxyError::ResponseTimeout(_) => "response_timeout",
+            ProxyError::Upstream(_) => "upstream_failed",
+        }
+    }
+
+    /// The body a client sees: what happened, in one line, without internal addresses.
+    pub fn message(&self) -> String {
+        match self {
+            ProxyError::MissingHost => "400 bad request: missing Host header\n".into(),
+            ProxyError::NoRoute => "404 not found: no route matches this request\n".into(),
+            ProxyError::NoBackend => "503 service unavailable: no backend available\n".into(),
+            ProxyError::ConnectionLimit => {
+                "503 service unavailable: backend connection limit reached\n".into()
+            }
+            ProxyError::ConnectTimeout(d) => {
+                format!(
+                    "504 gateway timeout: connecting to the backend took longer than {}\n",
+                    fmt_d(*d)
+                )
+            }
+            ProxyError::Connect(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                "502 bad gateway: backend refused the connection\n".into()
+            }
+            ProxyError::Connect(_) => "502 bad gateway: could not connect to the backend\n".into(),
+            ProxyError::ResponseTimeout(d) => {
+                format!(
+                    "504 gateway timeout: backend did not answer within {}\n",
+                    fmt_d(*d)
+                )
+            }
+            ProxyError::Upstream(e) if e.is_timeout() => "504 gateway timeout: backend timed out\n".into(),
+            ProxyError::Upstream(e) if e.is_incomplete_message() || e.is_canceled() => {
+                "502 bad gateway: backend closed the connection before answering\n".into()
+            }
+            ProxyError::Upstream(e) if e.is_parse() => {
+                "502 bad gateway: backend sent an invalid response\n".into()
+            }
+            ProxyError::Upstream(_) => "502 bad gateway: backend connection failed\n".into(),
+        }
+    }
+
+    /// True when the failure happened before any byte of the request reached a backend, so the
+    /// request may safely go to another backend.
+    pub fn is_before_send(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::ConnectTimeout(_) | ProxyError::Connect(_) | ProxyError::ConnectionLimit
+        )
+    }
+}
+
+fn fmt_d(d: Duration) -> String {
+    gantry_config::duration::format(d)
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProxyError::Connect(e) => write!(f, "{}: {e}", self.kind()),
+            ProxyError::Upstream(e) => write!(f, "{}: {e}", self.kind()),
+            _ => f.write_str(self.kind()),
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+/// The response for a failed request.
+pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(err.message())));
+    *resp.status_mut() = err.status();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if matches!(err, ProxyError::MissingHost) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_maps_to_its_status_and_says_which() {
+        let refused = ProxyError::Connect(io::Error::from(io::ErrorKind::ConnectionRefused));
+        let cases = [
+            (ProxyError::NoRoute, 404, "no route"),
+            (ProxyError::NoBackend, 503, "no backend available"),
+            (ProxyError::ConnectionLimit, 503, "connection limit"),
+            (refused, 502, "refused"),
+            (
+                ProxyError::ConnectTimeout(Duration::from_secs(5)),
+                504,
+                "connecting to the backend took longer than 5s",
+            ),
+            (
+                ProxyError::ResponseTimeout(Duration::from_millis(1500)),
+                504,
+                "did not answer within 1500ms",
+            ),
+            (ProxyError::MissingHost, 400, "missing Host"),
+        ];
+        for (err, status, text) in cases {
+            let resp = error_response(&err);
+            assert_eq!(resp.status().as_u16(), status, "{err}");
+            assert!(err.message().contains(text), "{:?} lacks {text:?}", err.message());
+            assert!(err.message().starts_with(&status.to_string()));
+        }
+    }
+}

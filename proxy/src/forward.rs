@@ -1,0 +1,342 @@
+//! The request path: route, pick, rewrite, send, and hand the response back while streaming.
+
+use std::time::Instant;
+
+use gantry_config::routing::{RequestView, normalize_host};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use tracing::debug;
+
+use crate::Proxy;
+use crate::backend::BackendState;
+use crate::body::{Lease, ResponseBody, UpstreamBody};
+use crate::error::{ProxyError, error_response};
+use crate::server::ConnInfo;
+use crate::snapshot::{PickContext, ServiceRuntime};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+impl Proxy {
+    /// Serves one client request. Never fails: every error becomes a response here.
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+        let start = Instant::now();
+        let snap = self.store.load();
+        let request_id = match req.headers().get(&X_REQUEST_ID) {
+            Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
+            _ => {
+                let id = new_request_id();
+                req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+                id
+            }
+        };
+
+        // The Host header, or the :authority of an HTTP/2 request.
+        let host_value = match req.headers().get(header::HOST) {
+            Some(h) => Some(h.clone()),
+            None => req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        if host_value.is_none() && req.version() == Version::HTTP_11 {
+            return self.fail(&ProxyError::MissingHost, request_id);
+        }
+        let host_text = host_value.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+        let host = normalize_host(host_text);
+        let view = RequestView {
+            host: &host,
+            path: req.uri().path(),
+            method: req.method(),
+            headers: req.headers(),
+            query: req.uri().query(),
+        };
+        let Some((route_idx, route)) = snap.table.lookup(conn.entrypoint, &view) else {
+            self.no_route.inc(404);
+            return self.fail(&ProxyError::NoRoute, request_id);
+        };
+        let service = &snap.services[route.service];
+        let route_rt = &snap.routes[route_idx];
+
+        let picked = service.pick(&PickContext {
+            headers: req.headers(),
+            client_ip: conn.client_ip,
+            now: start,
+        });
+        let Some(backend_idx) = picked else {
+            route_rt.no_backend.inc(503);
+            route_rt.histogram.observe(start.elapsed().as_secs_f64());
+            return self.fail(&ProxyError::NoBackend, request_id);
+        };
+        let backend = &service.backends[backend_idx];
+        let in_flight = backend.begin();
+
+        let strip = if route.strip_prefix {
+            match &route.matcher.path {
+                Some(gantry_config::PathMatch::Prefix(p)) => Some(p.as_str()),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let upstream_req = rewrite(req, conn, host_value, strip);
+
+        let result = send(backend, service, upstream_req).await;
+        let counters = route_rt.counters(&self.metrics, &route.name, service, backend_idx);
+        let elapsed = start.elapsed();
+        route_rt.histogram.observe(elapsed.as_secs_f64());
+        match result {
+            Ok((resp, sender)) => {
+                backend.observe_latency(elapsed, start + elapsed);
+                counters.inc(resp.status().as_u16());
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                parts.headers.entry(X_REQUEST_ID.clone()).or_insert(request_id);
+                let lease = Lease {
+                    in_flight,
+                    sender: Some(sender),
+                    max_idle: service.spec.limits.max_idle_per_backend as usize,
+                };
+                Response::from_parts(parts, ResponseBody::upstream(body, lease))
+            }
+            Err(err) => {
+                // A failure costs a backend as much as its timeout in the least-request score.
+                backend.observe_latency(service.spec.timeouts.connect.max(elapsed), start + elapsed);
+                counters.inc(err.status().as_u16());
+                debug!(route = %route.name, backend = %backend.label, error = %err, "request failed");
+                drop(in_flight);
+                self.fail(&err, request_id)
+            }
+        }
+    }
+
+    fn fail(&self, err: &ProxyError, request_id: HeaderValue) -> Response<ResponseBody> {
+        let mut resp = error_response(err);
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+        resp
+    }
+}
+
+/// Sends the request on a pooled connection, or a new one. A pooled connection that turns out to
+/// be closed before the request was written is replaced by a fresh one, once; a request that was
+/// written is never sent again.
+async fn send(
+    backend: &BackendState,
+    service: &ServiceRuntime,
+    mut req: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, SendRequest<UpstreamBody>), ProxyError> {
+    let t = &service.spec.timeouts;
+    loop {
+        let (mut sender, fresh) = match backend.take_idle(t.idle).await {
+            Some(s) => (s, false),
+            None => (
+                backend
+                    .connect(t.connect, service.spec.limits.max_connections_per_backend)
+                    .await?,
+                true,
+            ),
+        };
+        match tokio::time::timeout(t.response_header, sender.try_send_request(req)).await {
+            Err(_) => return Err(ProxyError::ResponseTimeout(t.response_header)),
+            Ok(Ok(resp)) => return Ok((resp, sender)),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(unsent) if !fresh => {
+                    debug!(backend = %backend.label, "pooled connection was closed; retrying on a new one");
+                    req = unsent;
+                }
+                _ => return Err(ProxyError::Upstream(e.into_error())),
+            },
+        }
+    }
+}
+
+/// Turns a client request into the request for the backend: origin-form URI (prefix stripped if
+/// asked), HTTP/1.1, hop-by-hop headers removed, `X-Forwarded-*` set.
+fn rewrite(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    host: Option<HeaderValue>,
+    strip_prefix: Option<&str>,
+) -> Request<UpstreamBody> {
+    let (mut parts, body) = req.into_parts();
+    let needs_new_uri = parts.uri.scheme().is_some() || strip_prefix.is_some();
+    if needs_new_uri {
+        parts.uri = origin_form(&parts.uri, strip_prefix);
+    }
+    parts.version = Version::HTTP_11;
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h);
+    h.remove(header::EXPECT);
+    if let Some(host) = &host {
+        if !h.contains_key(header::HOST) {
+            h.insert(header::HOST, host.clone());
+        }
+        h.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+    append_forwarded_for(h, &conn.client_ip_header);
+    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.proto));
+    if let Some(p) = strip_prefix
+        && let Ok(v) = HeaderValue::from_str(p)
+    {
+        h.insert(X_FORWARDED_PREFIX.clone(), v);
+    }
+    Request::from_parts(parts, UpstreamBody::Incoming(body))
+}
+
+fn origin_form(uri: &Uri, strip_prefix: Option<&str>) -> Uri {
+    let path = uri.path();
+    let path = match strip_prefix.and_then(|p| path.strip_prefix(p)) {
+        Some("") => "/",
+        Some(rest) if rest.starts_with('/') => rest,
+        Some(rest) => return build_uri(&format!("/{rest}"), uri.query()),
+        None => path,
+    };
+    build_uri(path, uri.query())
+}
+
+fn build_uri(path: &str, query: Option<&str>) -> Uri {
+    let text = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    text.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+fn append_forwarded_for(h: &mut HeaderMap, client: &HeaderValue) {
+    let mut existing = h.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if existing.peek().is_none() {
+        h.insert(X_FORWARDED_FOR.clone(), client.clone());
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::with_capacity(64);
+    for v in existing {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    joined.extend_from_slice(b", ");
+    joined.extend_from_slice(client.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// Removes the headers that describe one connection, not the message (RFC 9110 section 7.6.1):
+/// the fixed list and every header the `Connection` header names. `TE: trailers` is kept, since
+/// it is the one value with end-to-end meaning (gRPC needs it).
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            if n != header::TE {
+                h.remove(n);
+            }
+        }
+        h.remove(header::CONNECTION);
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::PROXY_AUTHENTICATE);
+    h.remove(header::PROXY_AUTHORIZATION);
+    h.remove(header::TRAILER);
+    h.remove(header::TRANSFER_ENCODING);
+    h.remove(header::UPGRADE);
+    if let Some(te) = h.get(header::TE) {
+        if te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            return;
+        }
+        h.remove(header::TE);
+    }
+}
+
+/// 128 random bits as 32 lowercase hex digits.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut x = fastrand::u128(..);
+    let mut buf = [0u8; 32];
+    for b in buf.iter_mut() {
+        *b = HEX[(x & 0xf) as usize];
+        x >>= 4;
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_including_those_connection_names() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, X-Secret, te"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("x-kept", "yes"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_static(v),
+            );
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["te", "x-kept"]);
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let client = HeaderValue::from_static("10.1.1.1");
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, &client);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.1.1.1");
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR.clone(), HeaderValue::from_static("1.1.1.1"));
+        h.append(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
+        );
+        append_forwarded_for(&mut h, &client);
+        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.1.1");
+    }
+
+    #[test]
+    fn prefix_stripping_keeps_a_rooted_path_and_the_query() {
+        let u: Uri = "/api/users?x=1".parse().unwrap();
+        assert_eq!(origin_form(&u, Some("/api")), "/users?x=1");
+        assert_eq!(origin_form(&"/api".parse().unwrap(), Some("/api")), "/");
+        assert_eq!(origin_form(&"/apix".parse().unwrap(), Some("/api")), "/x");
+        assert_eq!(origin_form(&"http://h/a?b".parse().unwrap(), None), "/a?b");
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_and_differ() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.to_str().unwrap().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,223 @@
+//! Gantry's data plane.
+//!
+//! The request path only ever reads: it loads one [`Snapshot`] from the store and uses it from
+//! start to finish. The control plane (the root crate's reconciler) calls [`Proxy::publish`] with
+//! a compiled routing table; the new snapshot is built here, off the request path, reusing the
+//! state of every backend that is still there, and swapped in with one store.
+//!
+//! This crate never imports `gantry-discovery`: where routes come from is not its business.
+
+pub mod backend;
+pub mod balance;
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod metrics;
+pub mod server;
+pub mod snapshot;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry_config::{RoutingTable, Store};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounter, IntGaugeVec, Opts, Registry};
+use tokio_util::sync::CancellationToken;
+
+pub use backend::{BackendKey, BackendRegistry, BackendState};
+pub use error::ProxyError;
+pub use server::{ServerConfig, serve};
+pub use snapshot::Snapshot;
+
+use metrics::{ClassCounters, Metrics};
+
+/// Shared state of the data plane: the snapshot store, backend state, metrics.
+#[derive(Debug)]
+pub struct Proxy {
+    store: Store<Snapshot>,
+    registry: Arc<BackendRegistry>,
+    metrics: Metrics,
+    no_route: ClassCounters,
+    refused_connections: IntCounter,
+    entrypoints: Vec<String>,
+}
+
+impl Proxy {
+    /// A proxy with an empty routing table (every request gets 404 until the first publish).
+    pub fn new(entrypoints: Vec<String>, registry: &Registry) -> Result<Arc<Self>, prometheus::Error> {
+        let metrics = Metrics::new(registry)?;
+        let backends = Arc::new(BackendRegistry::default());
+        registry.register(Box::new(BackendGauges::new(backends.clone())?))?;
+        let refused_connections = server::refused_counter(registry)?;
+        let no_route = metrics.class_counters("", "", "");
+        let empty = Arc::new(RoutingTable::empty(&entrypoints));
+        Ok(Arc::new(Self {
+            store: Store::new(Snapshot::empty(empty)),
+            registry: backends,
+            metrics,
+            no_route,
+            refused_connections,
+            entrypoints,
+        }))
+    }
+
+    /// Builds a snapshot for `table` and makes it live. Returns its generation.
+    ///
+    /// Backends that are no longer in any service are retired: their idle connections close,
+    /// requests in flight on them finish, and their metric series are dropped.
+    pub fn publish(&self, table: Arc<RoutingTable>) -> u64 {
+        let mut keep = HashSet::new();
+        for (name, svc) in table.services() {
+            for b in &svc.backends {
+                keep.insert(BackendKey {
+                    service: name.clone(),
+                    url: b.url.clone(),
+                });
+            }
+        }
+        let mut previous_routes: Vec<(Arc<str>, Arc<str>)> = Vec::new();
+        let generation = self.store.publish(|generation, previous| {
+            previous_routes = previous
+                .table
+                .routes()
+                .iter()
+                .map(|r| (r.name.clone(), previous.table.services()[r.service].0.clone()))
+                .collect();
+            Snapshot::build(generation, table.clone(), &self.registry, &self.metrics)
+        });
+        // Metric series of what disappeared.
+        let current: HashSet<(&str, &str)> = table
+            .routes()
+            .iter()
+            .map(|r| (&*r.name, &*table.services()[r.service].0))
+            .collect();
+        let mut routers_of_service: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (r, s) in &previous_routes {
+            routers_of_service.entry(s).or_default().push(r);
+            if !current.contains(&(&**r, &**s)) {
+                self.metrics.forget_route(r, s);
+            }
+        }
+        for gone in self.registry.retain(&keep) {
+            let routers = routers_of_service
+                .get(&*gone.key.service)
+                .cloned()
+                .unwrap_or_default();
+            self.metrics
+                .forget_backend(&routers, &gone.key.service, &gone.label);
+        }
+        generation
+    }
+
+    /// The live snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.store.load()
+    }
+
+    pub fn entrypoints(&self) -> &[String] {
+        &self.entrypoints
+    }
+
+    pub fn entrypoint_name(&self, i: usize) -> &str {
+        self.entrypoints.get(i).map_or("", String::as_str)
+    }
+
+    pub fn backends(&self) -> Vec<Arc<BackendState>> {
+        self.registry.all()
+    }
+
+    /// Background upkeep: closes pooled connections past their idle timeout, so that idle
+    /// upstream connections go away without waiting for the next request.
+    pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let snap = self.snapshot();
+            for svc in &snap.services {
+                for b in &svc.backends {
+                    b.evict_idle(svc.spec.timeouts.idle);
+                }
+            }
+        }
+    }
+}
+
+/// Exposes per-backend gauges read at scrape time, so the request path pays nothing for them.
+struct BackendGauges {
+    registry: Arc<BackendRegistry>,
+    in_flight: IntGaugeVec,
+    open: IntGaugeVec,
+    idle: IntGaugeVec,
+}
+
+impl BackendGauges {
+    fn new(registry: Arc<BackendRegistry>) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            registry,
+            in_flight: IntGaugeVec::new(
+                Opts::new(
+                    "gantry_backend_requests_in_flight",
+                    "Requests in flight on each backend.",
+                ),
+                &["service", "backend"],
+            )?,
+            open: IntGaugeVec::new(
+                Opts::new(
+                    "gantry_backend_connections_open",
+                    "Open connections to each backend.",
+                ),
+                &["service", "backend"],
+            )?,
+            idle: IntGaugeVec::new(
+                Opts::new(
+                    "gantry_backend_connections_idle",
+                    "Idle pooled connections to each backend.",
+                ),
+                &["service", "backend"],
+            )?,
+        })
+    }
+}
+
+impl std::fmt::Debug for BackendGauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendGauges")
+    }
+}
+
+impl Collector for BackendGauges {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut d = self.in_flight.desc();
+        d.extend(self.open.desc());
+        d.extend(self.idle.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.in_flight.reset();
+        self.open.reset();
+        self.idle.reset();
+        for b in self.registry.all() {
+            let labels = [&*b.key.service, &*b.label];
+            self.in_flight
+                .with_label_values(&labels)
+                .set(i64::from(b.in_flight()));
+            self.open
+                .with_label_values(&labels)
+                .set(i64::from(b.open_connections()));
+            self.idle
+                .with_label_values(&labels)
+                .set(b.idle_connections() as i64);
+        }
+        let mut out = self.in_flight.collect();
+        out.extend(self.open.collect());
+        out.extend(self.idle.collect());
+        out
+    }
+}

@@ -1,0 +1,255 @@
+//! Gantry: wires sources -> reconciler -> snapshot store -> proxy, plus the admin API.
+//!
+//! [`start`] binds every listener, makes the first routing table live, and returns a
+//! [`Running`] handle; `main.rs` and the integration tests both drive Gantry through it.
+
+pub mod admin;
+pub mod demo;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry_config::model::DEFAULT_ENTRYPOINT;
+use gantry_config::{DesiredState, Entrypoint, Errors, RoutingTable, StaticConfig};
+use gantry_discovery::{FileSource, Outcome, Reconciler, SourceId, Update};
+use gantry_proxy::{Proxy, ServerConfig};
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin::Admin;
+use crate::status::Status;
+
+/// How to start Gantry.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// The config file, watched for changes.
+    pub config: Option<PathBuf>,
+    /// A config given as values instead of a file (the demo's embedded config).
+    pub embedded: Option<(StaticConfig, DesiredState)>,
+    /// Sets the address of entrypoint `web` (created if the config has no such entrypoint).
+    pub listen: Option<SocketAddr>,
+    /// Overrides the admin address.
+    pub admin: Option<SocketAddr>,
+    /// Listener limits and timeouts.
+    pub server: ServerConfig,
+    /// How long in-flight requests may take to finish after shutdown begins.
+    pub drain_timeout: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub enum StartError {
+    Config(Errors),
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    Metrics(prometheus::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "invalid configuration:\n{e}"),
+            StartError::Bind { what, addr, error } => write!(f, "cannot listen on {addr} ({what}): {error}"),
+            StartError::Metrics(e) => write!(f, "metrics registry: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running Gantry.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound address of every entrypoint, in entrypoint order.
+    pub entrypoints: Vec<(String, SocketAddr)>,
+    pub admin_addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    pub status: Arc<Status>,
+    reload: Arc<Notify>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+    drain_timeout: Duration,
+}
+
+impl Running {
+    /// The address of the first entrypoint.
+    pub fn addr(&self) -> SocketAddr {
+        self.entrypoints[0].1
+    }
+
+    /// Re-reads the config file now (what SIGHUP does).
+    pub fn reload(&self) {
+        self.reload.notify_one();
+    }
+
+    /// The generation of the live routing table.
+    pub fn generation(&self) -> u64 {
+        self.proxy.snapshot().generation
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the drain timeout) and returns.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.drain_timeout, drain).await.is_err() {
+            warn!("drain deadline reached; closing the remaining connections");
+            self.tasks.abort_all();
+        }
+    }
+
+    /// A token that stops this instance when cancelled (for signal handlers).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Reads, validates and compiles a config file without starting anything (`gantry check`).
+pub fn check(path: &std::path::Path) -> Result<(StaticConfig, RoutingTable), Errors> {
+    let source = FileSource::new(path);
+    let v = source.read()?;
+    let names: Vec<String> = v
+        .static_config
+        .entrypoints
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    let origin = source.origin();
+    let table = RoutingTable::compile(Arc::new(v.state), &names, &|_| origin.clone())?;
+    Ok((v.static_config, table))
+}
+
+pub async fn start(opts: Options) -> Result<Running, StartError> {
+    // 1. The configuration at start: invalid means do not start.
+    let file = opts.config.clone().map(FileSource::new);
+    // Watch before the first read: a change made from here on is seen.
+    let watch = file.clone().map(FileSource::watch);
+    let (mut static_config, initial) = match (&file, &opts.embedded) {
+        (Some(f), _) => {
+            let v = f.read().map_err(StartError::Config)?;
+            (v.static_config, v.state)
+        }
+        (None, Some((s, d))) => (s.clone(), d.clone()),
+        (None, None) => (StaticConfig::default(), DesiredState::default()),
+    };
+    let started_with = static_config.clone();
+    if let Some(listen) = opts.listen {
+        match static_config
+            .entrypoints
+            .iter_mut()
+            .find(|e| e.name == DEFAULT_ENTRYPOINT)
+        {
+            Some(e) => e.address = listen,
+            None => static_config
+                .entrypoints
+                .push(Entrypoint::new(DEFAULT_ENTRYPOINT, listen)),
+        }
+    }
+    if let Some(admin) = opts.admin {
+        static_config.admin = admin;
+    }
+    let names: Vec<String> = static_config.entrypoints.iter().map(|e| e.name.clone()).collect();
+
+    // 2. Sockets, before anything reports ready.
+    let mut listeners = Vec::new();
+    for ep in &static_config.entrypoints {
+        let l = TcpListener::bind(ep.address)
+            .await
+            .map_err(|error| StartError::Bind {
+                what: format!("entrypoint {}", ep.name),
+                addr: ep.address,
+                error,
+            })?;
+        listeners.push((ep.name.clone(), l));
+    }
+    let admin_listener = TcpListener::bind(static_config.admin)
+        .await
+        .map_err(|error| StartError::Bind {
+            what: "admin".into(),
+            addr: static_config.admin,
+            error,
+        })?;
+    if !static_config.admin.ip().is_loopback() {
+        warn!(addr = %static_config.admin, "the admin API listens on a non-loopback address");
+    }
+
+    // 3. Data plane and control plane; the first table is live before `start` returns.
+    let registry = Registry::new();
+    let proxy = Proxy::new(names.clone(), &registry).map_err(StartError::Metrics)?;
+    let status = Arc::new(Status::new(proxy.clone(), &registry).map_err(StartError::Metrics)?);
+    let mut reconciler = Reconciler::new(names, status.clone());
+    let origin = file
+        .as_ref()
+        .map_or_else(|| "embedded config".to_string(), FileSource::origin);
+    let first = Update {
+        source: SourceId::File,
+        origin,
+        result: Ok(initial),
+    };
+    if reconciler.apply(first) == Outcome::Rejected {
+        let last = status.snapshot().last_error.map(|e| e.errors).unwrap_or_default();
+        return Err(StartError::Config(last));
+    }
+
+    let shutdown = CancellationToken::new();
+    let reload = Arc::new(Notify::new());
+    let mut tasks = JoinSet::new();
+    let (updates_tx, updates_rx) = mpsc::channel::<Update>(64);
+    // The reconciler ends when every source has ended; it is not part of the drain.
+    tokio::spawn(reconciler.run(updates_rx));
+    if let Some(w) = watch {
+        tokio::spawn(w.run(started_with, updates_tx, reload.clone(), shutdown.clone()));
+    } else {
+        drop(updates_tx);
+    }
+
+    let mut entrypoints = Vec::new();
+    for (i, (name, l)) in listeners.into_iter().enumerate() {
+        let addr = l.local_addr().map_err(|error| StartError::Bind {
+            what: format!("entrypoint {name}"),
+            addr: static_config.entrypoints[i].address,
+            error,
+        })?;
+        info!(entrypoint = %name, %addr, "proxy listening");
+        entrypoints.push((name, addr));
+        tasks.spawn(gantry_proxy::serve(
+            proxy.clone(),
+            l,
+            i,
+            opts.server.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let admin_addr = admin_listener.local_addr().map_err(|error| StartError::Bind {
+        what: "admin".into(),
+        addr: static_config.admin,
+        error,
+    })?;
+    info!(addr = %admin_addr, "admin listening");
+    let admin = Arc::new(Admin {
+        proxy: proxy.clone(),
+        status: status.clone(),
+        registry,
+    });
+    tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
+    tokio::spawn(proxy.clone().maintain(shutdown.clone()));
+
+    Ok(Running {
+        entrypoints,
+        admin_addr,
+        proxy,
+        status,
+        reload,
+        shutdown,
+        tasks,
+        drain_timeout: opts.drain_timeout.unwrap_or(Duration::from_secs(30)),
+    })
+}

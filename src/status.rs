@@ -1,0 +1,151 @@
+//! The root crate's [`Sink`]: makes a compiled table live in the proxy and keeps what the admin
+//! API and metrics report about the control plane (generation, readiness, reload failures).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gantry_config::{Errors, RoutingTable};
+use gantry_discovery::{Sink, SourceId};
+use gantry_proxy::Proxy;
+use prometheus::{IntCounter, IntGauge, Registry};
+use serde::Serialize;
+
+#[derive(Debug)]
+pub struct Status {
+    proxy: Arc<Proxy>,
+    ready: AtomicBool,
+    generation: IntGauge,
+    reloads: IntCounter,
+    reload_failures: IntCounter,
+    last_success: IntGauge,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Inner {
+    /// The last refused update, kept after later successes so that an operator can see what was
+    /// refused and when.
+    pub last_error: Option<Refusal>,
+    /// Per source: was its latest update accepted?
+    pub sources: BTreeMap<&'static str, SourceStatus>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    pub source: &'static str,
+    pub at_unix: u64,
+    pub errors: Errors,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStatus {
+    /// Whether the latest update from this source was accepted.
+    pub ok: bool,
+    pub at_unix: u64,
+    /// Updates received from this source, accepted or not.
+    pub updates: u64,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Status {
+    pub fn new(proxy: Arc<Proxy>, registry: &Registry) -> Result<Self, prometheus::Error> {
+        let generation = IntGauge::new(
+            "gantry_config_generation",
+            "Generation of the live routing table.",
+        )?;
+        let reloads = IntCounter::new(
+            "gantry_config_reloads_total",
+            "Updates that produced a new routing table (including the first).",
+        )?;
+        let reload_failures = IntCounter::new(
+            "gantry_config_reload_failures_total",
+            "Updates refused as invalid; the previous routing table kept serving.",
+        )?;
+        let last_success = IntGauge::new(
+            "gantry_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last update that produced a new routing table.",
+        )?;
+        for c in [&generation, &last_success] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        for c in [&reloads, &reload_failures] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        Ok(Self {
+            proxy,
+            ready: AtomicBool::new(false),
+            generation,
+            reloads,
+            reload_failures,
+            last_success,
+            inner: Mutex::new(Inner::default()),
+        })
+    }
+
+    /// True once the first routing table is live.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn snapshot(&self) -> Inner {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn reload_failures(&self) -> u64 {
+        self.reload_failures.get()
+    }
+
+    fn set_source(&self, source: SourceId, ok: bool) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let updates = inner.sources.get(source.as_str()).map_or(0, |s| s.updates) + 1;
+        inner.sources.insert(
+            source.as_str(),
+            SourceStatus {
+                ok,
+                at_unix: now_unix(),
+                updates,
+            },
+        );
+    }
+}
+
+impl Sink for Status {
+    fn publish(&self, table: Arc<RoutingTable>) -> u64 {
+        let generation = self.proxy.publish(table);
+        self.generation.set(generation as i64);
+        self.reloads.inc();
+        self.last_success.set(now_unix() as i64);
+        self.ready.store(true, Ordering::Release);
+        generation
+    }
+
+    fn rejected(&self, source: SourceId, errors: &Errors) {
+        self.reload_failures.inc();
+        self.set_source(source, false);
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.last_error = Some(Refusal {
+            source: source.as_str(),
+            at_unix: now_unix(),
+            errors: errors.clone(),
+            message: errors.to_string(),
+        });
+    }
+
+    fn accepted(&self, source: SourceId) {
+        self.set_source(source, true);
+    }
+
+    fn warnings(&self, _source: SourceId, warnings: &Errors) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.warnings = warnings.0.iter().map(ToString::to_string).collect();
+    }
+}

@@ -1,0 +1,98 @@
+//! The command line: `gantry check`, a bad config at start, and `gantry demo`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::*;
+
+fn gantry(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_names_the_file_the_field_and_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[routers.web]\nhosts = [\"example.com\"]\nservice = \"web\"\n[services.web]\nbackends = [{ url = \"http://10.0.0.1:80\", weight = 100000 }]\n",
+    )
+    .unwrap();
+    let out = gantry(&["check", "--config", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: services.web.backends[0].weight: 100000 is out of range 0..=10000",
+            bad.display()
+        )),
+        "{err}"
+    );
+
+    let dangling = dir.path().join("dangling.toml");
+    std::fs::write(&dangling, "[routers.web]\npath = \"/\"\nservice = \"missing\"\n").unwrap();
+    let out = gantry(&["check", "--config", dangling.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("routers.web.service: unknown service \"missing\"")
+    );
+
+    let missing = gantry(&["check", "--config", "/nonexistent/gantry.toml"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read the config file"));
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[routers.web]\npath = \"/\"\nservice = \"web\"\n[services.web]\nbackends = [{ url = \"http://10.0.0.1\" }]\n").unwrap();
+    let out = gantry(&["check", "--config", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 entrypoints, 1 routers, 1 services)"));
+}
+
+#[test]
+fn an_invalid_config_at_start_stops_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[services.web]\npolicy = \"random\"\n").unwrap();
+    let out = gantry(&[
+        "run",
+        "--config",
+        bad.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("services.web.policy: unknown policy \"random\""),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_routes_and_balances_with_nothing_installed() {
+    let p = GantryProcess::spawn(&["demo"]);
+    let c = client();
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..50 {
+        let a = get(&c, p.addr, "127.0.0.1", "/").await;
+        assert_eq!(a.status, 200);
+        *seen.entry(a.backend().to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.get("web-1"), Some(&30), "3:1:1 weights: {seen:?}");
+    assert_eq!(seen.get("web-2"), Some(&10), "{seen:?}");
+    assert_eq!(get(&c, p.addr, "blog.localhost", "/").await.backend(), "blog-1");
+    assert_eq!(get(&c, p.addr, "nowhere.invalid", "/").await.status, 404);
+    let api = get(&c, p.addr, "x", "/api/users").await;
+    assert!(api.body.contains("answered GET /users"), "{}", api.body);
+    let ready = eventually(Duration::from_secs(5), "readyz", || async {
+        let a = admin_get(p.admin, "/readyz").await;
+        (a.status == 200).then_some(a)
+    })
+    .await;
+    assert_eq!(ready.body, "ready\n");
+}

@@ -1,0 +1,17 @@
+//! Integration tests: real HTTP backends on 127.0.0.1:0, real clients, Gantry in-process through
+//! `gantry::start` or as the real binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_debug_implementations)]
+
+// Shared fixtures: not every helper is used by every test module at every point in history.
+#[allow(dead_code)]
+mod support;
+
+mod admin_api;
+mod balancing;
+mod cli;
+mod errors;
+mod headers;
+mod reload;
+mod routing;
+mod streaming;

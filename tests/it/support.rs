@@ -1,0 +1,438 @@
+//! Test fixtures kept in one place: backends with counters, Gantry in-process and as a process,
+//! an HTTP client, and waiting with a deadline.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What a test backend does with a request.
+#[derive(Clone, Debug)]
+pub enum Behavior {
+    /// Answers 200 with its name as the body.
+    Name,
+    /// Waits, then answers like `Name`.
+    Delay(Duration),
+    /// Reads the whole request body and answers with the number of bytes read.
+    CountBody,
+    /// Answers with this many bytes, streamed in 64 KiB chunks.
+    Stream(u64),
+    /// Answers with this status.
+    Status(u16),
+}
+
+/// The head of a request as a backend saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1 that counts what it receives.
+#[derive(Clone)]
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    requests: Arc<AtomicU64>,
+    last: Arc<Mutex<Option<Seen>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Backend {
+    pub async fn start(name: &str, behavior: Behavior) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let b = Backend {
+            name: name.to_string(),
+            addr,
+            requests: Arc::new(AtomicU64::new(0)),
+            last: Arc::new(Mutex::new(None)),
+            stop: tokio_util::sync::CancellationToken::new(),
+        };
+        let me = b.clone();
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = me.stop.cancelled() => return,
+                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                };
+                let me = me.clone();
+                let behavior = behavior.clone();
+                tokio::spawn(async move {
+                    let stop = me.stop.clone();
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let me = me.clone();
+                        let behavior = behavior.clone();
+                        async move { Ok::<_, Infallible>(me.serve(req, behavior).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+        b
+    }
+
+    async fn serve(&self, req: Request<Incoming>, behavior: Behavior) -> Response<TestBody> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        *self.last.lock().unwrap() = Some(Seen {
+            method: req.method().to_string(),
+            uri: req.uri().to_string(),
+            headers: req.headers().clone(),
+        });
+        let mut resp = match behavior {
+            Behavior::Name => Response::new(TestBody::full(self.name.clone())),
+            Behavior::Delay(d) => {
+                tokio::time::sleep(d).await;
+                Response::new(TestBody::full(self.name.clone()))
+            }
+            Behavior::CountBody => {
+                let mut body = req.into_body();
+                let mut n = 0u64;
+                while let Some(frame) = body.frame().await {
+                    if let Ok(data) = frame.unwrap().into_data() {
+                        n += data.len() as u64;
+                    }
+                }
+                Response::new(TestBody::full(n.to_string()))
+            }
+            Behavior::Stream(n) => Response::new(TestBody::zeros(n)),
+            Behavior::Status(s) => {
+                let mut r = Response::new(TestBody::full(self.name.clone()));
+                *r.status_mut() = StatusCode::from_u16(s).unwrap();
+                r
+            }
+        };
+        resp.headers_mut().insert("x-backend", self.name.parse().unwrap());
+        resp
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn last(&self) -> Seen {
+        self.last
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the backend saw no request")
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// A body that is either small and complete, or a stream of zeros generated on the fly (so a
+/// 200 MB transfer never holds 200 MB anywhere).
+pub enum TestBody {
+    Full(Option<Bytes>),
+    Zeros { left: u64, chunk: Bytes },
+}
+
+impl TestBody {
+    pub fn full(s: impl Into<Bytes>) -> Self {
+        TestBody::Full(Some(s.into()))
+    }
+    pub fn zeros(n: u64) -> Self {
+        TestBody::Zeros {
+            left: n,
+            chunk: Bytes::from(vec![0u8; 64 * 1024]),
+        }
+    }
+}
+
+impl Body for TestBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            TestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            TestBody::Zeros { left, chunk } => {
+                if *left == 0 {
+                    return Poll::Ready(None);
+                }
+                let n = (*left).min(chunk.len() as u64) as usize;
+                *left -= n as u64;
+                Poll::Ready(Some(Ok(Frame::data(chunk.slice(..n)))))
+            }
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            TestBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            TestBody::Full(None) => SizeHint::with_exact(0),
+            TestBody::Zeros { left, .. } => SizeHint::with_exact(*left),
+        }
+    }
+}
+
+/// A real HTTP/1.1 client with a keep-alive pool.
+pub fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A response read to its end.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn backend(&self) -> &str {
+        self.headers.get("x-backend").map_or("", |v| v.to_str().unwrap())
+    }
+}
+
+/// Sends `method path` to Gantry at `addr` with `Host: host` and extra headers.
+pub async fn send(
+    c: &Client<HttpConnector, TestBody>,
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Answer, String> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = c
+        .request(req.body(TestBody::full("")).unwrap())
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let status = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| format!("{e:?}"))?.to_bytes();
+    Ok(Answer {
+        status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+pub async fn get(c: &Client<HttpConnector, TestBody>, addr: SocketAddr, host: &str, path: &str) -> Answer {
+    send(c, addr, "GET", host, path, &[]).await.unwrap()
+}
+
+/// Gantry started in this process from a config file in a temporary directory.
+pub struct Gantry {
+    pub running: gantry::Running,
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Gantry {
+    pub async fn start(config: &str) -> Self {
+        Self::start_with(config, gantry::Options::default()).await
+    }
+
+    pub async fn start_with(config: &str, opts: gantry::Options) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gantry.toml");
+        std::fs::write(&path, config).unwrap();
+        let opts = gantry::Options {
+            config: Some(path.clone()),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            admin: Some("127.0.0.1:0".parse().unwrap()),
+            ..opts
+        };
+        let running = gantry::start(opts)
+            .await
+            .unwrap_or_else(|e| panic!("gantry did not start: {e}"));
+        Gantry { running, dir, path }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.running.addr()
+    }
+
+    /// Replaces the config file the way editors and config managers do: write aside, rename.
+    pub fn write_config(&self, text: &str) {
+        write_atomically(&self.path, text);
+    }
+
+    /// Writes a new config and waits until the generation moves past the current one.
+    pub async fn reconfigure(&self, text: &str) -> u64 {
+        let before = self.running.generation();
+        self.write_config(text);
+        eventually(Duration::from_secs(10), "the new config to be live", || async {
+            let g = self.running.generation();
+            (g > before).then_some(g)
+        })
+        .await
+    }
+}
+
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension(format!("tmp{}", fastrand::u32(..)));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Fetches a URL from the admin API (or anywhere) with a throwaway client.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> Answer {
+    get(&client(), addr, &addr.to_string(), path).await
+}
+
+pub async fn admin_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let a = admin_get(addr, path).await;
+    assert_eq!(a.status, 200, "{path}: {}", a.body);
+    serde_json::from_str(&a.body).unwrap()
+}
+
+/// Gantry as a real process (the `gantry` binary), for what only a process shows: signals,
+/// exit codes, resident memory.
+pub struct GantryProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl GantryProcess {
+    /// Starts `gantry ARGS --listen 127.0.0.1:0 --admin 127.0.0.1:0` and waits for its
+    /// "listening" log lines.
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .env("GANTRY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let mut found: HashMap<&str, SocketAddr> = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while found.len() < 2 {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "gantry did not report its addresses; log: {:?}",
+                        log.lock().unwrap()
+                    )
+                });
+            for (what, key) in [("proxy listening", "proxy"), ("admin listening", "admin")] {
+                if line.contains(what) {
+                    let addr = line
+                        .split("addr=")
+                        .nth(1)
+                        .unwrap()
+                        .split_whitespace()
+                        .next()
+                        .unwrap();
+                    found.insert(key, addr.parse().unwrap());
+                }
+            }
+        }
+        GantryProcess {
+            child,
+            addr: found["proxy"],
+            admin: found["admin"],
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        rustix::process::kill_process(rustix::process::Pid::from_raw(self.pid()).unwrap(), sig).unwrap();
+    }
+
+    /// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        s.lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for GantryProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config with one catch-all router to one service over these backends.
+pub fn one_service(backends: &[(&Backend, u32)], extra_service: &str) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|(b, w)| format!("{{ url = \"{}\", weight = {w} }}", b.url()))
+        .collect();
+    format!(
+        "[routers.all]\npath_prefix = \"/\"\nservice = \"svc\"\n\n[services.svc]\n{extra_service}\nbackends = [{}]\n",
+        list.join(", ")
+    )
+}
