@@ -16,11 +16,10 @@ use hyper_util::rt::TokioIo;
 use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::status::Status;
-use gantry_proxy::Proxy;
+use gantry_proxy::{Proxy, Shutdown};
 
 #[derive(Debug)]
 pub struct Admin {
@@ -30,7 +29,7 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: Shutdown) {
         let tracker = tokio_util::task::TaskTracker::new();
         loop {
             let (stream, _) = tokio::select! {

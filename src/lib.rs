@@ -15,12 +15,11 @@ use std::time::Duration;
 use gantry_config::model::DEFAULT_ENTRYPOINT;
 use gantry_config::{DesiredState, Entrypoint, Errors, RoutingTable, StaticConfig};
 use gantry_discovery::{FileSource, Outcome, Reconciler, SourceId, Update};
-use gantry_proxy::{Proxy, ServerConfig};
+use gantry_proxy::{Proxy, ServerConfig, Shutdown};
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::Admin;
@@ -75,7 +74,7 @@ pub struct Running {
     pub proxy: Arc<Proxy>,
     pub status: Arc<Status>,
     reload: Arc<Notify>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     tasks: JoinSet<()>,
     drain_timeout: Duration,
 }
@@ -98,7 +97,7 @@ impl Running {
 
     /// Stops accepting, lets in-flight requests finish (up to the drain timeout) and returns.
     pub async fn shutdown(mut self) {
-        self.shutdown.cancel();
+        self.shutdown.trigger();
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(self.drain_timeout, drain).await.is_err() {
             warn!("drain deadline reached; closing the remaining connections");
@@ -106,8 +105,8 @@ impl Running {
         }
     }
 
-    /// A token that stops this instance when cancelled (for signal handlers).
-    pub fn shutdown_token(&self) -> CancellationToken {
+    /// The signal that stops this instance (for signal handlers).
+    pub fn shutdown_signal(&self) -> Shutdown {
         self.shutdown.clone()
     }
 }
@@ -199,14 +198,14 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         return Err(StartError::Config(last));
     }
 
-    let shutdown = CancellationToken::new();
+    let shutdown = Shutdown::new();
     let reload = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
     let (updates_tx, updates_rx) = mpsc::channel::<Update>(64);
     // The reconciler ends when every source has ended; it is not part of the drain.
     tokio::spawn(reconciler.run(updates_rx));
     if let Some(w) = watch {
-        tokio::spawn(w.run(started_with, updates_tx, reload.clone(), shutdown.clone()));
+        tokio::spawn(w.run(started_with, updates_tx, reload.clone(), shutdown.token()));
     } else {
         drop(updates_tx);
     }

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -92,7 +95,15 @@ fn main() -> ExitCode {
     }
     init_logging();
     raise_fd_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One worker asked for (TOKIO_WORKER_THREADS=1): tokio's current-thread scheduler does the
+    // same work without work-stealing bookkeeping.
+    let one_worker = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    let mut builder = if one_worker {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("gantry: cannot start the runtime: {e}");

@@ -240,7 +240,9 @@ impl BackendState {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
+        // writev off: a request head and a small body go out in one write(2).
         let (sender, conn) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ProxyError::Upstream)?;

@@ -14,6 +14,7 @@ pub mod error;
 pub mod forward;
 pub mod metrics;
 pub mod server;
+pub mod shutdown;
 pub mod snapshot;
 
 use std::collections::{HashMap, HashSet};
@@ -24,11 +25,11 @@ use gantry_config::{RoutingTable, Store};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounter, IntGaugeVec, Opts, Registry};
-use tokio_util::sync::CancellationToken;
 
 pub use backend::{BackendKey, BackendRegistry, BackendState};
 pub use error::ProxyError;
 pub use server::{ServerConfig, serve};
+pub use shutdown::Shutdown;
 pub use snapshot::Snapshot;
 
 use metrics::{ClassCounters, Metrics};
@@ -130,7 +131,7 @@ impl Proxy {
 
     /// Background upkeep: closes pooled connections past their idle timeout, so that idle
     /// upstream connections go away without waiting for the next request.
-    pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
+    pub async fn maintain(self: Arc<Self>, shutdown: Shutdown) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
