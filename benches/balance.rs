@@ -1,5 +1,7 @@
 //! The cost of one pick for each balancing policy, at 3, 10 and 100 backends.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a bench that cannot set up should stop loudly
+
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};

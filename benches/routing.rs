@@ -1,6 +1,8 @@
 //! Route lookup cost at 10, 1,000 and 10,000 routes (it must stay nearly flat), and the cost of
 //! compiling a table of that size (paid once per change, off the request path).
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a bench that cannot set up should stop loudly
+
 use std::hint::black_box;
 use std::sync::Arc;
 
