@@ -93,6 +93,11 @@ impl Admin {
             "/readyz" => {
                 if self.status.is_ready() {
                     text(StatusCode::OK, "ready\n".into())
+                } else if self.status.is_draining() {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: shutting down\n".into(),
+                    )
                 } else {
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,

@@ -17,6 +17,7 @@ use gantry_config::{DesiredState, Entrypoint, Errors, RoutingTable, StaticConfig
 use gantry_discovery::{FileSource, Outcome, Reconciler, SourceId, Update};
 use gantry_proxy::{Proxy, ServerConfig, Shutdown};
 use prometheus::Registry;
+use tokio::net::TcpListener as Listener;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
@@ -36,9 +37,7 @@ pub struct Options {
     pub listen: Option<SocketAddr>,
     /// Overrides the admin address.
     pub admin: Option<SocketAddr>,
-    /// Listener limits and timeouts.
-    pub server: ServerConfig,
-    /// How long in-flight requests may take to finish after shutdown begins.
+    /// Overrides the drain deadline of the config (`lifecycle.drain_timeout`).
     pub drain_timeout: Option<Duration>,
 }
 
@@ -95,10 +94,17 @@ impl Running {
         self.proxy.snapshot().generation
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to the drain timeout) and returns.
+    /// Stops accepting (new connections are refused), closes idle keep-alive connections, sends
+    /// GOAWAY on HTTP/2, lets in-flight requests and WebSocket tunnels finish up to the drain
+    /// deadline, and returns.
     pub async fn shutdown(mut self) {
+        self.status.set_draining();
         self.shutdown.trigger();
-        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        let proxy = self.proxy.clone();
+        let drain = async {
+            while self.tasks.join_next().await.is_some() {}
+            proxy.tunnels_closed().await;
+        };
         if tokio::time::timeout(self.drain_timeout, drain).await.is_err() {
             warn!("drain deadline reached; closing the remaining connections");
             self.tasks.abort_all();
@@ -158,7 +164,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     let names: Vec<String> = static_config.entrypoints.iter().map(|e| e.name.clone()).collect();
 
     // 2. Sockets, before anything reports ready.
-    let mut listeners = Vec::new();
+    let mut listeners: Vec<(String, Listener)> = Vec::new();
     for ep in &static_config.entrypoints {
         let l = TcpListener::bind(ep.address)
             .await
@@ -211,21 +217,28 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     }
 
     let mut entrypoints = Vec::new();
-    for (i, (name, l)) in listeners.into_iter().enumerate() {
+    for (i, (name, l)) in listeners.iter().enumerate() {
         let addr = l.local_addr().map_err(|error| StartError::Bind {
             what: format!("entrypoint {name}"),
             addr: static_config.entrypoints[i].address,
             error,
         })?;
-        info!(entrypoint = %name, %addr, "proxy listening");
-        entrypoints.push((name, addr));
-        tasks.spawn(gantry_proxy::serve(
-            proxy.clone(),
-            l,
-            i,
-            opts.server.clone(),
-            shutdown.clone(),
-        ));
+        entrypoints.push((name.clone(), addr));
+    }
+    // `redirect_https` routers send clients to the first TLS entrypoint's port.
+    let https_port = static_config
+        .entrypoints
+        .iter()
+        .zip(&entrypoints)
+        .find(|(ep, _)| ep.tls.is_some())
+        .map(|(_, (_, addr))| addr.port());
+    for (i, (name, l)) in listeners.into_iter().enumerate() {
+        let ep = &static_config.entrypoints[i];
+        let mut server = ServerConfig::for_entrypoint(ep);
+        server.https_port = https_port;
+        let tls = if ep.tls.is_some() { " (TLS)" } else { "" };
+        info!(entrypoint = %name, addr = %entrypoints[i].1, "proxy listening{tls}");
+        tasks.spawn(gantry_proxy::serve(proxy.clone(), l, i, server, shutdown.clone()));
     }
     let admin_addr = admin_listener.local_addr().map_err(|error| StartError::Bind {
         what: "admin".into(),
@@ -249,6 +262,6 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         reload,
         shutdown,
         tasks,
-        drain_timeout: opts.drain_timeout.unwrap_or(Duration::from_secs(30)),
+        drain_timeout: opts.drain_timeout.unwrap_or(static_config.drain_timeout),
     })
 }

@@ -16,6 +16,8 @@ use serde::Serialize;
 pub struct Status {
     proxy: Arc<Proxy>,
     ready: AtomicBool,
+    /// Set when shutdown begins: `/readyz` then fails, so load balancers stop sending traffic.
+    draining: AtomicBool,
     generation: IntGauge,
     reloads: IntCounter,
     reload_failures: IntCounter,
@@ -83,6 +85,7 @@ impl Status {
         Ok(Self {
             proxy,
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             generation,
             reloads,
             reload_failures,
@@ -91,9 +94,17 @@ impl Status {
         })
     }
 
-    /// True once the first routing table is live.
+    /// True once the first routing table is live, until shutdown begins.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && !self.is_draining()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     pub fn snapshot(&self) -> Inner {

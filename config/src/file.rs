@@ -12,11 +12,25 @@ use serde::Deserialize;
 
 use crate::error::Errors;
 use crate::model::{
-    Backend, BackendUrl, DEFAULT_ADMIN, DEFAULT_ENTRYPOINT, DEFAULT_LISTEN, DesiredState, Entrypoint, HashOn,
-    HeaderMatch, HostPattern, Limits, MAX_WEIGHT, Match, PathMatch, Policy, Router, Scheme, Service,
-    StaticConfig, Timeouts,
+    Backend, BackendUrl, DEFAULT_ADMIN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_ENTRYPOINT, DEFAULT_LISTEN,
+    DEFAULT_MAX_BODY_BYTES, DesiredState, Entrypoint, EntrypointTls, HashOn, HeaderMatch, HostPattern,
+    Limits, ListenerLimits, MAX_WEIGHT, Match, PathMatch, Policy, Router, Scheme, Service, StaticConfig,
+    Timeouts, TlsVersion,
 };
+use crate::size::FileSize;
+use crate::tls::{Certificate, TlsCertificates};
 use crate::{duration, rule};
+
+/// Reads a file named in the config (a certificate, a key), relative to the config file.
+/// Validation is pure: the caller decides how files are read.
+pub type ReadFile<'a> = &'a dyn Fn(&str) -> Result<Vec<u8>, String>;
+
+/// For configs that name no files.
+pub fn no_files(path: &str) -> Result<Vec<u8>, String> {
+    Err(format!(
+        "cannot read {path}: this config source cannot refer to files"
+    ))
+}
 
 /// A whole config file, as written.
 #[derive(Debug, Default, Deserialize)]
@@ -25,6 +39,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub entrypoints: BTreeMap<String, FileEntrypoint>,
     pub admin: Option<FileAdmin>,
+    pub lifecycle: Option<FileLifecycle>,
+    pub tls: Option<FileTls>,
     #[serde(default)]
     pub routers: BTreeMap<String, FileRouter>,
     #[serde(default)]
@@ -35,6 +51,48 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct FileEntrypoint {
     pub address: String,
+    /// Present (even empty: `tls = {}`) means TLS is terminated on this entrypoint.
+    pub tls: Option<FileEntrypointTls>,
+    pub limits: Option<FileListenerLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntrypointTls {
+    pub min_version: Option<String>,
+    pub http2: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListenerLimits {
+    pub max_connections: Option<i64>,
+    pub max_header_bytes: Option<FileSize>,
+    pub max_headers: Option<i64>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub h2_max_concurrent_streams: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLifecycle {
+    pub drain_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    #[serde(default)]
+    pub certificates: Vec<FileCert>,
+    pub default: Option<FileCert>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCert {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +116,8 @@ pub struct FileRouter {
     pub priority: Option<i64>,
     pub strip_prefix: Option<bool>,
     pub service: Option<String>,
+    pub max_body_bytes: Option<FileSize>,
+    pub redirect_https: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -125,23 +185,51 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Parses and validates a config file's text in one step.
+/// Parses and validates a config file's text in one step (a config that names no files).
 pub fn load(text: &str, origin: &str) -> Result<ValidatedFile, Errors> {
-    parse_toml(text, origin)?.validate(origin)
+    load_with(text, origin, &no_files)
+}
+
+/// Parses and validates, reading the certificate and key files the config names with `read`.
+pub fn load_with(text: &str, origin: &str, read: ReadFile<'_>) -> Result<ValidatedFile, Errors> {
+    parse_toml(text, origin)?.validate(origin, read)
 }
 
 impl FileConfig {
-    pub fn validate(self, origin: &str) -> Result<ValidatedFile, Errors> {
+    pub fn validate(self, origin: &str, read: ReadFile<'_>) -> Result<ValidatedFile, Errors> {
         let mut errs = Errors::new();
 
+        let has_certificates = self
+            .tls
+            .as_ref()
+            .is_some_and(|t| !t.certificates.is_empty() || t.default.is_some());
         let mut entrypoints = Vec::new();
         for (name, ep) in &self.entrypoints {
             let field = format!("entrypoints.{name}");
             check_name(&mut errs, origin, &field, name);
+            let tls = ep
+                .tls
+                .as_ref()
+                .map(|t| validate_entrypoint_tls(t, origin, &format!("{field}.tls"), &mut errs));
+            if tls.is_some() && !has_certificates {
+                errs.push(
+                    origin,
+                    format!("{field}.tls"),
+                    "TLS needs at least one certificate in [[tls.certificates]]",
+                );
+            }
+            let limits = validate_listener_limits(
+                ep.limits.as_ref().unwrap_or(&FileListenerLimits::default()),
+                origin,
+                &format!("{field}.limits"),
+                &mut errs,
+            );
             match ep.address.parse::<SocketAddr>() {
                 Ok(address) => entrypoints.push(Entrypoint {
                     name: name.clone(),
                     address,
+                    tls,
+                    limits,
                 }),
                 Err(_) => errs.push(
                     origin,
@@ -157,11 +245,22 @@ impl FileConfig {
             && self.entrypoints.is_empty()
             && let Ok(address) = DEFAULT_LISTEN.parse()
         {
-            entrypoints.push(Entrypoint {
-                name: DEFAULT_ENTRYPOINT.into(),
-                address,
-            });
+            entrypoints.push(Entrypoint::new(DEFAULT_ENTRYPOINT, address));
         }
+        let drain_timeout = match self.lifecycle.as_ref().and_then(|l| l.drain_timeout.as_deref()) {
+            None => DEFAULT_DRAIN_TIMEOUT,
+            Some(t) => match duration::parse(t) {
+                Ok(d) => d,
+                Err(e) => {
+                    errs.push(origin, "lifecycle.drain_timeout", e);
+                    DEFAULT_DRAIN_TIMEOUT
+                }
+            },
+        };
+        let tls = match &self.tls {
+            Some(t) => validate_tls(t, origin, read, &mut errs),
+            None => TlsCertificates::default(),
+        };
         let admin_text = self
             .admin
             .as_ref()
@@ -179,17 +278,139 @@ impl FileConfig {
             }
         };
 
-        let state = match validate_state(self.routers, self.services, origin) {
+        let mut state = match validate_state(self.routers, self.services, origin) {
             Ok(s) => s,
             Err(e) => {
                 errs.extend(e);
                 DesiredState::default()
             }
         };
+        state.tls = tls;
         errs.into_result(ValidatedFile {
-            static_config: StaticConfig { entrypoints, admin },
+            static_config: StaticConfig {
+                entrypoints,
+                admin,
+                drain_timeout,
+            },
             state,
         })
+    }
+}
+
+fn validate_entrypoint_tls(
+    t: &FileEntrypointTls,
+    origin: &str,
+    field: &str,
+    errs: &mut Errors,
+) -> EntrypointTls {
+    let min_version = match t.min_version.as_deref() {
+        None | Some("1.2") => TlsVersion::V1_2,
+        Some("1.3") => TlsVersion::V1_3,
+        Some(v) => {
+            errs.push(
+                origin,
+                format!("{field}.min_version"),
+                format!("{v:?} is not supported: use \"1.2\" or \"1.3\" (older versions are insecure)"),
+            );
+            TlsVersion::V1_2
+        }
+    };
+    EntrypointTls {
+        min_version,
+        http2: t.http2.unwrap_or(true),
+    }
+}
+
+fn validate_listener_limits(
+    l: &FileListenerLimits,
+    origin: &str,
+    field: &str,
+    errs: &mut Errors,
+) -> ListenerLimits {
+    let mut out = ListenerLimits::default();
+    let mut int = |name: &str, v: Option<i64>, slot: &mut u32, min: i64, max: i64| {
+        if let Some(v) = v {
+            if (min..=max).contains(&v) {
+                *slot = v as u32;
+            } else {
+                errs.push(
+                    origin,
+                    format!("{field}.{name}"),
+                    format!("{v} is out of range {min}..={max}"),
+                );
+            }
+        }
+    };
+    int(
+        "max_connections",
+        l.max_connections,
+        &mut out.max_connections,
+        1,
+        1_000_000,
+    );
+    int("max_headers", l.max_headers, &mut out.max_headers, 1, 1000);
+    int(
+        "h2_max_concurrent_streams",
+        l.h2_max_concurrent_streams,
+        &mut out.h2_max_concurrent_streams,
+        1,
+        10_000,
+    );
+    if let Some(size) = &l.max_header_bytes {
+        // hyper needs room for at least 8 KiB of head.
+        match size.bytes() {
+            Ok(n) if (8192..=16 << 20).contains(&n) => out.max_header_bytes = n as u32,
+            Ok(n) => errs.push(
+                origin,
+                format!("{field}.max_header_bytes"),
+                format!("{n} is out of range 8KiB..=16MiB"),
+            ),
+            Err(e) => errs.push(origin, format!("{field}.max_header_bytes"), e),
+        }
+    }
+    for (name, text, slot) in [
+        (
+            "header_read_timeout",
+            &l.header_read_timeout,
+            &mut out.header_read_timeout,
+        ),
+        ("idle_timeout", &l.idle_timeout, &mut out.idle_timeout),
+    ] {
+        if let Some(text) = text {
+            match duration::parse(text) {
+                Ok(d) if d.is_zero() => {
+                    errs.push(origin, format!("{field}.{name}"), "must be greater than zero")
+                }
+                Ok(d) => *slot = d,
+                Err(e) => errs.push(origin, format!("{field}.{name}"), e),
+            }
+        }
+    }
+    out
+}
+
+fn validate_tls(t: &FileTls, origin: &str, read: ReadFile<'_>, errs: &mut Errors) -> TlsCertificates {
+    let mut load = |c: &FileCert, field: String| -> Option<Certificate> {
+        let cert = read(&c.cert)
+            .map_err(|e| errs.push(origin, format!("{field}.cert"), e))
+            .ok()?;
+        let key = read(&c.key)
+            .map_err(|e| errs.push(origin, format!("{field}.key"), e))
+            .ok()?;
+        Certificate::from_pem(&c.cert, cert, &c.key, key)
+            .map_err(|e| errs.push(origin, field, e))
+            .ok()
+    };
+    let certificates = t
+        .certificates
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| load(c, format!("tls.certificates[{i}]")))
+        .collect();
+    let default = t.default.as_ref().and_then(|c| load(c, "tls.default".into()));
+    TlsCertificates {
+        certificates,
+        default,
     }
 }
 
@@ -322,6 +543,17 @@ pub fn validate_router(
             }
         },
     };
+    let max_body_bytes = match &r.max_body_bytes {
+        None => DEFAULT_MAX_BODY_BYTES,
+        Some(size) => match size.bytes() {
+            Ok(n) => n,
+            Err(e) => {
+                errs.push(origin, format!("{field}.max_body_bytes"), e);
+                0
+            }
+        },
+    };
+    let redirect_https = r.redirect_https.unwrap_or(false);
     let strip_prefix = r.strip_prefix.unwrap_or(false);
     if strip_prefix && !matches!(matcher.path, Some(PathMatch::Prefix(_))) {
         errs.push(
@@ -353,6 +585,8 @@ pub fn validate_router(
         }
     };
     (errs.0.len() == before).then_some(Router {
+        max_body_bytes,
+        redirect_https,
         entrypoints,
         matcher,
         priority,
@@ -549,7 +783,12 @@ pub fn parse_backend_url(text: &str) -> Result<BackendUrl, String> {
         .map_err(|_| format!("{text:?} is not a URL"))?;
     let scheme = match uri.scheme_str() {
         Some("http") => Scheme::Http,
-        Some(other) => return Err(format!("{text:?}: scheme {other:?} is not supported (use http)")),
+        Some("h2c") => Scheme::H2c,
+        Some(other) => {
+            return Err(format!(
+                "{text:?}: scheme {other:?} is not supported (use http or h2c)"
+            ));
+        }
         None => return Err(format!("{text:?} needs a scheme, e.g. http://{text}")),
     };
     let authority = uri.authority().ok_or_else(|| format!("{text:?} has no host"))?;

@@ -21,12 +21,15 @@ pub mod file;
 pub mod model;
 pub mod routing;
 pub mod rule;
+pub mod size;
 pub mod store;
+pub mod tls;
 
 pub use error::{ConfigError, Errors};
 pub use model::{
-    Backend, BackendUrl, DesiredState, Entrypoint, HashOn, HeaderMatch, HostPattern, Limits, Match,
-    PathMatch, Policy, Router, Scheme, Service, StaticConfig, Timeouts,
+    Backend, BackendUrl, DesiredState, Entrypoint, EntrypointTls, HashOn, HeaderMatch, HostPattern, Limits,
+    ListenerLimits, Match, PathMatch, Policy, Router, Scheme, Service, StaticConfig, Timeouts, TlsVersion,
 };
 pub use routing::{RequestView, Route, RoutingTable};
 pub use store::Store;
+pub use tls::{CertStore, Certificate, TlsCertificates};

@@ -18,7 +18,13 @@ use serde::Serialize;
 pub struct StaticConfig {
     pub entrypoints: Vec<Entrypoint>,
     pub admin: SocketAddr,
+    /// After SIGTERM, how long in-flight requests may take to finish before Gantry exits anyway.
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub drain_timeout: Duration,
 }
+
+/// The default drain deadline after SIGTERM.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The name of the entrypoint `--listen` sets and that a config without entrypoints gets.
 pub const DEFAULT_ENTRYPOINT: &str = "web";
@@ -33,6 +39,7 @@ impl Default for StaticConfig {
         Self {
             entrypoints: vec![Entrypoint::new(DEFAULT_ENTRYPOINT, default_addr(DEFAULT_LISTEN))],
             admin: default_addr(DEFAULT_ADMIN),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -46,6 +53,10 @@ fn default_addr(s: &str) -> SocketAddr {
 pub struct Entrypoint {
     pub name: String,
     pub address: SocketAddr,
+    /// TLS termination on this entrypoint (certificates come from `[tls]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EntrypointTls>,
+    pub limits: ListenerLimits,
 }
 
 impl Entrypoint {
@@ -53,15 +64,77 @@ impl Entrypoint {
         Self {
             name: name.to_string(),
             address,
+            tls: None,
+            limits: ListenerLimits::default(),
         }
     }
 }
 
-/// Everything that can change at run time: routers and the services they send traffic to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EntrypointTls {
+    /// "1.2" (TLS 1.2 and 1.3, the default) or "1.3" (1.3 only). Older versions are never offered.
+    pub min_version: TlsVersion,
+    /// Offer HTTP/2 by ALPN (default true).
+    pub http2: bool,
+}
+
+impl Default for EntrypointTls {
+    fn default() -> Self {
+        Self {
+            min_version: TlsVersion::V1_2,
+            http2: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// Limits and timeouts of a listener; all on by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ListenerLimits {
+    /// Client connections open at once; more are closed at accept.
+    pub max_connections: u32,
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: u32,
+    /// Most header fields in one request; more gets 431.
+    pub max_headers: u32,
+    /// A new connection must complete its TLS handshake and first request head in this time
+    /// (slowloris).
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub idle_timeout: Duration,
+    /// HTTP/2 streams open at once on one connection.
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 8192,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            h2_max_concurrent_streams: 256,
+        }
+    }
+}
+
+/// Everything that can change at run time: routers, the services they send traffic to, and
+/// TLS certificates.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DesiredState {
     pub routers: BTreeMap<String, Router>,
     pub services: BTreeMap<String, Service>,
+    pub tls: crate::tls::TlsCertificates,
 }
 
 /// A rule that matches requests and names the service that handles them.
@@ -76,7 +149,15 @@ pub struct Router {
     /// Remove the matched `PathPrefix` before forwarding (`/api/users` -> `/users`).
     pub strip_prefix: bool,
     pub service: String,
+    /// Request bodies larger than this get 413.
+    pub max_body_bytes: u64,
+    /// On a plain-HTTP entrypoint, answer 308 with the https:// URL instead of proxying.
+    pub redirect_https: bool,
 }
+
+/// The default request-body limit of a router. Bodies are streamed, never held in memory, so the
+/// limit protects backends rather than Gantry; it is on by default like every other limit.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 100 << 20;
 
 /// The conditions a request must meet, all of them (a conjunction). Each list is a disjunction:
 /// `hosts = ["a", "b"]` matches either host.
@@ -218,12 +299,15 @@ impl Serialize for BackendUrl {
 pub enum Scheme {
     /// HTTP/1.1 over TCP.
     Http,
+    /// HTTP/2 over TCP with prior knowledge (gRPC backends).
+    H2c,
 }
 
 impl Scheme {
     pub fn as_str(self) -> &'static str {
         match self {
             Scheme::Http => "http",
+            Scheme::H2c => "h2c",
         }
     }
 }

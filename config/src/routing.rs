@@ -22,6 +22,7 @@ use http::{HeaderMap, Method};
 
 use crate::error::Errors;
 use crate::model::{DesiredState, HostPattern, Match, PathMatch, Service};
+use crate::tls::CertStore;
 
 /// One router as the request path sees it.
 #[derive(Debug)]
@@ -32,6 +33,8 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Index into [`RoutingTable::services`].
     pub service: usize,
+    pub max_body_bytes: u64,
+    pub redirect_https: bool,
 }
 
 /// What routing needs to know about a request. `host` must already be normalized with
@@ -60,6 +63,7 @@ pub struct RoutingTable {
     routes: Vec<Route>,
     services: Vec<(Arc<str>, Arc<Service>)>,
     indexes: Vec<HostIndex>,
+    certs: CertStore,
 }
 
 impl RoutingTable {
@@ -71,6 +75,7 @@ impl RoutingTable {
             routes: Vec::new(),
             services: Vec::new(),
             indexes: entrypoints.iter().map(|_| HostIndex::default()).collect(),
+            certs: CertStore::default(),
         }
     }
 
@@ -126,6 +131,8 @@ impl RoutingTable {
                 priority: r.priority,
                 strip_prefix: r.strip_prefix,
                 service,
+                max_body_bytes: r.max_body_bytes,
+                redirect_https: r.redirect_https,
             });
             route_eps.push(eps);
         }
@@ -141,12 +148,14 @@ impl RoutingTable {
                 build_index(&routes, &members)
             })
             .collect();
+        let certs = CertStore::build(&desired.tls);
         Ok(Self {
             desired,
             entrypoints: entrypoints.to_vec(),
             routes,
             services,
             indexes,
+            certs,
         })
     }
 
@@ -164,6 +173,11 @@ impl RoutingTable {
 
     pub fn services(&self) -> &[(Arc<str>, Arc<Service>)] {
         &self.services
+    }
+
+    /// Certificates by server name, for TLS handshakes.
+    pub fn certs(&self) -> &CertStore {
+        &self.certs
     }
 
     /// The first route, in evaluation order, that matches the request on this entrypoint.

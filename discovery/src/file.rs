@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_config::file::{ValidatedFile, load};
+use gantry_config::file::{ValidatedFile, load_with};
 use gantry_config::{Errors, StaticConfig};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{Notify, mpsc};
@@ -50,7 +50,8 @@ impl FileSource {
         self.path.display().to_string()
     }
 
-    /// Reads, parses and validates the file.
+    /// Reads, parses and validates the file, and the certificate and key files it names
+    /// (relative paths are relative to the config file's directory).
     pub fn read(&self) -> Result<ValidatedFile, Errors> {
         let origin = self.origin();
         let text = std::fs::read_to_string(&self.path).map_err(|e| {
@@ -58,7 +59,12 @@ impl FileSource {
             errs.push(&origin, "", format!("cannot read the config file: {e}"));
             errs
         })?;
-        load(&text, &origin)
+        let base = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let read = |name: &str| {
+            let p = base.join(name);
+            std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        load_with(&text, &origin, &read)
     }
 
     /// The file's routers and services as an update for the reconciler.

@@ -161,6 +161,10 @@ impl Reconciler {
         let mut owner: BTreeMap<(bool, &str), &str> = BTreeMap::new();
         let mut warnings = Errors::new();
         for s in self.sources.values() {
+            let has_tls = !s.state.tls.certificates.is_empty() || s.state.tls.default.is_some();
+            if has_tls && merged.tls == Default::default() {
+                merged.tls = s.state.tls.clone();
+            }
             for (name, r) in &s.state.routers {
                 if let Some(first) = owner.get(&(true, name.as_str())) {
                     warnings.push(

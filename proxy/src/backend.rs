@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use gantry_config::BackendUrl;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntCounter;
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -59,6 +60,8 @@ pub struct BackendState {
     /// connection ends (the task must not hold the whole state: the pool would keep itself alive).
     open: Arc<AtomicU32>,
     idle: Mutex<Vec<Idle>>,
+    /// The one multiplexed connection to an `h2c://` backend.
+    h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
     /// Set when the backend left the routing table: idle connections are closed and finished
     /// exchanges do not return theirs to the pool.
     retired: AtomicBool,
@@ -97,6 +100,7 @@ impl BackendState {
             ewma_at_ns: AtomicU64::new(0),
             open: Arc::new(AtomicU32::new(0)),
             idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
             retired: AtomicBool::new(false),
             connect_errors,
             connections_opened,
@@ -195,6 +199,68 @@ impl BackendState {
         if let Ok(mut idle) = self.idle.lock() {
             idle.clear();
         }
+        if let Ok(mut h2) = self.h2.lock() {
+            h2.take();
+        }
+    }
+
+    /// The shared HTTP/2 connection to this backend, opened on first use and reopened when it
+    /// has closed. HTTP/2 multiplexes, so one connection carries every concurrent request.
+    pub async fn h2_sender(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<UpstreamBody>, ProxyError> {
+        if let Some(s) = self
+            .h2
+            .lock()
+            .ok()
+            .and_then(|g| g.clone())
+            .filter(|s| !s.is_closed())
+        {
+            return Ok(s);
+        }
+        let stream = self
+            .tcp(connect_timeout)
+            .await
+            .inspect_err(|_| self.connect_errors.inc())?;
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let (sender, conn) = builder
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ProxyError::Upstream)?;
+        self.connections_opened.inc();
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let open = self.open.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "upstream h2 connection ended with an error");
+            }
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+        if let Ok(mut g) = self.h2.lock() {
+            *g = Some(sender.clone());
+        }
+        Ok(sender)
+    }
+
+    async fn tcp(&self, connect_timeout: Duration) -> Result<TcpStream, ProxyError> {
+        let connecting = async {
+            match &self.target {
+                Target::Addr(a) => TcpStream::connect(*a).await,
+                Target::Name(n) => TcpStream::connect(n.as_str()).await,
+            }
+        };
+        let stream = match tokio::time::timeout(connect_timeout, connecting).await {
+            Err(_) => return Err(ProxyError::ConnectTimeout(connect_timeout)),
+            Ok(Err(e)) => return Err(ProxyError::Connect(e)),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
     }
 
     pub fn is_retired(&self) -> bool {
@@ -228,18 +294,7 @@ impl BackendState {
         &self,
         connect_timeout: Duration,
     ) -> Result<SendRequest<UpstreamBody>, ProxyError> {
-        let connecting = async {
-            match &self.target {
-                Target::Addr(a) => TcpStream::connect(*a).await,
-                Target::Name(n) => TcpStream::connect(n.as_str()).await,
-            }
-        };
-        let stream = match tokio::time::timeout(connect_timeout, connecting).await {
-            Err(_) => return Err(ProxyError::ConnectTimeout(connect_timeout)),
-            Ok(Err(e)) => return Err(ProxyError::Connect(e)),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = self.tcp(connect_timeout).await?;
         // writev off: a request head and a small body go out in one write(2).
         let (sender, conn) = http1::Builder::new()
             .writev(false)

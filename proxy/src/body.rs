@@ -13,42 +13,130 @@ use hyper::client::conn::http1::SendRequest;
 use crate::backend::{BackendState, InFlight};
 use crate::server::ActiveRequest;
 
-/// The body of a request sent to a backend.
+/// The body of a request sent to a backend: the client's body streamed through, with the
+/// router's size limit enforced as it streams.
 #[derive(Debug)]
-pub enum UpstreamBody {
-    /// The client's body, streamed through.
+pub struct UpstreamBody {
+    inner: Inner,
+    limit: u64,
+    seen: u64,
+}
+
+#[derive(Debug)]
+enum Inner {
     Incoming(Incoming),
+    /// A body whose first frame was read before forwarding (to validate its framing).
+    Prefixed(Option<Frame<Bytes>>, Incoming),
     Empty,
+}
+
+/// Why a request body stopped: the client's fault, never the backend's.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The client's body was malformed (bad chunk framing) or the client went away.
+    Client(hyper::Error),
+    /// More than the router's `max_body_bytes`.
+    TooLarge(u64),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Client(e) => write!(f, "client request body: {e}"),
+            BodyError::TooLarge(limit) => write!(f, "request body larger than {limit} bytes"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BodyError::Client(e) => Some(e),
+            BodyError::TooLarge(_) => None,
+        }
+    }
+}
+
+impl UpstreamBody {
+    pub fn new(body: Incoming, limit: u64) -> Self {
+        Self {
+            inner: Inner::Incoming(body),
+            limit,
+            seen: 0,
+        }
+    }
+
+    /// A body whose first frame has already been read.
+    pub fn prefixed(first: Option<Frame<Bytes>>, rest: Incoming, limit: u64) -> Self {
+        let seen = first
+            .as_ref()
+            .and_then(|f| f.data_ref())
+            .map_or(0, |d| d.len() as u64);
+        Self {
+            inner: Inner::Prefixed(first, rest),
+            limit,
+            seen,
+        }
+    }
+
+    pub fn empty() -> Self {
+        Self {
+            inner: Inner::Empty,
+            limit: 0,
+            seen: 0,
+        }
+    }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Incoming(b) => Pin::new(b).poll_frame(cx),
-            UpstreamBody::Empty => Poll::Ready(None),
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Incoming(b) => Pin::new(b).poll_frame(cx),
+            Inner::Prefixed(first, rest) => match first.take() {
+                Some(f) => Poll::Ready(Some(Ok(f))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
+            Inner::Empty => Poll::Ready(None),
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.seen += d.len() as u64;
+                    if this.seen > this.limit {
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 
     #[inline]
     fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Incoming(b) => b.is_end_stream(),
-            UpstreamBody::Empty => true,
+        match &self.inner {
+            Inner::Incoming(b) => b.is_end_stream(),
+            Inner::Prefixed(first, rest) => first.is_none() && rest.is_end_stream(),
+            Inner::Empty => true,
         }
     }
 
     #[inline]
     fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Incoming(b) => b.size_hint(),
-            UpstreamBody::Empty => SizeHint::with_exact(0),
+        match &self.inner {
+            Inner::Incoming(b) => b.size_hint(),
+            Inner::Prefixed(..) => SizeHint::default(),
+            Inner::Empty => SizeHint::with_exact(0),
         }
     }
 }
@@ -90,6 +178,13 @@ enum Kind {
 }
 
 impl ResponseBody {
+    pub fn empty() -> Self {
+        Self {
+            kind: Kind::Full(None),
+            active: None,
+        }
+    }
+
     pub fn full(bytes: Bytes) -> Self {
         Self {
             kind: Kind::Full(Some(bytes)),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::ResponseBody;
+use crate::body::{BodyError, ResponseBody};
 
 #[derive(Debug)]
 pub enum ProxyError {
@@ -26,13 +26,63 @@ pub enum ProxyError {
     /// The backend took the request but sent no response head in time.
     ResponseTimeout(Duration),
     /// The backend connection failed after the request was handed to it (reset, closed early,
-    /// invalid response).
+    /// invalid response), or the client's body failed while it was being sent (see
+    /// [`BodyError`], found by walking the cause chain).
     Upstream(hyper::Error),
+    /// Request framing that could hide a second request (smuggling): 400, connection closed.
+    BadFraming(&'static str),
+    /// A transfer coding Gantry does not implement: 501, connection closed.
+    UnsupportedEncoding,
+    /// The request body is larger than the router's limit: 413.
+    BodyTooLarge(u64),
+    /// The request body was malformed (bad chunk framing): 400, connection closed.
+    BadBody,
+    /// HTTP/2 to a backend that needs an HTTP/1.1 upgrade (WebSocket over an h2c service).
+    UpgradeUnsupported,
+}
+
+/// The client-body error behind an upstream failure, if that is what it was.
+fn body_error(e: &hyper::Error) -> Option<&BodyError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(b) = c.downcast_ref::<BodyError>() {
+            return Some(b);
+        }
+        cause = c.source();
+    }
+    None
 }
 
 impl ProxyError {
+    /// Attributes an upstream failure to its real cause: a failure of the client's own body is a
+    /// client error (413, 400), not a bad gateway.
+    pub fn from_upstream(e: hyper::Error) -> Self {
+        match body_error(&e) {
+            Some(BodyError::TooLarge(limit)) => ProxyError::BodyTooLarge(*limit),
+            Some(BodyError::Client(_)) => ProxyError::BadBody,
+            None => ProxyError::Upstream(e),
+        }
+    }
+
+    /// Whether the client connection must be closed after this answer (its framing can no
+    /// longer be trusted, or part of its body is still unread).
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::MissingHost
+                | ProxyError::BadFraming(_)
+                | ProxyError::UnsupportedEncoding
+                | ProxyError::BodyTooLarge(_)
+                | ProxyError::BadBody
+        )
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
+            ProxyError::BadFraming(_) | ProxyError::BadBody => StatusCode::BAD_REQUEST,
+            ProxyError::UnsupportedEncoding => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UpgradeUnsupported => StatusCode::BAD_GATEWAY,
             ProxyError::MissingHost => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoBackend | ProxyError::ConnectionLimit => StatusCode::SERVICE_UNAVAILABLE,
@@ -45,6 +95,11 @@ impl ProxyError {
     /// A short machine-friendly name, for logs.
     pub fn kind(&self) -> &'static str {
         match self {
+            ProxyError::BadFraming(_) => "bad_framing",
+            ProxyError::UnsupportedEncoding => "unsupported_encoding",
+            ProxyError::BodyTooLarge(_) => "body_too_large",
+            ProxyError::BadBody => "bad_body",
+            ProxyError::UpgradeUnsupported => "upgrade_unsupported",
             ProxyError::MissingHost => "missing_host",
             ProxyError::NoRoute => "no_route",
             ProxyError::NoBackend => "no_backend",
@@ -60,6 +115,15 @@ impl ProxyError {
     /// The body a client sees: what happened, in one line, without internal addresses.
     pub fn message(&self) -> String {
         match self {
+            ProxyError::BadFraming(what) => format!("400 bad request: {what}\n"),
+            ProxyError::UnsupportedEncoding => {
+                "501 not implemented: only the chunked transfer coding is supported\n".into()
+            }
+            ProxyError::BodyTooLarge(limit) => format!("413 payload too large: the limit is {limit} bytes\n"),
+            ProxyError::BadBody => "400 bad request: malformed request body\n".into(),
+            ProxyError::UpgradeUnsupported => {
+                "502 bad gateway: the backend speaks HTTP/2 and cannot take an upgrade\n".into()
+            }
             ProxyError::MissingHost => "400 bad request: missing Host header\n".into(),
             ProxyError::NoRoute => "404 not found: no route matches this request\n".into(),
             ProxyError::NoBackend => "503 service unavailable: no backend available\n".into(),
@@ -92,15 +156,6 @@ impl ProxyError {
             ProxyError::Upstream(_) => "502 bad gateway: backend connection failed\n".into(),
         }
     }
-
-    /// True when the failure happened before any byte of the request reached a backend, so the
-    /// request may safely go to another backend.
-    pub fn is_before_send(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::ConnectTimeout(_) | ProxyError::Connect(_) | ProxyError::ConnectionLimit
-        )
-    }
 }
 
 fn fmt_d(d: Duration) -> String {
@@ -127,7 +182,7 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if matches!(err, ProxyError::MissingHost) {
+    if err.closes_connection() {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

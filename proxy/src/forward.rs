@@ -1,16 +1,24 @@
-//! The request path: route, pick, rewrite, send, and hand the response back while streaming.
+//! The request path: check framing, route, pick, rewrite, send, and hand the response back
+//! while streaming (or, after `101 Switching Protocols`, tunnel the bytes both ways).
 
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+use gantry_config::Scheme;
 use gantry_config::routing::{RequestView, normalize_host};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use crate::Proxy;
-use crate::backend::BackendState;
+use crate::backend::{BackendState, InFlight};
 use crate::body::{Lease, ResponseBody, UpstreamBody};
 use crate::error::{ProxyError, error_response};
 use crate::server::ConnInfo;
@@ -22,9 +30,31 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 
+/// What one scan of the request's header names found.
+#[derive(Default)]
+struct Framing {
+    transfer_encoding: bool,
+    content_length: bool,
+    upgrade: bool,
+}
+
+fn scan(h: &HeaderMap) -> Framing {
+    let mut f = Framing::default();
+    for name in h.keys() {
+        if name == header::TRANSFER_ENCODING {
+            f.transfer_encoding = true;
+        } else if name == header::CONTENT_LENGTH {
+            f.content_length = true;
+        } else if name == header::UPGRADE {
+            f.upgrade = true;
+        }
+    }
+    f
+}
+
 impl Proxy {
     /// Serves one client request. Never fails: every error becomes a response here.
-    pub async fn handle(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: &Arc<ConnInfo>) -> Response<ResponseBody> {
         let start = Instant::now();
         let snap = self.store.load();
         let request_id = match req.headers_mut().entry(&X_REQUEST_ID) {
@@ -35,6 +65,15 @@ impl Proxy {
                 e.get().clone()
             }
             header::Entry::Vacant(e) => e.insert(new_request_id()).clone(),
+        };
+        let framing = scan(req.headers());
+        let chunked = if framing.transfer_encoding {
+            match transfer_coding(req.headers()) {
+                Ok(chunked) => chunked,
+                Err(e) => return self.fail(&e, request_id),
+            }
+        } else {
+            false
         };
 
         // The Host header, or the :authority of an HTTP/2 request (which then becomes the Host
@@ -67,6 +106,18 @@ impl Proxy {
         let service = &snap.services[route.service];
         let route_rt = &snap.routes[route_idx];
 
+        if route.redirect_https && conn.proto == "http" {
+            route_rt.no_backend.inc(308);
+            return redirect_https(&host, conn.https_port, req.uri(), request_id);
+        }
+        if framing.content_length
+            && let Some(len) = content_length(req.headers())
+            && len > route.max_body_bytes
+        {
+            route_rt.no_backend.inc(413);
+            return self.fail(&ProxyError::BodyTooLarge(route.max_body_bytes), request_id);
+        }
+
         let picked = service.pick(&PickContext {
             headers: req.headers(),
             client_ip: conn.client_ip,
@@ -78,8 +129,34 @@ impl Proxy {
             return self.fail(&ProxyError::NoBackend, request_id);
         };
         let backend = &service.backends[backend_idx];
+        let scheme = backend.key.url.scheme;
+        let upgrade = if framing.upgrade {
+            upgrade_protocol(&req)
+        } else {
+            None
+        };
+        if upgrade.is_some() && scheme == Scheme::H2c {
+            route_rt.no_backend.inc(502);
+            return self.fail(&ProxyError::UpgradeUnsupported, request_id);
+        }
         let in_flight = backend.begin();
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
+        let (parts, mut body) = req.into_parts();
+        let body = if chunked {
+            // Read the first chunk before anything reaches a backend: malformed chunk framing
+            // is refused here with 400, and the backend never sees the request.
+            match poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                Some(Err(_)) => {
+                    route_rt.no_backend.inc(400);
+                    return self.fail(&ProxyError::BadBody, request_id);
+                }
+                Some(Ok(first)) => UpstreamBody::prefixed(Some(first), body, route.max_body_bytes),
+                None => UpstreamBody::prefixed(None, body, route.max_body_bytes),
+            }
+        } else {
+            UpstreamBody::new(body, route.max_body_bytes)
+        };
         let strip = if route.strip_prefix {
             match &route.matcher.path {
                 Some(gantry_config::PathMatch::Prefix(p)) => Some(p.as_str()),
@@ -88,29 +165,52 @@ impl Proxy {
         } else {
             None
         };
-        let upstream_req = rewrite(req, conn, host_value, host_is_header, strip);
+        let target = Target {
+            host: host_value,
+            host_is_header,
+            strip_prefix: strip,
+            scheme,
+            upgrade: upgrade.clone(),
+        };
+        let upstream_req = rewrite(Request::from_parts(parts, body), conn, target);
 
         let result = send(backend, service, upstream_req).await;
         let counters = route_rt.counters(&self.metrics, &route.name, service, backend_idx);
         let elapsed = start.elapsed();
         route_rt.histogram.observe(elapsed.as_secs_f64());
         match result {
-            Ok((resp, sender)) => {
+            Ok((mut resp, sender)) => {
                 backend.observe_latency(elapsed, start + elapsed);
                 counters.inc(resp.status().as_u16());
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let (Some(client_upgrade), Some(proto)) = (client_upgrade, upgrade)
+                {
+                    let backend_upgrade = hyper::upgrade::on(&mut resp);
+                    self.tunnel(client_upgrade, backend_upgrade, in_flight, conn.clone());
+                    let (mut parts, _) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers, false);
+                    parts
+                        .headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    parts.headers.entry(header::UPGRADE).or_insert(proto);
+                    parts.headers.entry(X_REQUEST_ID.clone()).or_insert(request_id);
+                    return Response::from_parts(parts, ResponseBody::full(Bytes::new()));
+                }
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers, false);
                 parts.headers.entry(X_REQUEST_ID.clone()).or_insert(request_id);
                 let lease = Lease {
                     in_flight,
-                    sender: Some(sender),
+                    sender,
                     max_idle: service.spec.limits.max_idle_per_backend as usize,
                 };
                 Response::from_parts(parts, ResponseBody::upstream(body, lease))
             }
             Err(err) => {
-                // A failure costs a backend as much as its timeout in the least-request score.
-                backend.observe_latency(service.spec.timeouts.connect.max(elapsed), start + elapsed);
+                if !err.closes_connection() {
+                    // A failure costs a backend as much as its timeout in the least-request score.
+                    backend.observe_latency(service.spec.timeouts.connect.max(elapsed), start + elapsed);
+                }
                 counters.inc(err.status().as_u16());
                 debug!(route = %route.name, backend = %backend.label, error = %err, "request failed");
                 drop(in_flight);
@@ -119,22 +219,132 @@ impl Proxy {
         }
     }
 
-    fn fail(&self, err: &ProxyError, request_id: HeaderValue) -> Response<ResponseBody> {
+    pub(crate) fn fail(&self, err: &ProxyError, request_id: HeaderValue) -> Response<ResponseBody> {
         let mut resp = error_response(err);
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         resp
     }
+
+    /// Copies bytes both ways between an upgraded client connection and an upgraded backend
+    /// connection until either side closes. The tunnel keeps the request in flight on its backend
+    /// and the client connection under the listener's connection limit.
+    fn tunnel(
+        &self,
+        client: hyper::upgrade::OnUpgrade,
+        backend: hyper::upgrade::OnUpgrade,
+        in_flight: InFlight,
+        conn: Arc<ConnInfo>,
+    ) {
+        self.tunnels.spawn(async move {
+            let _held = (in_flight, conn);
+            match tokio::try_join!(client, backend) {
+                Ok((c, b)) => {
+                    let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
+                    match tokio::io::copy_bidirectional(&mut c, &mut b).await {
+                        Ok((up, down)) => debug!(up, down, "tunnel closed"),
+                        Err(e) => debug!(error = %e, "tunnel ended with an error"),
+                    }
+                }
+                Err(e) => debug!(error = %e, "upgrade failed"),
+            }
+        });
+    }
 }
 
-/// Sends the request on a pooled connection, or a new one. A pooled connection that turns out to
-/// be closed before the request was written is replaced by a fresh one, once; a request that was
-/// written is never sent again.
+/// `Ok(true)` for a chunked body. Any other transfer coding is refused: a coding applied twice is
+/// a smuggling trick (400), anything else is not implemented (501).
+fn transfer_coding(h: &HeaderMap) -> Result<bool, ProxyError> {
+    let (mut chunked, mut other) = (0, false);
+    for v in h.get_all(header::TRANSFER_ENCODING) {
+        let text = v
+            .to_str()
+            .map_err(|_| ProxyError::BadFraming("invalid Transfer-Encoding"))?;
+        for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if coding.eq_ignore_ascii_case("chunked") {
+                chunked += 1;
+            } else {
+                other = true;
+            }
+        }
+    }
+    match (chunked, other) {
+        (1, false) => Ok(true),
+        (0, false) => Err(ProxyError::BadFraming("empty Transfer-Encoding")),
+        (c, _) if c > 1 => Err(ProxyError::BadFraming("chunked applied more than once")),
+        _ => Err(ProxyError::UnsupportedEncoding),
+    }
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The protocol an HTTP/1.1 client asks to switch to (`Upgrade: websocket` with
+/// `Connection: upgrade`). `h2c` is never passed on: Gantry speaks HTTP/2 itself.
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let proto = req.headers().get(header::UPGRADE)?;
+    if proto.as_bytes().eq_ignore_ascii_case(b"h2c") {
+        return None;
+    }
+    let asked = req.headers().get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+    });
+    asked.then(|| proto.clone())
+}
+
+fn redirect_https(
+    host: &str,
+    port: Option<u16>,
+    uri: &Uri,
+    request_id: HeaderValue,
+) -> Response<ResponseBody> {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = match port {
+        Some(p) if p != 443 => format!("https://{host}:{p}{pq}"),
+        _ => format!("https://{host}{pq}"),
+    };
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(format!(
+        "308 permanent redirect: {location}\n"
+    ))));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    resp
+}
+
+/// Sends the request to the backend. HTTP/1.1: on a pooled connection, or a new one; a pooled
+/// connection that turns out to be closed before the request was written is replaced by a fresh
+/// one, once; a request that was written is never sent again. h2c: on the backend's shared
+/// HTTP/2 connection.
 async fn send(
     backend: &BackendState,
     service: &ServiceRuntime,
     mut req: Request<UpstreamBody>,
-) -> Result<(Response<Incoming>, SendRequest<UpstreamBody>), ProxyError> {
+) -> Result<(Response<Incoming>, Option<SendRequest<UpstreamBody>>), ProxyError> {
     let t = &service.spec.timeouts;
+    if backend.key.url.scheme == Scheme::H2c {
+        let mut sender = backend.h2_sender(t.connect).await?;
+        match tokio::time::timeout(t.connect, sender.ready()).await {
+            Err(_) => return Err(ProxyError::ConnectTimeout(t.connect)),
+            Ok(Err(e)) => return Err(ProxyError::Upstream(e)),
+            Ok(Ok(())) => {}
+        }
+        return match tokio::time::timeout(t.response_header, sender.send_request(req)).await {
+            Err(_) => Err(ProxyError::ResponseTimeout(t.response_header)),
+            Ok(Err(e)) => Err(ProxyError::from_upstream(e)),
+            Ok(Ok(resp)) => Ok((resp, None)),
+        };
+    }
     loop {
         let (mut sender, fresh) = match backend.take_idle(t.idle).await {
             Some(s) => (s, false),
@@ -147,49 +357,78 @@ async fn send(
         };
         match tokio::time::timeout(t.response_header, sender.try_send_request(req)).await {
             Err(_) => return Err(ProxyError::ResponseTimeout(t.response_header)),
-            Ok(Ok(resp)) => return Ok((resp, sender)),
+            Ok(Ok(resp)) => return Ok((resp, Some(sender))),
             Ok(Err(mut e)) => match e.take_message() {
                 Some(unsent) if !fresh => {
                     debug!(backend = %backend.label, "pooled connection was closed; retrying on a new one");
                     req = unsent;
                 }
-                _ => return Err(ProxyError::Upstream(e.into_error())),
+                _ => return Err(ProxyError::from_upstream(e.into_error())),
             },
         }
     }
 }
 
-/// Turns a client request into the request for the backend: origin-form URI (prefix stripped if
-/// asked), HTTP/1.1, hop-by-hop headers removed, `X-Forwarded-*` set.
-fn rewrite(
-    req: Request<Incoming>,
-    conn: &ConnInfo,
+/// Where and how a request goes upstream.
+struct Target<'a> {
+    /// The Host header, or the HTTP/2 :authority.
     host: Option<HeaderValue>,
     host_is_header: bool,
-    strip_prefix: Option<&str>,
-) -> Request<UpstreamBody> {
+    strip_prefix: Option<&'a str>,
+    scheme: Scheme,
+    /// The protocol of an upgrade (WebSocket) to pass on.
+    upgrade: Option<HeaderValue>,
+}
+
+/// Turns a client request into the request for the backend: HTTP/1.1 with an origin-form URI
+/// (prefix stripped if asked), or HTTP/2 with the client's host as :authority; hop-by-hop headers
+/// removed (but an upgrade passed on); `X-Forwarded-*` set.
+fn rewrite(req: Request<UpstreamBody>, conn: &ConnInfo, t: Target<'_>) -> Request<UpstreamBody> {
     let (mut parts, body) = req.into_parts();
-    let needs_new_uri = parts.uri.scheme().is_some() || strip_prefix.is_some();
-    if needs_new_uri {
-        parts.uri = origin_form(&parts.uri, strip_prefix);
+    let h2 = t.scheme == Scheme::H2c;
+    if h2 {
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let pq = match t.strip_prefix {
+            Some(p) => origin_form(&parts.uri, Some(p)).to_string(),
+            None => pq.to_string(),
+        };
+        let authority = t
+            .host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        parts.uri = format!("http://{authority}{pq}")
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        parts.version = Version::HTTP_2;
+    } else {
+        if parts.uri.scheme().is_some() || t.strip_prefix.is_some() {
+            parts.uri = origin_form(&parts.uri, t.strip_prefix);
+        }
+        parts.version = Version::HTTP_11;
     }
-    parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
     strip_hop_by_hop(h, true);
-    if let Some(host) = host {
-        if !host_is_header {
+    if let Some(host) = t.host {
+        if h2 {
+            h.remove(header::HOST);
+        } else if !t.host_is_header {
             h.insert(header::HOST, host.clone());
         }
         h.insert(X_FORWARDED_HOST.clone(), host);
     }
+    if let Some(proto) = t.upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, proto);
+    }
     append_forwarded_for(h, &conn.client_ip_header);
     h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.proto));
-    if let Some(p) = strip_prefix
+    if let Some(p) = t.strip_prefix
         && let Ok(v) = HeaderValue::from_str(p)
     {
         h.insert(X_FORWARDED_PREFIX.clone(), v);
     }
-    Request::from_parts(parts, UpstreamBody::Incoming(body))
+    Request::from_parts(parts, body)
 }
 
 fn origin_form(uri: &Uri, strip_prefix: Option<&str>) -> Uri {
@@ -299,11 +538,12 @@ fn is_hop_by_hop(name: &str) -> bool {
             | "trailer"
             | "transfer-encoding"
             | "upgrade"
+            | "http2-settings"
     )
 }
 
 /// 128 random bits as 32 lowercase hex digits.
-fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
     for (i, b) in fastrand::u128(..).to_le_bytes().into_iter().enumerate() {

@@ -12,6 +12,7 @@ pub mod balance;
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod io;
 pub mod metrics;
 pub mod server;
 pub mod shutdown;
@@ -24,7 +25,7 @@ use std::time::Duration;
 use gantry_config::{RoutingTable, Store};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounter, IntGaugeVec, Opts, Registry};
+use prometheus::{IntGaugeVec, Opts, Registry};
 
 pub use backend::{BackendKey, BackendRegistry, BackendState};
 pub use error::ProxyError;
@@ -41,8 +42,9 @@ pub struct Proxy {
     registry: Arc<BackendRegistry>,
     metrics: Metrics,
     no_route: ClassCounters,
-    refused_connections: IntCounter,
     entrypoints: Vec<String>,
+    /// Upgraded connections (WebSocket tunnels), so that shutdown can wait for them.
+    tunnels: tokio_util::task::TaskTracker,
 }
 
 impl Proxy {
@@ -51,7 +53,6 @@ impl Proxy {
         let metrics = Metrics::new(registry)?;
         let backends = Arc::new(BackendRegistry::default());
         registry.register(Box::new(BackendGauges::new(backends.clone())?))?;
-        let refused_connections = server::refused_counter(registry)?;
         let no_route = metrics.class_counters("", "", "");
         let empty = Arc::new(RoutingTable::empty(&entrypoints));
         Ok(Arc::new(Self {
@@ -59,8 +60,8 @@ impl Proxy {
             registry: backends,
             metrics,
             no_route,
-            refused_connections,
             entrypoints,
+            tunnels: tokio_util::task::TaskTracker::new(),
         }))
     }
 
@@ -127,6 +128,12 @@ impl Proxy {
 
     pub fn backends(&self) -> Vec<Arc<BackendState>> {
         self.registry.all()
+    }
+
+    /// Waits until every upgraded connection (WebSocket tunnel) has closed.
+    pub async fn tunnels_closed(&self) {
+        self.tunnels.close();
+        self.tunnels.wait().await;
     }
 
     /// Background upkeep: closes pooled connections past their idle timeout, so that idle

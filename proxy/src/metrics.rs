@@ -17,6 +17,8 @@ pub struct Metrics {
     pub connections_opened: IntCounterVec,
     pub client_connections: IntCounterVec,
     pub client_connections_active: IntGaugeVec,
+    pub refused_connections: IntCounter,
+    pub tls_handshake_errors: IntCounter,
 }
 
 impl Metrics {
@@ -66,6 +68,16 @@ impl Metrics {
             ),
             &["entrypoint"],
         )?;
+        let refused_connections = IntCounter::new(
+            "gantry_client_connections_refused_total",
+            "Client connections closed at accept because the connection limit was reached.",
+        )?;
+        let tls_handshake_errors = IntCounter::new(
+            "gantry_tls_handshake_errors_total",
+            "TLS handshakes that failed or timed out (no certificate, protocol version, bad client).",
+        )?;
+        registry.register(Box::new(refused_connections.clone()))?;
+        registry.register(Box::new(tls_handshake_errors.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(connect_errors.clone()))?;
@@ -79,6 +91,8 @@ impl Metrics {
             connections_opened,
             client_connections,
             client_connections_active,
+            refused_connections,
+            tls_handshake_errors,
         })
     }
 

@@ -1,5 +1,6 @@
-//! Client-facing listeners: accept, protocol detection (HTTP/1.1, or h2c with prior knowledge),
-//! connection limits and timeouts, graceful shutdown.
+//! Client-facing listeners: accept, TLS (rustls, SNI from the live snapshot, ALPN), protocol
+//! detection (HTTP/1.1, HTTP/2 by ALPN or h2c with prior knowledge), connection limits and
+//! timeouts, graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -7,49 +8,44 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
+use gantry_config::{Entrypoint, ListenerLimits, TlsVersion};
 use http::HeaderValue;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use prometheus::{IntCounter, IntGauge};
+use prometheus::IntGauge;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, debug_span, warn};
 
+use crate::error::ProxyError;
+use crate::io::{ClientIo, FramingFlag};
 use crate::{Proxy, Shutdown};
 
-/// Limits and timeouts of a listener. All are on by default.
-#[derive(Clone, Debug)]
+/// How a listener behaves: its limits, and TLS if it terminates TLS.
+#[derive(Clone, Debug, Default)]
 pub struct ServerConfig {
-    /// A new connection must send a complete request head within this time (slowloris).
-    pub header_read_timeout: Duration,
-    /// A keep-alive connection with no request for this long is closed.
-    pub idle_timeout: Duration,
-    /// Client connections open at once; more are closed at accept.
-    pub max_connections: usize,
-    /// Largest request head (request line and headers) accepted; larger gets 431.
-    pub max_header_bytes: usize,
-    /// Most header fields in one request.
-    pub max_headers: usize,
-    /// HTTP/2 streams open at once on one connection.
-    pub h2_max_concurrent_streams: u32,
-    /// `X-Forwarded-Proto` value for requests on this listener.
-    pub proto: &'static str,
+    pub limits: ListenerLimits,
+    pub tls: Option<gantry_config::EntrypointTls>,
+    /// Where `redirect_https` routers send plain-HTTP clients: the port of the TLS entrypoint
+    /// (omitted from the URL when 443).
+    pub https_port: Option<u16>,
 }
 
-impl Default for ServerConfig {
-    fn default() -> Self {
+impl ServerConfig {
+    pub fn for_entrypoint(ep: &Entrypoint) -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 8192,
-            max_header_bytes: 64 * 1024,
-            max_headers: 100,
-            h2_max_concurrent_streams: 256,
-            proto: "http",
+            limits: ep.limits,
+            tls: ep.tls.clone(),
+            https_port: None,
         }
     }
 }
@@ -61,14 +57,19 @@ pub struct ConnInfo {
     pub client_ip: IpAddr,
     /// `client_ip` as a header value, made once per connection for `X-Forwarded-For`.
     pub client_ip_header: HeaderValue,
+    /// `X-Forwarded-Proto`: "https" on TLS listeners.
     pub proto: &'static str,
+    pub https_port: Option<u16>,
+    /// The connection's place under the listener's connection limit. It lives as long as this
+    /// struct, so an upgraded connection (WebSocket) keeps counting after hyper lets go of it.
+    pub(crate) _permit: OwnedSemaphorePermit,
 }
 
 /// Requests started and finished on one connection. The connection is idle when both are
 /// equal and neither moved for a whole timeout period; checking two counters from one timer per
 /// connection costs far less than a timer per request.
 #[derive(Debug, Default)]
-struct Activity {
+pub(crate) struct Activity {
     started: AtomicU64,
     finished: AtomicU64,
 }
@@ -86,7 +87,8 @@ impl Drop for ActiveRequest {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Accepts connections on `listener` for entrypoint number `entrypoint` until `shutdown` fires,
-/// then waits for open connections to finish (they are told to close when idle).
+/// then stops accepting at once (new connections are refused) and waits for open connections to
+/// finish; they are told to close as soon as they are idle.
 pub async fn serve(
     proxy: Arc<Proxy>,
     listener: TcpListener,
@@ -100,8 +102,18 @@ pub async fn serve(
         .metrics
         .client_connections_active
         .with_label_values(&[&name]);
+    let tls = match &config.tls {
+        Some(t) => match tls_acceptor(&proxy, t) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                warn!(entrypoint = %name, error = %e, "cannot set up TLS; the entrypoint is not served");
+                return;
+            }
+        },
+        None => None,
+    };
     let config = Arc::new(config);
-    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let permits = Arc::new(Semaphore::new(config.limits.max_connections as usize));
     let tracker = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -118,7 +130,7 @@ pub async fn serve(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             debug!(entrypoint = %name, "connection limit reached; closing new connection");
-            proxy.refused_connections.inc();
+            proxy.metrics.refused_connections.inc();
             drop(stream);
             continue;
         };
@@ -129,17 +141,56 @@ pub async fn serve(
             shutdown: shutdown.clone(),
             active: active.clone(),
             entrypoint,
+            tls: tls.clone(),
         };
         tracker.spawn(
-            async move {
-                conn.run(stream, peer).await;
-                drop(permit);
-            }
-            .instrument(debug_span!("conn", %peer, ep = %name)),
+            conn.run(stream, peer, permit)
+                .instrument(debug_span!("conn", %peer, ep = %name)),
         );
     }
+    // Refuse new connections while the open ones drain.
+    drop(listener);
     tracker.close();
     tracker.wait().await;
+}
+
+fn tls_acceptor(proxy: &Arc<Proxy>, t: &gantry_config::EntrypointTls) -> Result<TlsAcceptor, rustls::Error> {
+    let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    };
+    let mut cfg =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(versions)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(SnapshotCerts(proxy.clone())));
+    cfg.alpn_protocols = if t.http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Picks the certificate from the live snapshot, so that a reloaded certificate serves the next
+/// handshake, atomically with the routing table it came with.
+struct SnapshotCerts(Arc<Proxy>);
+
+impl std::fmt::Debug for SnapshotCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotCerts")
+    }
+}
+
+impl ResolvesServerCert for SnapshotCerts {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let found = self.0.snapshot().table.certs().resolve(hello.server_name());
+        if found.is_none() {
+            debug!(sni = ?hello.server_name(), "no certificate for this name");
+        }
+        found
+    }
 }
 
 struct Conn {
@@ -148,10 +199,11 @@ struct Conn {
     shutdown: Shutdown,
     active: IntGauge,
     entrypoint: usize,
+    tls: Option<TlsAcceptor>,
 }
 
 impl Conn {
-    async fn run(self, stream: TcpStream, peer: SocketAddr) {
+    async fn run(self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
         let _ = stream.set_nodelay(true);
         self.active.inc();
         let client_ip = canonical_ip(peer.ip());
@@ -160,61 +212,106 @@ impl Conn {
             client_ip,
             client_ip_header: HeaderValue::from_str(&client_ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-            proto: self.config.proto,
+            proto: if self.tls.is_some() { "https" } else { "http" },
+            https_port: self.config.https_port,
+            _permit: permit,
         });
+        let limit = self.config.limits.header_read_timeout;
+        match &self.tls {
+            Some(acceptor) => match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    self.serve(tls, info, h2).await;
+                }
+                Ok(Err(e)) => {
+                    self.proxy.metrics.tls_handshake_errors.inc();
+                    debug!(error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    self.proxy.metrics.tls_handshake_errors.inc();
+                    debug!("TLS handshake timed out");
+                }
+            },
+            None => match detect_h2(&stream, limit).await {
+                Detected::Closed => {}
+                Detected::H2 => self.serve(stream, info, true).await,
+                Detected::Http1 => self.serve(stream, info, false).await,
+            },
+        }
+        self.active.dec();
+    }
+
+    async fn serve<S>(&self, io: S, info: Arc<ConnInfo>, h2: bool)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let activity = Arc::new(Activity::default());
+        let framing = Arc::new(FramingFlag::default());
         let proxy = self.proxy.clone();
         let act = activity.clone();
+        let flag = framing.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
             let info = info.clone();
             let act = act.clone();
-            act.started.fetch_add(1, Ordering::Relaxed);
+            let index = act.started.fetch_add(1, Ordering::Relaxed);
+            let smuggling = flag.is_violation(index);
             async move {
-                let mut resp = proxy.handle(req, &info).await;
+                let mut resp = if smuggling {
+                    proxy.fail(
+                        &ProxyError::BadFraming("both Content-Length and Transfer-Encoding"),
+                        crate::forward::new_request_id(),
+                    )
+                } else {
+                    proxy.handle(req, &info).await
+                };
                 resp.body_mut().set_active(ActiveRequest(act));
                 Ok::<_, Infallible>(resp)
             }
         });
-
-        match detect_h2(&stream, self.config.header_read_timeout).await {
-            Detected::Closed => {}
-            Detected::H2 => {
-                let mut b = http2::Builder::new(TokioExecutor::new());
-                b.timer(TokioTimer::new())
-                    .max_concurrent_streams(self.config.h2_max_concurrent_streams)
-                    .max_header_list_size(self.config.max_header_bytes as u32)
-                    .max_pending_accept_reset_streams(Some(20))
-                    .max_local_error_reset_streams(Some(1024))
-                    .keep_alive_interval(Some(Duration::from_secs(20)))
-                    .keep_alive_timeout(Duration::from_secs(20));
-                let conn = b.serve_connection(TokioIo::new(stream), service);
-                self.drive(conn, &activity).await;
-            }
-            Detected::Http1 => {
-                let mut b = http1::Builder::new();
-                // half_close: a client that shuts down its write side after the request still
-                // gets the response (and hyper stops re-growing its read buffer per request).
-                // writev off: small heads and bodies are copied into one buffer and written
-                // with one write(2), cheaper than gathering (measured in shared/PERFORMANCE.md).
-                b.keep_alive(true)
-                    .half_close(true)
-                    .writev(false)
-                    .max_headers(self.config.max_headers)
-                    .max_buf_size(self.config.max_header_bytes.max(8192));
-                let conn = b.serve_connection(TokioIo::new(stream), service).with_upgrades();
-                self.drive(conn, &activity).await;
-            }
+        let limits = &self.config.limits;
+        if h2 {
+            let mut b = http2::Builder::new(TokioExecutor::new());
+            // Explicit limits: streams per connection; headers (which also bounds CONTINUATION
+            // frames in h2 >= 0.4.4); streams reset before being accepted (rapid reset,
+            // CVE-2023-44487) and streams the server had to reset (MadeYouReset, h2 >= 0.4.11).
+            b.timer(TokioTimer::new())
+                .max_concurrent_streams(limits.h2_max_concurrent_streams)
+                .max_header_list_size(limits.max_header_bytes)
+                .max_pending_accept_reset_streams(Some(20))
+                .max_local_error_reset_streams(Some(256))
+                .keep_alive_interval(Some(Duration::from_secs(20)))
+                .keep_alive_timeout(Duration::from_secs(20));
+            let conn = b.serve_connection(TokioIo::new(io), service);
+            self.drive(conn, &activity).await;
+        } else {
+            let mut b = http1::Builder::new();
+            // half_close: a client that shuts down its write side after the request still gets
+            // the response (and hyper stops re-growing its read buffer per request).
+            // writev off: small heads and bodies are copied into one buffer and written with one
+            // write(2), cheaper than gathering (measured in shared/PERFORMANCE.md).
+            // max_header_size: a larger request head gets 431 and the connection is closed.
+            b.keep_alive(true)
+                .half_close(true)
+                .writev(false)
+                .max_headers(limits.max_headers as usize)
+                .max_header_size(limits.max_header_bytes as usize);
+            let io = TokioIo::new(ClientIo::new(io, framing));
+            let conn = b.serve_connection(io, service).with_upgrades();
+            self.drive(conn, &activity).await;
         }
-        self.active.dec();
     }
 
     /// Runs a connection to its end, closing it when it has been idle too long (or never sent a
     /// complete request head), and asking it to finish gracefully on shutdown.
     async fn drive<C: Graceful>(&self, conn: C, activity: &Activity) {
         tokio::pin!(conn);
+        let limits = &self.config.limits;
+        let connected = Instant::now();
         let mut last_started = 0u64;
-        let timer = tokio::time::sleep(self.config.header_read_timeout);
+        // The first look comes at whichever is sooner; until a request head has arrived the
+        // header timeout applies, afterwards the idle timeout.
+        let timer = tokio::time::sleep(limits.header_read_timeout.min(limits.idle_timeout));
         tokio::pin!(timer);
         let cancelled = self.shutdown.cancelled();
         tokio::pin!(cancelled);
@@ -238,18 +335,20 @@ impl Conn {
                 Event::Timer => {
                     let started = activity.started.load(Ordering::Relaxed);
                     let finished = activity.finished.load(Ordering::Relaxed);
-                    let period = if closing {
+                    let next = if closing {
                         return; // the grace period after a close request has run out
+                    } else if started == 0 && connected.elapsed() < limits.header_read_timeout {
+                        connected + limits.header_read_timeout // no request head yet; still in time
                     } else if started == finished && started == last_started {
                         debug!(requests = started, "closing idle connection");
                         conn.as_mut().graceful();
                         closing = true;
-                        Duration::from_secs(1)
+                        Instant::now() + Duration::from_secs(1)
                     } else {
                         last_started = started;
-                        self.config.idle_timeout
+                        Instant::now() + limits.idle_timeout
                     };
-                    timer.as_mut().reset(Instant::now() + period);
+                    timer.as_mut().reset(next);
                 }
                 Event::Shutdown => {
                     conn.as_mut().graceful();
@@ -284,26 +383,26 @@ async fn watch<C: Graceful>(
 ) -> Event {
     let mut registered = false;
     std::future::poll_fn(move |cx| {
-        if let std::task::Poll::Ready(res) = conn.as_mut().poll(cx) {
-            return std::task::Poll::Ready(Event::Done(res));
+        if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Event::Done(res));
         }
         if !registered {
             registered = true;
             if timer.as_mut().poll(cx).is_ready() {
-                return std::task::Poll::Ready(Event::Timer);
+                return Poll::Ready(Event::Timer);
             }
             if !closing && cancelled.as_mut().poll(cx).is_ready() {
-                return std::task::Poll::Ready(Event::Shutdown);
+                return Poll::Ready(Event::Shutdown);
             }
         } else {
             if timer.is_elapsed() {
-                return std::task::Poll::Ready(Event::Timer);
+                return Poll::Ready(Event::Timer);
             }
             if !closing && shutdown.is_triggered() {
-                return std::task::Poll::Ready(Event::Shutdown);
+                return Poll::Ready(Event::Shutdown);
             }
         }
-        std::task::Poll::Pending
+        Poll::Pending
     })
     .await
 }
@@ -375,14 +474,4 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
-}
-
-/// Counts connections refused at the limit.
-pub(crate) fn refused_counter(registry: &prometheus::Registry) -> Result<IntCounter, prometheus::Error> {
-    let c = IntCounter::new(
-        "gantry_client_connections_refused_total",
-        "Client connections closed at accept because the connection limit was reached.",
-    )?;
-    registry.register(Box::new(c.clone()))?;
-    Ok(c)
 }

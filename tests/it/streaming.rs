@@ -20,6 +20,8 @@ async fn two_hundred_megabytes_up_and_down_with_flat_memory() {
 [routers.up]
 path = "/upload"
 service = "sink"
+# The default body limit is 100 MiB; this router takes more.
+max_body_bytes = "1GiB"
 [routers.down]
 path = "/download"
 service = "source"

@@ -72,6 +72,8 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     requests: Arc<AtomicU64>,
+    in_flight: Arc<AtomicU64>,
+    max_in_flight: Arc<AtomicU64>,
     last: Arc<Mutex<Option<Seen>>>,
     stop: tokio_util::sync::CancellationToken,
 }
@@ -84,6 +86,8 @@ impl Backend {
             name: name.to_string(),
             addr,
             requests: Arc::new(AtomicU64::new(0)),
+            in_flight: Arc::new(AtomicU64::new(0)),
+            max_in_flight: Arc::new(AtomicU64::new(0)),
             last: Arc::new(Mutex::new(None)),
             stop: tokio_util::sync::CancellationToken::new(),
         };
@@ -117,6 +121,14 @@ impl Backend {
 
     async fn serve(&self, req: Request<Incoming>, behavior: Behavior) -> Response<TestBody> {
         self.requests.fetch_add(1, Ordering::SeqCst);
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let resp = self.answer(req, behavior).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        resp
+    }
+
+    async fn answer(&self, req: Request<Incoming>, behavior: Behavior) -> Response<TestBody> {
         *self.last.lock().unwrap() = Some(Seen {
             method: req.method().to_string(),
             uri: req.uri().to_string(),
@@ -155,6 +167,16 @@ impl Backend {
 
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests being answered right now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests this backend was answering at once.
+    pub fn max_in_flight(&self) -> u64 {
+        self.max_in_flight.load(Ordering::SeqCst)
     }
 
     pub fn last(&self) -> Seen {
@@ -282,8 +304,20 @@ impl Gantry {
         Self::start_with(config, gantry::Options::default()).await
     }
 
-    pub async fn start_with(config: &str, opts: gantry::Options) -> Self {
+    /// Starts with extra files (certificates, keys) written next to the config.
+    pub async fn start_with_files(config: &str, files: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        Self::start_in(dir, config, gantry::Options::default()).await
+    }
+
+    pub async fn start_with(config: &str, opts: gantry::Options) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), config, opts).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, config: &str, opts: gantry::Options) -> Self {
         let path = dir.path().join("gantry.toml");
         std::fs::write(&path, config).unwrap();
         let opts = gantry::Options {
@@ -300,6 +334,16 @@ impl Gantry {
 
     pub fn addr(&self) -> SocketAddr {
         self.running.addr()
+    }
+
+    /// The bound address of a named entrypoint.
+    pub fn addr_of(&self, entrypoint: &str) -> SocketAddr {
+        self.running
+            .entrypoints
+            .iter()
+            .find(|(n, _)| n == entrypoint)
+            .map(|(_, a)| *a)
+            .unwrap()
     }
 
     /// Replaces the config file the way editors and config managers do: write aside, rename.
@@ -435,4 +479,92 @@ pub fn one_service(backends: &[(&Backend, u32)], extra_service: &str) -> String 
         "[routers.all]\npath_prefix = \"/\"\nservice = \"svc\"\n\n[services.svc]\n{extra_service}\nbackends = [{}]\n",
         list.join(", ")
     )
+}
+
+/// Tests that hold many sockets need more than the usual 1024 descriptors.
+pub fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+}
+
+/// Sends raw bytes on a new connection and returns everything the server sends back until it
+/// closes the connection (or `timeout` passes).
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(timeout, s.read_to_end(&mut out))
+        .await
+        .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// The status code of the first response in raw HTTP/1.1 text.
+pub fn status_of(raw: &str) -> u16 {
+    raw.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A certificate authority for tests, and leaf certificates it signs.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub cert_pem: String,
+    pub cert_der: rustls_pki_types::CertificateDer<'static>,
+}
+
+/// A leaf certificate and its key, as PEM.
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: rustls_pki_types::CertificateDer<'static>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Gantry test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// A rustls client that trusts this CA, offering these ALPN protocols.
+    pub fn client(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert_der.clone()).unwrap();
+        let mut cfg =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    }
 }

@@ -1,0 +1,95 @@
+//! Upgrades: WebSocket passes through both ways; `Upgrade: h2c` from a client does not.
+
+use std::net::SocketAddr;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+/// A WebSocket echo server (real tungstenite on a real socket).
+async fn ws_echo_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_close() {
+                        break;
+                    }
+                    if ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_echoes_a_thousand_messages_through_gantry() {
+    let backend = ws_echo_backend().await;
+    let g = Gantry::start(&format!(
+        "[routers.ws]\npath_prefix = \"/ws\"\nservice = \"ws\"\n[services.ws]\nbackends = [{{ url = \"http://{backend}\" }}]\n"
+    ))
+    .await;
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws/chat", g.addr()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    assert!(resp.headers().contains_key("x-request-id"));
+    for i in 0..1000 {
+        let text = format!("message {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) => assert_eq!(t.as_str(), text),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::binary(vec![0u8, 1, 2, 255])
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    // The tunnel counted as in flight on its backend while open, and no longer once closed.
+    let admin = g.running.admin_addr;
+    eventually(
+        std::time::Duration::from_secs(5),
+        "the tunnel to close",
+        || async {
+            let m = admin_get(admin, "/metrics").await.body;
+            m.lines()
+                .any(|l| l.starts_with("gantry_backend_requests_in_flight{") && l.ends_with(" 0"))
+                .then_some(())
+        },
+    )
+    .await;
+    g.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_from_a_client_is_not_forwarded() {
+    let b = Backend::start("b", Behavior::Name).await;
+    let g = Gantry::start(&one_service(&[(&b, 1)], "")).await;
+    let (raw, _) = raw_exchange(
+        g.addr(),
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+          HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        std::time::Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    let seen = b.last();
+    for gone in ["upgrade", "http2-settings", "connection"] {
+        assert!(!seen.headers.contains_key(gone), "{gone} reached the backend");
+    }
+    g.running.shutdown().await;
+}
