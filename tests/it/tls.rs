@@ -315,3 +315,68 @@ async fn plain_http_is_redirected_to_https_per_router() {
     assert_eq!(get(&c, g.addr(), "a.test", "/.well-known/acme").await.status, 200);
     g.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_speaks_http2_over_tls_and_h2c_through_gantry() {
+    let backend = Backend::start("b", Behavior::Name).await;
+    let ca = TestCa::new();
+    let (a, b, d) = (
+        ca.leaf(&["a.test"]),
+        ca.leaf(&["*.b.test"]),
+        ca.leaf(&["default.test"]),
+    );
+    let g = Gantry::start_with_files(
+        &tls_config(&backend, ""),
+        &[
+            ("a.pem", &a.cert_pem),
+            ("a.key", &a.key_pem),
+            ("b.pem", &b.cert_pem),
+            ("b.key", &b.key_pem),
+            ("default.pem", &d.cert_pem),
+            ("default.key", &d.key_pem),
+            ("ca.pem", &ca.cert_pem),
+        ],
+    )
+    .await;
+    let port = g.addr_of("websecure").port();
+    let ca_path = g.dir.path().join("ca.pem");
+    let curl = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || std::process::Command::new("curl").args(&args).output())
+            .await
+            .unwrap()
+            .expect("curl is installed by .ci/run")
+    };
+    let out = curl(vec![
+        "-sS".into(),
+        "--http2".into(),
+        "--cacert".into(),
+        ca_path.display().to_string(),
+        "--resolve".into(),
+        format!("a.test:{port}:127.0.0.1"),
+        "-w".into(),
+        " %{http_version} %{http_code}".into(),
+        format!("https://a.test:{port}/curl"),
+    ])
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "b 2 200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = curl(vec![
+        "-sS".into(),
+        "--http2-prior-knowledge".into(),
+        "-w".into(),
+        " %{http_version} %{http_code}".into(),
+        format!("http://{}/h2c", g.addr()),
+    ])
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "b 2 200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    g.running.shutdown().await;
+}
