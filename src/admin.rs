@@ -129,6 +129,17 @@ impl Admin {
                 if let Some(backends) = v.get_mut("backends").and_then(Value::as_array_mut) {
                     for (b, state) in backends.iter_mut().zip(&svc.backends) {
                         if let Some(o) = b.as_object_mut() {
+                            let now = gantry_proxy::backend::nanos_since_epoch(std::time::Instant::now());
+                            o.insert("state".into(), json!(state.health.phase(now).as_str()));
+                            let reason = state.health.reason();
+                            if !reason.is_empty() {
+                                o.insert("reason".into(), json!(reason));
+                            }
+                            o.insert("ejections".into(), json!(state.health.ejections()));
+                            o.insert(
+                                "ejected_for_ms".into(),
+                                json!(state.health.ejected_for(now).as_millis() as u64),
+                            );
                             o.insert("in_flight".into(), json!(state.in_flight()));
                             o.insert("open_connections".into(), json!(state.open_connections()));
                             o.insert("idle_connections".into(), json!(state.idle_connections()));

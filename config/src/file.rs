@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http::HeaderName;
 use serde::Deserialize;
@@ -13,9 +14,9 @@ use serde::Deserialize;
 use crate::error::Errors;
 use crate::model::{
     Backend, BackendUrl, DEFAULT_ADMIN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_ENTRYPOINT, DEFAULT_LISTEN,
-    DEFAULT_MAX_BODY_BYTES, DesiredState, Entrypoint, EntrypointTls, HashOn, HeaderMatch, HostPattern,
-    Limits, ListenerLimits, MAX_WEIGHT, Match, PathMatch, Policy, Router, Scheme, Service, StaticConfig,
-    Timeouts, TlsVersion,
+    DEFAULT_MAX_BODY_BYTES, DesiredState, Entrypoint, EntrypointTls, HashOn, HeaderMatch, HealthCheck,
+    HostPattern, Limits, ListenerLimits, MAX_WEIGHT, Match, Outlier, PathMatch, Policy, Retries, Router,
+    Scheme, Service, StaticConfig, Timeouts, TlsVersion,
 };
 use crate::size::FileSize;
 use crate::tls::{Certificate, TlsCertificates};
@@ -129,6 +130,49 @@ pub struct FileService {
     pub hash_on: Option<String>,
     pub timeouts: Option<FileTimeouts>,
     pub limits: Option<FileLimits>,
+    pub health_check: Option<FileHealthCheck>,
+    pub outlier: Option<FileOutlier>,
+    pub slow_start: Option<String>,
+    pub retries: Option<FileRetries>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealthCheck {
+    pub path: Option<String>,
+    pub method: Option<String>,
+    pub host: Option<String>,
+    pub expected_statuses: Option<Vec<FileStatus>>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<i64>,
+    pub unhealthy_threshold: Option<i64>,
+}
+
+/// `200` or `"200-399"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FileStatus {
+    Code(i64),
+    Range(String),
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutlier {
+    pub consecutive_failures: Option<i64>,
+    pub base_ejection_time: Option<String>,
+    pub max_ejection_time: Option<String>,
+    pub max_ejection_percent: Option<i64>,
+    pub panic_threshold_percent: Option<i64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetries {
+    pub attempts: Option<i64>,
+    pub budget_percent: Option<i64>,
+    pub min_per_second: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -152,6 +196,8 @@ pub struct FileTimeouts {
 pub struct FileLimits {
     pub max_connections_per_backend: Option<i64>,
     pub max_idle_per_backend: Option<i64>,
+    pub max_pending_requests: Option<i64>,
+    pub max_pending_requests_per_backend: Option<i64>,
 }
 
 /// The parts of a validated config file.
@@ -717,10 +763,40 @@ pub fn validate_service(
         &format!("{field}.limits"),
         errs,
     );
+    if let Some(first) = backends.first()
+        && backends.iter().any(|b| b.url.scheme != first.url.scheme)
+    {
+        errs.push(
+            origin,
+            format!("{field}.backends"),
+            "all backends of a service must use the same scheme (http or h2c)",
+        );
+    }
     let mut service = Service::new(backends);
     service.policy = policy;
     service.timeouts = timeouts;
     service.limits = limits;
+    service.health_check = s
+        .health_check
+        .map(|h| validate_health_check(h, origin, &format!("{field}.health_check"), errs));
+    service.outlier = validate_outlier(
+        s.outlier.unwrap_or_default(),
+        origin,
+        &format!("{field}.outlier"),
+        errs,
+    );
+    service.retries = validate_retries(
+        s.retries.unwrap_or_default(),
+        origin,
+        &format!("{field}.retries"),
+        errs,
+    );
+    if let Some(t) = &s.slow_start {
+        match duration::parse(t) {
+            Ok(d) => service.slow_start = d,
+            Err(e) => errs.push(origin, format!("{field}.slow_start"), e),
+        }
+    }
     (errs.0.len() == before).then_some(service)
 }
 
@@ -906,34 +982,267 @@ pub fn validate_timeouts(t: FileTimeouts, origin: &str, field: &str, errs: &mut 
     out
 }
 
-pub fn validate_limits(l: FileLimits, origin: &str, field: &str, errs: &mut Errors) -> Limits {
-    let mut out = Limits::default();
-    for (name, v, slot, min) in [
-        (
-            "max_connections_per_backend",
-            l.max_connections_per_backend,
-            &mut out.max_connections_per_backend,
-            1,
-        ),
-        (
-            "max_idle_per_backend",
-            l.max_idle_per_backend,
-            &mut out.max_idle_per_backend,
-            0,
-        ),
-    ] {
-        if let Some(v) = v {
-            match u32::try_from(v) {
-                Ok(n) if i64::from(n) >= min && n <= 1_000_000 => *slot = n,
-                _ => errs.push(
-                    origin,
-                    format!("{field}.{name}"),
-                    format!("{v} is out of range {min}..=1000000"),
-                ),
-            }
+/// An integer field within a range, reported with its field path.
+fn bounded(
+    v: Option<i64>,
+    default: u32,
+    min: i64,
+    max: i64,
+    origin: &str,
+    field: String,
+    errs: &mut Errors,
+) -> u32 {
+    match v {
+        None => default,
+        Some(v) if (min..=max).contains(&v) => v as u32,
+        Some(v) => {
+            errs.push(origin, field, format!("{v} is out of range {min}..={max}"));
+            default
         }
     }
+}
+
+/// A duration field with a default, reported with its field path.
+fn duration_or(
+    text: &Option<String>,
+    default: Duration,
+    origin: &str,
+    field: String,
+    errs: &mut Errors,
+) -> Duration {
+    match text {
+        None => default,
+        Some(t) => match duration::parse(t) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                errs.push(origin, field, "must be greater than zero");
+                default
+            }
+            Err(e) => {
+                errs.push(origin, field, e);
+                default
+            }
+        },
+    }
+}
+
+pub fn validate_health_check(
+    h: FileHealthCheck,
+    origin: &str,
+    field: &str,
+    errs: &mut Errors,
+) -> HealthCheck {
+    let path = h.path.unwrap_or_else(|| "/".into());
+    if !path.starts_with('/')
+        || path
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        errs.push(
+            origin,
+            format!("{field}.path"),
+            format!("{path:?} must start with '/' and contain no spaces"),
+        );
+    }
+    let method = match h.method.as_deref().map(parse_method) {
+        None => "GET".to_string(),
+        Some(Ok(m)) => m,
+        Some(Err(e)) => {
+            errs.push(origin, format!("{field}.method"), e);
+            "GET".into()
+        }
+    };
+    let mut expected_statuses = Vec::new();
+    for (i, s) in h.expected_statuses.unwrap_or_default().into_iter().enumerate() {
+        let range = match s {
+            FileStatus::Code(c) => u16::try_from(c).ok().map(|c| (c, c)),
+            FileStatus::Range(r) => r
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?))),
+        };
+        match range {
+            Some((lo, hi)) if (100..=599).contains(&lo) && (lo..=599).contains(&hi) => {
+                expected_statuses.push((lo, hi))
+            }
+            _ => errs.push(
+                origin,
+                format!("{field}.expected_statuses[{i}]"),
+                "expected a status code (200) or a range (\"200-399\") within 100..=599",
+            ),
+        }
+    }
+    if expected_statuses.is_empty() {
+        expected_statuses.push((200, 399));
+    }
+    HealthCheck {
+        method,
+        path,
+        host: h.host,
+        expected_statuses,
+        interval: duration_or(
+            &h.interval,
+            Duration::from_secs(5),
+            origin,
+            format!("{field}.interval"),
+            errs,
+        ),
+        timeout: duration_or(
+            &h.timeout,
+            Duration::from_secs(2),
+            origin,
+            format!("{field}.timeout"),
+            errs,
+        ),
+        healthy_threshold: bounded(
+            h.healthy_threshold,
+            2,
+            1,
+            100,
+            origin,
+            format!("{field}.healthy_threshold"),
+            errs,
+        ),
+        unhealthy_threshold: bounded(
+            h.unhealthy_threshold,
+            3,
+            1,
+            100,
+            origin,
+            format!("{field}.unhealthy_threshold"),
+            errs,
+        ),
+    }
+}
+
+pub fn validate_outlier(o: FileOutlier, origin: &str, field: &str, errs: &mut Errors) -> Outlier {
+    let d = Outlier::default();
+    let out = Outlier {
+        consecutive_failures: bounded(
+            o.consecutive_failures,
+            d.consecutive_failures,
+            0,
+            1000,
+            origin,
+            format!("{field}.consecutive_failures"),
+            errs,
+        ),
+        base_ejection_time: duration_or(
+            &o.base_ejection_time,
+            d.base_ejection_time,
+            origin,
+            format!("{field}.base_ejection_time"),
+            errs,
+        ),
+        max_ejection_time: duration_or(
+            &o.max_ejection_time,
+            d.max_ejection_time,
+            origin,
+            format!("{field}.max_ejection_time"),
+            errs,
+        ),
+        max_ejection_percent: bounded(
+            o.max_ejection_percent,
+            d.max_ejection_percent,
+            0,
+            100,
+            origin,
+            format!("{field}.max_ejection_percent"),
+            errs,
+        ),
+        panic_threshold_percent: bounded(
+            o.panic_threshold_percent,
+            d.panic_threshold_percent,
+            0,
+            100,
+            origin,
+            format!("{field}.panic_threshold_percent"),
+            errs,
+        ),
+    };
+    if out.max_ejection_time < out.base_ejection_time {
+        errs.push(
+            origin,
+            format!("{field}.max_ejection_time"),
+            "must not be shorter than base_ejection_time",
+        );
+    }
     out
+}
+
+pub fn validate_retries(r: FileRetries, origin: &str, field: &str, errs: &mut Errors) -> Retries {
+    let d = Retries::default();
+    Retries {
+        attempts: bounded(
+            r.attempts,
+            d.attempts,
+            0,
+            10,
+            origin,
+            format!("{field}.attempts"),
+            errs,
+        ),
+        budget_percent: bounded(
+            r.budget_percent,
+            d.budget_percent,
+            0,
+            100,
+            origin,
+            format!("{field}.budget_percent"),
+            errs,
+        ),
+        min_per_second: bounded(
+            r.min_per_second,
+            d.min_per_second,
+            0,
+            100_000,
+            origin,
+            format!("{field}.min_per_second"),
+            errs,
+        ),
+    }
+}
+
+pub fn validate_limits(l: FileLimits, origin: &str, field: &str, errs: &mut Errors) -> Limits {
+    let d = Limits::default();
+    let f = |name: &str| format!("{field}.{name}");
+    Limits {
+        max_connections_per_backend: bounded(
+            l.max_connections_per_backend,
+            d.max_connections_per_backend,
+            1,
+            1_000_000,
+            origin,
+            f("max_connections_per_backend"),
+            errs,
+        ),
+        max_idle_per_backend: bounded(
+            l.max_idle_per_backend,
+            d.max_idle_per_backend,
+            0,
+            1_000_000,
+            origin,
+            f("max_idle_per_backend"),
+            errs,
+        ),
+        max_pending_requests: bounded(
+            l.max_pending_requests,
+            d.max_pending_requests,
+            1,
+            1_000_000,
+            origin,
+            f("max_pending_requests"),
+            errs,
+        ),
+        max_pending_requests_per_backend: bounded(
+            l.max_pending_requests_per_backend,
+            d.max_pending_requests_per_backend,
+            1,
+            1_000_000,
+            origin,
+            f("max_pending_requests_per_backend"),
+            errs,
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -233,6 +233,16 @@ pub struct Service {
     pub policy: Policy,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// Active checks; none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Passive outlier ejection; on by default.
+    pub outlier: Outlier,
+    /// A new or recovered backend's weight ramps up over this window; zero (the default) means
+    /// full weight at once.
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub slow_start: Duration,
+    pub retries: Retries,
 }
 
 impl Service {
@@ -244,6 +254,89 @@ impl Service {
             policy: Policy::RoundRobin,
             timeouts: Timeouts::default(),
             limits: Limits::default(),
+            health_check: None,
+            outlier: Outlier::default(),
+            slow_start: Duration::ZERO,
+            retries: Retries::default(),
+        }
+    }
+}
+
+/// An active HTTP check, run against every backend of a service on its own connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    pub method: String,
+    /// Path and optional query, e.g. `/healthz`.
+    pub path: String,
+    /// Host header of the check; the backend's address when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Statuses that count as passing, as inclusive ranges (default 200-399).
+    pub expected_statuses: Vec<(u16, u16)>,
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub interval: Duration,
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub timeout: Duration,
+    /// Consecutive passes to become ready again after failing (a new backend needs one).
+    pub healthy_threshold: u32,
+    /// Consecutive failures to stop receiving traffic.
+    pub unhealthy_threshold: u32,
+}
+
+impl HealthCheck {
+    pub fn passes(&self, status: u16) -> bool {
+        self.expected_statuses
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&status))
+    }
+}
+
+/// Passive outlier ejection, driven by the answers of real traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Outlier {
+    /// Consecutive 5xx answers or connection failures that eject a backend; 0 turns ejection off.
+    pub consecutive_failures: u32,
+    /// The first ejection lasts this long; each further one longer (times the ejection count).
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub base_ejection_time: Duration,
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub max_ejection_time: Duration,
+    /// Never eject more than this share of a service's backends at once.
+    pub max_ejection_percent: u32,
+    /// Below this share of eligible backends, a service ignores health and balances across all
+    /// its backends: a broken check must not black-hole the service.
+    pub panic_threshold_percent: u32,
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 50,
+            panic_threshold_percent: 50,
+        }
+    }
+}
+
+/// Retries on another backend after a connection failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Retries {
+    /// Further attempts after the first (0 turns retries off).
+    pub attempts: u32,
+    /// Retries may add at most this share of the service's live traffic...
+    pub budget_percent: u32,
+    /// ...plus this many per second, so that a quiet service can still retry.
+    pub min_per_second: u32,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            budget_percent: 20,
+            min_per_second: 10,
         }
     }
 }
@@ -378,6 +471,10 @@ pub struct Limits {
     pub max_connections_per_backend: u32,
     /// Idle keep-alive connections kept per backend.
     pub max_idle_per_backend: u32,
+    /// Requests in flight to the whole service; more get a fast 503 (circuit breaking).
+    pub max_pending_requests: u32,
+    /// Requests in flight to one backend; more go to another backend, or get a fast 503.
+    pub max_pending_requests_per_backend: u32,
 }
 
 impl Default for Limits {
@@ -385,6 +482,8 @@ impl Default for Limits {
         Self {
             max_connections_per_backend: 1024,
             max_idle_per_backend: 128,
+            max_pending_requests: 10_000,
+            max_pending_requests_per_backend: 1024,
         }
     }
 }

@@ -19,6 +19,7 @@ use tracing::debug;
 
 use crate::body::UpstreamBody;
 use crate::error::ProxyError;
+use crate::health::Health;
 use crate::metrics::Metrics;
 
 /// How long a latency observation keeps its weight in the least-request score: after this long
@@ -67,6 +68,8 @@ pub struct BackendState {
     retired: AtomicBool,
     connect_errors: IntCounter,
     connections_opened: IntCounter,
+    pub(crate) ejections: IntCounter,
+    pub health: Health,
 }
 
 /// Process-wide monotonic epoch for timestamps stored in atomics.
@@ -75,12 +78,14 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn nanos_since_epoch(t: Instant) -> u64 {
+pub fn nanos_since_epoch(t: Instant) -> u64 {
     t.saturating_duration_since(epoch()).as_nanos() as u64
 }
 
 impl BackendState {
-    pub fn new(key: BackendKey, metrics: &Metrics) -> Self {
+    /// `ready`: whether the backend takes traffic before any health check ran (false when its
+    /// service has active checks).
+    pub fn new(key: BackendKey, metrics: &Metrics, ready: bool, ramp: bool) -> Self {
         let label: Arc<str> = Arc::from(key.url.to_string());
         let authority = key.url.authority();
         let target = match authority.parse::<SocketAddr>() {
@@ -91,6 +96,7 @@ impl BackendState {
         let connections_opened = metrics
             .connections_opened
             .with_label_values(&[&key.service, &label]);
+        let ejections = metrics.ejections.with_label_values(&[&key.service, &label]);
         Self {
             key,
             label,
@@ -104,6 +110,8 @@ impl BackendState {
             retired: AtomicBool::new(false),
             connect_errors,
             connections_opened,
+            ejections,
+            health: Health::new(ready, ramp),
         }
     }
 
@@ -196,6 +204,7 @@ impl BackendState {
     /// Requests already in flight finish on their connections, which are then closed.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
+        self.health.drain("removed from the routing table");
         if let Ok(mut idle) = self.idle.lock() {
             idle.clear();
         }
@@ -247,7 +256,7 @@ impl BackendState {
         Ok(sender)
     }
 
-    async fn tcp(&self, connect_timeout: Duration) -> Result<TcpStream, ProxyError> {
+    pub(crate) async fn tcp(&self, connect_timeout: Duration) -> Result<TcpStream, ProxyError> {
         let connecting = async {
             match &self.target {
                 Target::Addr(a) => TcpStream::connect(*a).await,
@@ -337,10 +346,19 @@ pub struct BackendRegistry {
 
 impl BackendRegistry {
     /// The state of a backend, created on first sight.
-    pub fn resolve(&self, key: &BackendKey, metrics: &Metrics) -> Arc<BackendState> {
+    /// The state of a backend, created on first sight (not ready until its first passing check
+    /// when `checked`).
+    /// `ramp`: the backend joins a running service (slow start applies).
+    pub fn resolve(
+        &self,
+        key: &BackendKey,
+        metrics: &Metrics,
+        checked: bool,
+        ramp: bool,
+    ) -> Arc<BackendState> {
         let mut map = self.backends.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key.clone())
-            .or_insert_with(|| Arc::new(BackendState::new(key.clone(), metrics)))
+            .or_insert_with(|| Arc::new(BackendState::new(key.clone(), metrics, !checked, ramp)))
             .clone()
     }
 

@@ -39,6 +39,10 @@ pub enum ProxyError {
     BadBody,
     /// HTTP/2 to a backend that needs an HTTP/1.1 upgrade (WebSocket over an h2c service).
     UpgradeUnsupported,
+    /// Too many requests in flight to the service or to every backend that could take it.
+    CircuitOpen,
+    /// Every backend failed its health checks and the one tried could not be reached.
+    NoHealthyBackend,
 }
 
 /// The client-body error behind an upstream failure, if that is what it was.
@@ -77,8 +81,36 @@ impl ProxyError {
         )
     }
 
+    /// Failures that say something about the backend (for outlier detection), as opposed to the
+    /// client's request or Gantry's own limits.
+    pub fn is_backend_fault(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::ConnectTimeout(_)
+                | ProxyError::Connect(_)
+                | ProxyError::ResponseTimeout(_)
+                | ProxyError::Upstream(_)
+        )
+    }
+
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(self, ProxyError::ConnectTimeout(_) | ProxyError::Connect(_))
+    }
+
+    /// Whether a body-less idempotent request may be sent again after this failure: the
+    /// connection broke before an answer. Not after a timeout, which would double the load on a
+    /// backend that is merely slow.
+    pub fn is_replay_safe(&self) -> bool {
+        match self {
+            ProxyError::Upstream(e) => !e.is_timeout(),
+            ProxyError::Connect(_) | ProxyError::ConnectionLimit | ProxyError::CircuitOpen => true,
+            _ => false,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
+            ProxyError::CircuitOpen | ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadFraming(_) | ProxyError::BadBody => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedEncoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -95,6 +127,8 @@ impl ProxyError {
     /// A short machine-friendly name, for logs.
     pub fn kind(&self) -> &'static str {
         match self {
+            ProxyError::CircuitOpen => "circuit_open",
+            ProxyError::NoHealthyBackend => "no_healthy_backend",
             ProxyError::BadFraming(_) => "bad_framing",
             ProxyError::UnsupportedEncoding => "unsupported_encoding",
             ProxyError::BodyTooLarge(_) => "body_too_large",
@@ -115,6 +149,8 @@ impl ProxyError {
     /// The body a client sees: what happened, in one line, without internal addresses.
     pub fn message(&self) -> String {
         match self {
+            ProxyError::CircuitOpen => "503 service unavailable: too many requests in flight\n".into(),
+            ProxyError::NoHealthyBackend => "503 service unavailable: no backend could be reached\n".into(),
             ProxyError::BadFraming(what) => format!("400 bad request: {what}\n"),
             ProxyError::UnsupportedEncoding => {
                 "501 not implemented: only the chunked transfer coding is supported\n".into()

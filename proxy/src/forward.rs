@@ -118,18 +118,26 @@ impl Proxy {
             return self.fail(&ProxyError::BodyTooLarge(route.max_body_bytes), request_id);
         }
 
-        let picked = service.pick(&PickContext {
-            headers: req.headers(),
-            client_ip: conn.client_ip,
+        // Circuit breaking: a service with too many requests in flight answers at once rather
+        // than piling more onto it.
+        let limits = service.spec.limits;
+        let Some(_service_in_flight) = service.state.try_begin(limits.max_pending_requests) else {
+            route_rt.no_backend.inc(503);
+            return self.fail(&ProxyError::CircuitOpen, request_id);
+        };
+        let retries = service.spec.retries;
+        service.state.deposit(retries.budget_percent);
+
+        let pick_ctx = PickContext {
+            hash: service.hash_of(req.headers(), conn.client_ip),
             now: start,
-        });
-        let Some(backend_idx) = picked else {
+        };
+        let Some(mut pick) = service.pick(&pick_ctx, &[]) else {
             route_rt.no_backend.inc(503);
             route_rt.histogram.observe(start.elapsed().as_secs_f64());
             return self.fail(&ProxyError::NoBackend, request_id);
         };
-        let backend = &service.backends[backend_idx];
-        let scheme = backend.key.url.scheme;
+        let scheme = service.backends[pick.index].key.url.scheme;
         let upgrade = if framing.upgrade {
             upgrade_protocol(&req)
         } else {
@@ -139,8 +147,14 @@ impl Proxy {
             route_rt.no_backend.inc(502);
             return self.fail(&ProxyError::UpgradeUnsupported, request_id);
         }
-        let in_flight = backend.begin();
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        // A request with no body and an idempotent method can be sent again after its connection
+        // failed; any other request only when it never left Gantry.
+        let replayable = retries.attempts > 0
+            && service.backends.len() > 1
+            && upgrade.is_none()
+            && req.body().is_end_stream()
+            && is_idempotent(req.method());
 
         let (parts, mut body) = req.into_parts();
         let body = if chunked {
@@ -173,49 +187,139 @@ impl Proxy {
             upgrade: upgrade.clone(),
         };
         let upstream_req = rewrite(Request::from_parts(parts, body), conn, target);
+        let template = replayable.then(|| Template::of(&upstream_req));
 
-        let result = send(backend, service, upstream_req).await;
-        let counters = route_rt.counters(&self.metrics, &route.name, service, backend_idx);
-        let elapsed = start.elapsed();
-        route_rt.histogram.observe(elapsed.as_secs_f64());
-        match result {
-            Ok((mut resp, sender)) => {
-                backend.observe_latency(elapsed, start + elapsed);
-                counters.inc(resp.status().as_u16());
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                    && let (Some(client_upgrade), Some(proto)) = (client_upgrade, upgrade)
-                {
-                    let backend_upgrade = hyper::upgrade::on(&mut resp);
-                    self.tunnel(client_upgrade, backend_upgrade, in_flight, conn.clone());
-                    let (mut parts, _) = resp.into_parts();
-                    strip_hop_by_hop(&mut parts.headers, false);
-                    parts
-                        .headers
-                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                    parts.headers.entry(header::UPGRADE).or_insert(proto);
-                    parts.headers.entry(X_REQUEST_ID.clone()).or_insert(request_id);
-                    return Response::from_parts(parts, ResponseBody::full(Bytes::new()));
+        let mut pending = Some(upstream_req);
+        let mut tried = [usize::MAX; 11];
+        let mut attempts = 0usize;
+        let mut only_connect_failures = true;
+        let mut client_upgrade = client_upgrade;
+        loop {
+            let backend_idx = pick.index;
+            tried[attempts] = backend_idx;
+            attempts += 1;
+            let backend = &service.backends[backend_idx];
+            let counters = route_rt.counters(&self.metrics, &route.name, service, backend_idx);
+            let failure = if backend.in_flight() >= limits.max_pending_requests_per_backend {
+                // Busy, not broken: not counted against the backend's health.
+                service.state.breaker_backend.inc();
+                SendError {
+                    error: ProxyError::CircuitOpen,
+                    unsent: pending.take(),
                 }
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers, false);
-                parts.headers.entry(X_REQUEST_ID.clone()).or_insert(request_id);
-                let lease = Lease {
-                    in_flight,
-                    sender,
-                    max_idle: service.spec.limits.max_idle_per_backend as usize,
+            } else {
+                let Some(request) = pending
+                    .take()
+                    .or_else(|| template.as_ref().map(Template::rebuild))
+                else {
+                    return self.fail(&ProxyError::NoBackend, request_id);
                 };
-                Response::from_parts(parts, ResponseBody::upstream(body, lease))
-            }
-            Err(err) => {
-                if !err.closes_connection() {
-                    // A failure costs a backend as much as its timeout in the least-request score.
-                    backend.observe_latency(service.spec.timeouts.connect.max(elapsed), start + elapsed);
+                let in_flight = backend.begin();
+                let attempt_start = Instant::now();
+                match send(backend, service, request).await {
+                    Ok((mut resp, sender)) => {
+                        let now = Instant::now();
+                        backend.observe_latency(now - attempt_start, now);
+                        let status = resp.status().as_u16();
+                        counters.inc(status);
+                        route_rt.histogram.observe((now - start).as_secs_f64());
+                        if status >= 500 {
+                            self.backend_failed(backend, service);
+                        } else {
+                            backend.health.record_success();
+                        }
+                        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                            && let (Some(client_upgrade), Some(proto)) = (client_upgrade.take(), upgrade)
+                        {
+                            let backend_upgrade = hyper::upgrade::on(&mut resp);
+                            self.tunnel(client_upgrade, backend_upgrade, in_flight, conn.clone());
+                            let (mut parts, _) = resp.into_parts();
+                            strip_hop_by_hop(&mut parts.headers, false);
+                            parts
+                                .headers
+                                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                            parts.headers.entry(header::UPGRADE).or_insert(proto);
+                            parts.headers.entry(X_REQUEST_ID.clone()).or_insert(request_id);
+                            return Response::from_parts(parts, ResponseBody::full(Bytes::new()));
+                        }
+                        let (mut parts, body) = resp.into_parts();
+                        strip_hop_by_hop(&mut parts.headers, false);
+                        parts.headers.entry(X_REQUEST_ID.clone()).or_insert(request_id);
+                        let lease = Lease {
+                            in_flight,
+                            sender,
+                            max_idle: service.spec.limits.max_idle_per_backend as usize,
+                        };
+                        return Response::from_parts(parts, ResponseBody::upstream(body, lease));
+                    }
+                    Err(e) => {
+                        if e.error.is_backend_fault() {
+                            // A failure costs a backend its timeout in the least-request score.
+                            let now = Instant::now();
+                            backend
+                                .observe_latency(service.spec.timeouts.connect.max(now - attempt_start), now);
+                            self.backend_failed(backend, service);
+                        }
+                        e
+                    }
                 }
-                counters.inc(err.status().as_u16());
-                debug!(route = %route.name, backend = %backend.label, error = %err, "request failed");
-                drop(in_flight);
-                self.fail(&err, request_id)
+            };
+            counters.inc(failure.error.status().as_u16());
+            only_connect_failures &= failure.error.is_connect_failure();
+            debug!(route = %route.name, backend = %backend.label, error = %failure.error, attempts, "attempt failed");
+            pending = failure.unsent;
+            let can_replay = pending.is_some() || (template.is_some() && failure.error.is_replay_safe());
+            let next = if attempts <= retries.attempts as usize
+                && can_replay
+                && !failure.error.closes_connection()
+            {
+                service.pick(&pick_ctx, &tried[..attempts])
+            } else {
+                None
+            };
+            // A refused connection never reached a backend, so retrying it cannot add load to
+            // one: only the attempt count bounds it. Anything else spends the retry budget.
+            let free = matches!(&failure.error, ProxyError::Connect(_)) && pending.is_some();
+            match next {
+                Some(p)
+                    if free
+                        || service.state.withdraw(
+                            crate::backend::nanos_since_epoch(Instant::now()),
+                            retries.min_per_second,
+                        ) =>
+                {
+                    pick = p;
+                }
+                _ => {
+                    route_rt.histogram.observe(start.elapsed().as_secs_f64());
+                    // With every backend unhealthy (panic), or every backend tried unreachable, the
+                    // service is down: that is a 503, not one backend's bad answer.
+                    let unreachable = only_connect_failures && attempts > 1;
+                    let error = if (pick.panic || unreachable) && failure.error.is_connect_failure() {
+                        ProxyError::NoHealthyBackend
+                    } else {
+                        failure.error
+                    };
+                    return self.fail(&error, request_id);
+                }
             }
+        }
+    }
+
+    /// Counts a failure against a backend; ejects it when it crossed the outlier threshold.
+    fn backend_failed(&self, backend: &BackendState, service: &ServiceRuntime) {
+        let now = crate::backend::nanos_since_epoch(Instant::now());
+        if let Some(time) = backend
+            .health
+            .record_failure(now, &service.spec.outlier, &service.backends)
+        {
+            backend.ejections.inc();
+            tracing::warn!(
+                service = %service.name,
+                backend = %backend.label,
+                seconds = time.as_secs_f64(),
+                "backend ejected by outlier detection"
+            );
         }
     }
 
@@ -322,51 +426,134 @@ fn redirect_https(
     resp
 }
 
+/// A failed attempt, with the request back when it never left Gantry (so that it can go to
+/// another backend as it is).
+struct SendError {
+    error: ProxyError,
+    unsent: Option<Request<UpstreamBody>>,
+}
+
+impl From<ProxyError> for SendError {
+    fn from(error: ProxyError) -> Self {
+        SendError { error, unsent: None }
+    }
+}
+
 /// Sends the request to the backend. HTTP/1.1: on a pooled connection, or a new one; a pooled
 /// connection that turns out to be closed before the request was written is replaced by a fresh
-/// one, once; a request that was written is never sent again. h2c: on the backend's shared
+/// one, once; a request that was written is never sent again here. h2c: on the backend's shared
 /// HTTP/2 connection.
 async fn send(
     backend: &BackendState,
     service: &ServiceRuntime,
     mut req: Request<UpstreamBody>,
-) -> Result<(Response<Incoming>, Option<SendRequest<UpstreamBody>>), ProxyError> {
+) -> Result<(Response<Incoming>, Option<SendRequest<UpstreamBody>>), SendError> {
     let t = &service.spec.timeouts;
     if backend.key.url.scheme == Scheme::H2c {
-        let mut sender = backend.h2_sender(t.connect).await?;
+        let mut sender = match backend.h2_sender(t.connect).await {
+            Ok(s) => s,
+            Err(error) => {
+                return Err(SendError {
+                    error,
+                    unsent: Some(req),
+                });
+            }
+        };
         match tokio::time::timeout(t.connect, sender.ready()).await {
-            Err(_) => return Err(ProxyError::ConnectTimeout(t.connect)),
-            Ok(Err(e)) => return Err(ProxyError::Upstream(e)),
+            Err(_) => {
+                return Err(SendError {
+                    error: ProxyError::ConnectTimeout(t.connect),
+                    unsent: Some(req),
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(SendError {
+                    error: ProxyError::Upstream(e),
+                    unsent: Some(req),
+                });
+            }
             Ok(Ok(())) => {}
         }
         return match tokio::time::timeout(t.response_header, sender.send_request(req)).await {
-            Err(_) => Err(ProxyError::ResponseTimeout(t.response_header)),
-            Ok(Err(e)) => Err(ProxyError::from_upstream(e)),
+            Err(_) => Err(ProxyError::ResponseTimeout(t.response_header).into()),
+            Ok(Err(e)) => Err(ProxyError::from_upstream(e).into()),
             Ok(Ok(resp)) => Ok((resp, None)),
         };
     }
     loop {
         let (mut sender, fresh) = match backend.take_idle(t.idle).await {
             Some(s) => (s, false),
-            None => (
-                backend
-                    .connect(t.connect, service.spec.limits.max_connections_per_backend)
-                    .await?,
-                true,
-            ),
+            None => match backend
+                .connect(t.connect, service.spec.limits.max_connections_per_backend)
+                .await
+            {
+                Ok(s) => (s, true),
+                Err(error) => {
+                    return Err(SendError {
+                        error,
+                        unsent: Some(req),
+                    });
+                }
+            },
         };
         match tokio::time::timeout(t.response_header, sender.try_send_request(req)).await {
-            Err(_) => return Err(ProxyError::ResponseTimeout(t.response_header)),
+            Err(_) => return Err(ProxyError::ResponseTimeout(t.response_header).into()),
             Ok(Ok(resp)) => return Ok((resp, Some(sender))),
             Ok(Err(mut e)) => match e.take_message() {
                 Some(unsent) if !fresh => {
                     debug!(backend = %backend.label, "pooled connection was closed; retrying on a new one");
                     req = unsent;
                 }
-                _ => return Err(ProxyError::from_upstream(e.into_error())),
+                unsent => {
+                    return Err(SendError {
+                        error: ProxyError::from_upstream(e.into_error()),
+                        unsent,
+                    });
+                }
             },
         }
     }
+}
+
+/// What it takes to send a body-less request again.
+struct Template {
+    method: http::Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Template {
+    fn of(req: &Request<UpstreamBody>) -> Self {
+        Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    fn rebuild(&self) -> Request<UpstreamBody> {
+        let mut r = Request::new(UpstreamBody::empty());
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// RFC 9110 section 9.2.2.
+fn is_idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
 }
 
 /// Where and how a request goes upstream.

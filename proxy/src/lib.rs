@@ -12,9 +12,11 @@ pub mod balance;
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod health;
 pub mod io;
 pub mod metrics;
 pub mod server;
+pub mod service;
 pub mod shutdown;
 pub mod snapshot;
 
@@ -34,12 +36,15 @@ pub use shutdown::Shutdown;
 pub use snapshot::Snapshot;
 
 use metrics::{ClassCounters, Metrics};
+use service::ServiceRegistry;
 
 /// Shared state of the data plane: the snapshot store, backend state, metrics.
 #[derive(Debug)]
 pub struct Proxy {
     store: Store<Snapshot>,
     registry: Arc<BackendRegistry>,
+    services: ServiceRegistry,
+    checkers: health::Checkers,
     metrics: Metrics,
     no_route: ClassCounters,
     entrypoints: Vec<String>,
@@ -58,6 +63,8 @@ impl Proxy {
         Ok(Arc::new(Self {
             store: Store::new(Snapshot::empty(empty)),
             registry: backends,
+            services: ServiceRegistry::default(),
+            checkers: health::Checkers::default(),
             metrics,
             no_route,
             entrypoints,
@@ -87,8 +94,19 @@ impl Proxy {
                 .iter()
                 .map(|r| (r.name.clone(), previous.table.services()[r.service].0.clone()))
                 .collect();
-            Snapshot::build(generation, table.clone(), &self.registry, &self.metrics)
+            Snapshot::build(
+                generation,
+                table.clone(),
+                &self.registry,
+                &self.services,
+                &self.metrics,
+            )
         });
+        // Health checks follow the new table (started, changed, stopped); backend health itself
+        // lives in the backend state and carried over.
+        self.checkers.reconcile(&self.snapshot(), &self.metrics);
+        let names: HashSet<Arc<str>> = table.services().iter().map(|(n, _)| n.clone()).collect();
+        self.services.retain(&names, &self.metrics);
         // Metric series of what disappeared.
         let current: HashSet<(&str, &str)> = table
             .routes()
@@ -162,6 +180,7 @@ struct BackendGauges {
     in_flight: IntGaugeVec,
     open: IntGaugeVec,
     idle: IntGaugeVec,
+    phase: IntGaugeVec,
 }
 
 impl BackendGauges {
@@ -189,6 +208,13 @@ impl BackendGauges {
                 ),
                 &["service", "backend"],
             )?,
+            phase: IntGaugeVec::new(
+                Opts::new(
+                    "gantry_backend_state",
+                    "1 for each backend's current state: ready, not_ready, ejected, draining, slow_start.",
+                ),
+                &["service", "backend", "state"],
+            )?,
         })
     }
 }
@@ -204,6 +230,7 @@ impl Collector for BackendGauges {
         let mut d = self.in_flight.desc();
         d.extend(self.open.desc());
         d.extend(self.idle.desc());
+        d.extend(self.phase.desc());
         d
     }
 
@@ -211,7 +238,15 @@ impl Collector for BackendGauges {
         self.in_flight.reset();
         self.open.reset();
         self.idle.reset();
+        self.phase.reset();
+        let now = backend::nanos_since_epoch(std::time::Instant::now());
         for b in self.registry.all() {
+            let current = b.health.phase(now);
+            for p in health::BackendPhase::ALL {
+                self.phase
+                    .with_label_values(&[&*b.key.service, &*b.label, p.as_str()])
+                    .set(i64::from(p == current));
+            }
             let labels = [&*b.key.service, &*b.label];
             self.in_flight
                 .with_label_values(&labels)
@@ -226,6 +261,7 @@ impl Collector for BackendGauges {
         let mut out = self.in_flight.collect();
         out.extend(self.open.collect());
         out.extend(self.idle.collect());
+        out.extend(self.phase.collect());
         out
     }
 }

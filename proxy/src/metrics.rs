@@ -19,6 +19,10 @@ pub struct Metrics {
     pub client_connections_active: IntGaugeVec,
     pub refused_connections: IntCounter,
     pub tls_handshake_errors: IntCounter,
+    pub health_checks: IntCounterVec,
+    pub ejections: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub circuit_breaker: IntCounterVec,
 }
 
 impl Metrics {
@@ -76,6 +80,37 @@ impl Metrics {
             "gantry_tls_handshake_errors_total",
             "TLS handshakes that failed or timed out (no certificate, protocol version, bad client).",
         )?;
+        let health_checks = IntCounterVec::new(
+            Opts::new(
+                "gantry_health_checks_total",
+                "Active health checks, by backend and result (pass, fail).",
+            ),
+            &["service", "backend", "result"],
+        )?;
+        let ejections = IntCounterVec::new(
+            Opts::new(
+                "gantry_backend_ejections_total",
+                "Backends ejected by passive outlier detection.",
+            ),
+            &["service", "backend"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "gantry_retries_total",
+                "Retries on another backend (retried), and retries the budget refused (budget_exhausted).",
+            ),
+            &["service", "outcome"],
+        )?;
+        let circuit_breaker = IntCounterVec::new(
+            Opts::new(
+                "gantry_circuit_breaker_rejections_total",
+                "Requests answered 503 at once because the service or backend had too many in flight.",
+            ),
+            &["service", "scope"],
+        )?;
+        for c in [&health_checks, &ejections, &retries, &circuit_breaker] {
+            registry.register(Box::new(c.clone()))?;
+        }
         registry.register(Box::new(refused_connections.clone()))?;
         registry.register(Box::new(tls_handshake_errors.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -93,6 +128,10 @@ impl Metrics {
             client_connections_active,
             refused_connections,
             tls_handshake_errors,
+            health_checks,
+            ejections,
+            retries,
+            circuit_breaker,
         })
     }
 
@@ -114,6 +153,19 @@ impl Metrics {
         }
         let _ = self.connect_errors.remove_label_values(&[service, backend]);
         let _ = self.connections_opened.remove_label_values(&[service, backend]);
+        let _ = self.ejections.remove_label_values(&[service, backend]);
+        for r in ["pass", "fail"] {
+            let _ = self.health_checks.remove_label_values(&[service, backend, r]);
+        }
+    }
+
+    pub fn forget_service(&self, service: &str) {
+        for o in ["retried", "budget_exhausted"] {
+            let _ = self.retries.remove_label_values(&[service, o]);
+        }
+        for s in ["service", "backend"] {
+            let _ = self.circuit_breaker.remove_label_values(&[service, s]);
+        }
     }
 
     pub fn forget_route(&self, router: &str, service: &str) {

@@ -13,6 +13,7 @@ use prometheus::Histogram;
 use crate::backend::{BackendKey, BackendRegistry, BackendState};
 use crate::balance::{self, Ring, SmoothWrr};
 use crate::metrics::{ClassCounters, Metrics};
+use crate::service::{ServiceRegistry, ServiceState};
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -28,6 +29,8 @@ pub struct ServiceRuntime {
     pub spec: Arc<Service>,
     /// Same order as `spec.backends`.
     pub backends: Vec<Arc<BackendState>>,
+    /// In-flight count and retry budget, shared with every other snapshot of this service.
+    pub state: Arc<ServiceState>,
     lb: Lb,
 }
 
@@ -39,15 +42,34 @@ enum Lb {
 }
 
 /// What a balancer may look at besides backend state.
-#[derive(Debug)]
-pub struct PickContext<'a> {
-    pub headers: &'a HeaderMap,
-    pub client_ip: IpAddr,
+#[derive(Debug, Clone, Copy)]
+pub struct PickContext {
+    /// The hash of the request's key, for hash policies (see [`ServiceRuntime::hash_of`]).
+    pub hash: Option<u64>,
     pub now: Instant,
 }
 
+/// A backend choice.
+#[derive(Debug, Clone, Copy)]
+pub struct Pick {
+    pub index: usize,
+    /// Too few backends were healthy, so health was ignored (the panic threshold).
+    pub panic: bool,
+}
+
+/// Weights are scaled so that slow start can ramp them smoothly (10% of weight 1 is 10).
+const WEIGHT_SCALE: f64 = 100.0;
+
 impl ServiceRuntime {
-    fn build(name: Arc<str>, spec: Arc<Service>, registry: &BackendRegistry, metrics: &Metrics) -> Self {
+    fn build(
+        name: Arc<str>,
+        spec: Arc<Service>,
+        registry: &BackendRegistry,
+        services: &ServiceRegistry,
+        metrics: &Metrics,
+    ) -> Self {
+        let checked = spec.health_check.is_some();
+        let (state, existed) = services.resolve(&name, metrics);
         let backends: Vec<Arc<BackendState>> = spec
             .backends
             .iter()
@@ -58,6 +80,8 @@ impl ServiceRuntime {
                         url: b.url.clone(),
                     },
                     metrics,
+                    checked,
+                    existed,
                 )
             })
             .collect();
@@ -75,30 +99,61 @@ impl ServiceRuntime {
                 ),
             ),
         };
+        for b in &backends {
+            b.health.set_slow_start(spec.slow_start);
+        }
         Self {
             name,
             spec,
             backends,
+            state,
             lb,
         }
     }
 
-    /// The weight a backend gets now; 0 means "do not send it anything".
-    #[inline]
-    fn weight(&self, i: usize) -> u32 {
-        self.spec.backends[i].weight
+    /// Chooses a backend for a request, skipping `exclude` (backends a retry already tried), or
+    /// `None` when no backend can take it.
+    ///
+    /// A backend's weight counts only while it is eligible (checks pass, not ejected, not
+    /// draining), scaled by its slow-start ramp. When fewer than the panic threshold of the
+    /// backends are eligible, health is ignored: a broken health check must not take a whole
+    /// service down.
+    /// The hash of a request's balancing key, for a hash policy (computed once per request,
+    /// reused by retries).
+    pub fn hash_of(&self, headers: &HeaderMap, client_ip: IpAddr) -> Option<u64> {
+        match &self.lb {
+            Lb::Hash(on, _) => hash_input(on, headers, client_ip),
+            _ => None,
+        }
     }
 
-    /// Chooses a backend for a request, or `None` when no backend can take it.
-    pub fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
-        match &self.lb {
-            Lb::RoundRobin(rr) => rr.pick(|i| self.weight(i)),
+    pub fn pick(&self, ctx: &PickContext, exclude: &[usize]) -> Option<Pick> {
+        let now = crate::backend::nanos_since_epoch(ctx.now);
+        let (mut candidates, mut eligible) = (0usize, 0usize);
+        for (b, spec) in self.backends.iter().zip(&self.spec.backends) {
+            if spec.weight > 0 && !b.health.is_draining() {
+                candidates += 1;
+                eligible += usize::from(b.health.eligible(now));
+            }
+        }
+        let panic = eligible * 100 < candidates * self.spec.outlier.panic_threshold_percent as usize;
+        let weight = |i: usize| -> u32 {
+            let w = self.spec.backends[i].weight;
+            let b = &self.backends[i];
+            if w == 0 || exclude.contains(&i) || b.health.is_draining() || (!panic && !b.health.eligible(now))
+            {
+                return 0;
+            }
+            ((f64::from(w) * WEIGHT_SCALE * b.health.weight_factor(now)) as u32).max(1)
+        };
+        let index = match &self.lb {
+            Lb::RoundRobin(rr) => rr.pick(weight),
             Lb::LeastRequest => {
                 let mut rng = fastrand::Rng::new();
                 balance::p2c(
                     self.backends.len(),
                     |i| {
-                        let w = self.weight(i);
+                        let w = weight(i);
                         (w > 0).then(|| {
                             let b = &self.backends[i];
                             // Latency floor of 1 us so that in-flight counts matter before the
@@ -110,23 +165,20 @@ impl ServiceRuntime {
                     &mut rng,
                 )
             }
-            Lb::Hash(on, ring) => match hash_input(on, ctx) {
-                Some(h) => ring.pick(h, |i| self.weight(i) > 0),
-                None => balance::weighted_random(
-                    self.backends.len(),
-                    |i| self.weight(i),
-                    &mut fastrand::Rng::new(),
-                ),
+            Lb::Hash(_, ring) => match ctx.hash {
+                Some(h) => ring.pick(h, |i| weight(i) > 0),
+                None => balance::weighted_random(self.backends.len(), weight, &mut fastrand::Rng::new()),
             },
-        }
+        }?;
+        Some(Pick { index, panic })
     }
 }
 
-fn hash_input(on: &HashOn, ctx: &PickContext<'_>) -> Option<u64> {
+fn hash_input(on: &HashOn, headers: &HeaderMap, client_ip: IpAddr) -> Option<u64> {
     match on {
-        HashOn::Header(name) => ctx.headers.get(name).map(|v| balance::hash_key(v.as_bytes())),
-        HashOn::Cookie(name) => cookie(ctx.headers, name).map(balance::hash_key),
-        HashOn::ClientIp => Some(match ctx.client_ip {
+        HashOn::Header(name) => headers.get(name).map(|v| balance::hash_key(v.as_bytes())),
+        HashOn::Cookie(name) => cookie(headers, name).map(balance::hash_key),
+        HashOn::ClientIp => Some(match client_ip {
             IpAddr::V4(a) => balance::hash_key(&a.octets()),
             IpAddr::V6(a) => balance::hash_key(&a.octets()),
         }),
@@ -181,12 +233,15 @@ impl Snapshot {
         generation: u64,
         table: Arc<RoutingTable>,
         registry: &BackendRegistry,
+        services: &ServiceRegistry,
         metrics: &Metrics,
     ) -> Self {
         let services: Vec<ServiceRuntime> = table
             .services()
             .iter()
-            .map(|(name, spec)| ServiceRuntime::build(name.clone(), spec.clone(), registry, metrics))
+            .map(|(name, spec)| {
+                ServiceRuntime::build(name.clone(), spec.clone(), registry, services, metrics)
+            })
             .collect();
         let routes = table
             .routes()

@@ -13,6 +13,7 @@ mod cli;
 mod errors;
 mod h2;
 mod headers;
+mod health;
 mod hygiene;
 mod reload;
 mod routing;

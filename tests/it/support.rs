@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -56,6 +56,9 @@ pub enum Behavior {
     Stream(u64),
     /// Answers with this status.
     Status(u16),
+    /// Reads the whole request body, then drops the connection without answering (a backend
+    /// that dies mid-request).
+    CloseAfterBody,
 }
 
 /// The head of a request as a backend saw it.
@@ -72,6 +75,9 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     requests: Arc<AtomicU64>,
+    /// `GET /health` answers 200 while this is true, 503 otherwise; not counted in `requests`.
+    healthy: Arc<AtomicBool>,
+    health_checks: Arc<AtomicU64>,
     in_flight: Arc<AtomicU64>,
     max_in_flight: Arc<AtomicU64>,
     last: Arc<Mutex<Option<Seen>>>,
@@ -86,6 +92,8 @@ impl Backend {
             name: name.to_string(),
             addr,
             requests: Arc::new(AtomicU64::new(0)),
+            healthy: Arc::new(AtomicBool::new(true)),
+            health_checks: Arc::new(AtomicU64::new(0)),
             in_flight: Arc::new(AtomicU64::new(0)),
             max_in_flight: Arc::new(AtomicU64::new(0)),
             last: Arc::new(Mutex::new(None)),
@@ -105,7 +113,7 @@ impl Backend {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let me = me.clone();
                         let behavior = behavior.clone();
-                        async move { Ok::<_, Infallible>(me.serve(req, behavior).await) }
+                        async move { me.serve(req, behavior).await }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc);
@@ -119,11 +127,31 @@ impl Backend {
         b
     }
 
-    async fn serve(&self, req: Request<Incoming>, behavior: Behavior) -> Response<TestBody> {
+    async fn serve(
+        &self,
+        req: Request<Incoming>,
+        behavior: Behavior,
+    ) -> Result<Response<TestBody>, std::io::Error> {
+        if req.uri().path() == "/health" {
+            self.health_checks.fetch_add(1, Ordering::SeqCst);
+            let mut r = Response::new(TestBody::full(self.name.clone()));
+            if !self.healthy.load(Ordering::SeqCst) {
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            return Ok(r);
+        }
         self.requests.fetch_add(1, Ordering::SeqCst);
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        let resp = self.answer(req, behavior).await;
+        let resp = if let Behavior::CloseAfterBody = behavior {
+            let mut body = req.into_body();
+            while let Some(frame) = body.frame().await {
+                let _ = frame;
+            }
+            Err(std::io::Error::other("closing without an answer"))
+        } else {
+            Ok(self.answer(req, behavior).await)
+        };
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         resp
     }
@@ -151,6 +179,7 @@ impl Backend {
                 Response::new(TestBody::full(n.to_string()))
             }
             Behavior::Stream(n) => Response::new(TestBody::zeros(n)),
+            Behavior::CloseAfterBody => unreachable!("handled in serve"),
             Behavior::Status(s) => {
                 let mut r = Response::new(TestBody::full(self.name.clone()));
                 *r.status_mut() = StatusCode::from_u16(s).unwrap();
@@ -167,6 +196,15 @@ impl Backend {
 
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Makes `GET /health` pass or fail.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    pub fn health_checks(&self) -> u64 {
+        self.health_checks.load(Ordering::SeqCst)
     }
 
     /// Requests being answered right now.
