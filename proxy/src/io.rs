@@ -182,17 +182,20 @@ impl FramingTracker {
         }
         if !line.is_empty() {
             h.lines += 1;
-            if starts_with_ignore_case(line, b"content-length:") {
-                h.content_length = true;
-                let v = line[15..].trim_ascii();
-                h.length = std::str::from_utf8(v)
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-            } else if starts_with_ignore_case(line, b"transfer-encoding:") {
-                h.transfer_encoding = true;
-            } else if starts_with_ignore_case(line, b"upgrade:") {
-                h.opaque = true;
+            // Dispatch on the first letter: most lines (Host, Accept, User-Agent...) are
+            // dismissed after one byte.
+            match line[0] | 0x20 {
+                b'c' if starts_with_ignore_case(line, b"content-length:") => {
+                    h.content_length = true;
+                    let v = line[15..].trim_ascii();
+                    h.length = std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                }
+                b't' if starts_with_ignore_case(line, b"transfer-encoding:") => h.transfer_encoding = true,
+                b'u' if starts_with_ignore_case(line, b"upgrade:") => h.opaque = true,
+                _ => {}
             }
             return None;
         }
