@@ -165,7 +165,6 @@ impl Admin {
             "reload_failures": self.status.reload_failures(),
             "sources": inner.sources,
             "last_error": inner.last_error,
-            "warnings": inner.warnings,
         })
     }
 }

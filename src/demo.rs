@@ -16,18 +16,26 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// A built-in backend: answers every request with its name, version and the request line.
+/// `gantry demo` runs several; `gantry backend` runs one (in test containers).
 #[derive(Debug, Clone)]
 pub struct DemoBackend {
-    pub name: &'static str,
-    pub version: &'static str,
+    pub name: String,
+    pub version: String,
     /// Added to every answer, to show least-request steering away from slow backends.
     pub delay: Duration,
+    /// `GET /health` answers 503 until this instant, then 200.
+    pub unhealthy_until: Option<std::time::Instant>,
 }
 
 impl DemoBackend {
     /// Binds 127.0.0.1 on a free port and serves until `shutdown`.
     pub async fn spawn(self, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
+        self.serve(listener, shutdown)
+    }
+
+    /// Serves on `listener` until `shutdown`.
+    pub fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
         let addr = listener.local_addr()?;
         tokio::spawn(async move {
             loop {
@@ -40,6 +48,18 @@ impl DemoBackend {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let me = me.clone();
                         async move {
+                            if req.uri().path() == "/health" {
+                                let ok = me.unhealthy_until.is_none_or(|t| std::time::Instant::now() >= t);
+                                let mut r = Response::new(Full::new(Bytes::from(if ok {
+                                    "ok\n"
+                                } else {
+                                    "starting\n"
+                                })));
+                                if !ok {
+                                    *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                                }
+                                return Ok::<_, Infallible>(r);
+                            }
                             if !me.delay.is_zero() {
                                 tokio::time::sleep(me.delay).await;
                             }
@@ -51,10 +71,12 @@ impl DemoBackend {
                                 req.uri().path()
                             );
                             let mut r = Response::new(Full::new(Bytes::from(body)));
-                            r.headers_mut()
-                                .insert("x-backend", header::HeaderValue::from_static(me.name));
-                            r.headers_mut()
-                                .insert("x-version", header::HeaderValue::from_static(me.version));
+                            if let Ok(v) = header::HeaderValue::from_str(&me.name) {
+                                r.headers_mut().insert("x-backend", v);
+                            }
+                            if let Ok(v) = header::HeaderValue::from_str(&me.version) {
+                                r.headers_mut().insert("x-version", v);
+                            }
                             Ok::<_, Infallible>(r)
                         }
                     });
@@ -70,11 +92,12 @@ impl DemoBackend {
 
 /// Starts the demo backends and returns the embedded config that routes to them.
 pub async fn backends_and_config(shutdown: CancellationToken) -> std::io::Result<ValidatedFile> {
-    let spawn = |name, version, delay_ms| {
+    let spawn = |name: &str, version: &str, delay_ms| {
         DemoBackend {
-            name,
-            version,
+            name: name.to_string(),
+            version: version.to_string(),
             delay: Duration::from_millis(delay_ms),
+            unhealthy_until: None,
         }
         .spawn(shutdown.clone())
     };

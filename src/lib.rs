@@ -39,6 +39,16 @@ pub struct Options {
     pub admin: Option<SocketAddr>,
     /// Overrides the drain deadline of the config (`lifecycle.drain_timeout`).
     pub drain_timeout: Option<Duration>,
+    /// Follow a Docker engine (`--docker`), with these settings over the config's `[docker]`.
+    pub docker: Option<DockerFlags>,
+}
+
+/// The `--docker*` flags; each one set overrides the config file's `[docker]` section.
+#[derive(Debug, Default, Clone)]
+pub struct DockerFlags {
+    pub endpoint: Option<String>,
+    pub published: Option<bool>,
+    pub network: Option<String>,
 }
 
 #[derive(Debug)]
@@ -194,11 +204,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     let origin = file
         .as_ref()
         .map_or_else(|| "embedded config".to_string(), FileSource::origin);
-    let first = Update {
-        source: SourceId::File,
-        origin,
-        result: Ok(initial),
-    };
+    let first = Update::from_result(SourceId::File, origin, Ok(initial));
     if reconciler.apply(first) == Outcome::Rejected {
         let last = status.snapshot().last_error.map(|e| e.errors).unwrap_or_default();
         return Err(StartError::Config(last));
@@ -211,10 +217,39 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     // The reconciler ends when every source has ended; it is not part of the drain.
     tokio::spawn(reconciler.run(updates_rx));
     if let Some(w) = watch {
-        tokio::spawn(w.run(started_with, updates_tx, reload.clone(), shutdown.token()));
-    } else {
-        drop(updates_tx);
+        tokio::spawn(w.run(started_with, updates_tx.clone(), reload.clone(), shutdown.token()));
     }
+    let docker = match (&opts.docker, &static_config.docker) {
+        (None, None) => None,
+        (flags, from_file) => {
+            let mut cfg = from_file.clone().unwrap_or_default();
+            if let Some(f) = flags {
+                cfg.endpoint = f.endpoint.clone().or(cfg.endpoint);
+                cfg.published = f.published.unwrap_or(cfg.published);
+                cfg.network = f.network.clone().or(cfg.network);
+            }
+            Some(cfg)
+        }
+    };
+    if let Some(cfg) = docker {
+        let source = gantry_discovery::DockerSource {
+            endpoint: cfg.endpoint.clone(),
+            options: gantry_discovery::docker::DockerOptions {
+                address: if cfg.published {
+                    gantry_discovery::AddressMode::Published
+                } else {
+                    gantry_discovery::AddressMode::ContainerIp
+                },
+                network: cfg.network.clone(),
+                exposed_by_default: cfg.exposed_by_default,
+                reserved_hosts: cfg.reserved_hosts.clone(),
+            },
+            grace: cfg.grace,
+        };
+        info!(source = %source.origin(), "following docker");
+        tokio::spawn(source.run(updates_tx.clone(), shutdown.token()));
+    }
+    drop(updates_tx);
 
     let mut entrypoints = Vec::new();
     for (i, (name, l)) in listeners.iter().enumerate() {

@@ -43,7 +43,34 @@ enum Command {
         /// Admin API address (default 127.0.0.1:8081, or the config's).
         #[arg(long)]
         admin: Option<SocketAddr>,
+        /// Follow a Docker engine: containers' labels become routes. ENDPOINT defaults to
+        /// DOCKER_HOST, then unix:///var/run/docker.sock.
+        #[arg(long, value_name = "ENDPOINT", num_args = 0..=1, default_missing_value = "")]
+        docker: Option<String>,
+        /// How to reach containers: `ip` (their address on a Docker network) or `published`
+        /// (their ports published on the host).
+        #[arg(long, value_parser = ["ip", "published"])]
+        docker_address: Option<String>,
+        /// The network whose container addresses to use (unless a container's
+        /// gantry.docker.network label says otherwise).
+        #[arg(long)]
+        docker_network: Option<String>,
     },
+    /// A tiny HTTP backend (for demos and test containers): answers with its host name and
+    /// version; `GET /health` says whether it is healthy.
+    Backend {
+        /// Default: 0.0.0.0:$PORT, or 0.0.0.0:80.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Default: $VERSION, or "v1".
+        #[arg(long)]
+        version: Option<String>,
+        /// `GET /health` answers 503 for this long after start (e.g. "5s").
+        #[arg(long)]
+        unhealthy_for: Option<String>,
+    },
+    /// Exit 0 if URL answers 2xx or 3xx within 2 s, 1 otherwise (a Docker HEALTHCHECK command).
+    Probe { url: String },
     /// Validate a config file; exit non-zero with the field and the reason if it is invalid.
     Check {
         #[arg(long)]
@@ -94,6 +121,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Probe { url } = &cli.command {
+        return probe(url);
+    }
     init_logging();
     raise_fd_limit();
     // One worker asked for (TOKIO_WORKER_THREADS=1): tokio's current-thread scheduler does the
@@ -137,16 +167,35 @@ async fn async_main(command: Command) -> ExitCode {
             config,
             listen,
             admin,
-        } => (
-            gantry::Options {
-                config,
-                listen,
-                admin,
-                ..Default::default()
-            },
-            false,
-        ),
-        Command::Check { .. } => return ExitCode::FAILURE,
+            docker,
+            docker_address,
+            docker_network,
+        } => {
+            let docker =
+                (docker.is_some() || docker_address.is_some() || docker_network.is_some()).then(|| {
+                    gantry::DockerFlags {
+                        endpoint: docker.filter(|e| !e.is_empty()),
+                        published: docker_address.map(|a| a == "published"),
+                        network: docker_network,
+                    }
+                });
+            (
+                gantry::Options {
+                    config,
+                    listen,
+                    admin,
+                    docker,
+                    ..Default::default()
+                },
+                false,
+            )
+        }
+        Command::Backend {
+            listen,
+            version,
+            unhealthy_for,
+        } => return backend(listen, version, unhealthy_for).await,
+        Command::Check { .. } | Command::Probe { .. } => return ExitCode::FAILURE,
     };
     let running = match gantry::start(opts).await {
         Ok(r) => r,
@@ -168,6 +217,90 @@ async fn async_main(command: Command) -> ExitCode {
     backends_stop.cancel();
     info!("stopped");
     ExitCode::SUCCESS
+}
+
+async fn backend(
+    listen: Option<SocketAddr>,
+    version: Option<String>,
+    unhealthy_for: Option<String>,
+) -> ExitCode {
+    let port = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(80);
+    let listen = listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], port)));
+    let version = version
+        .or_else(|| std::env::var("VERSION").ok())
+        .unwrap_or_else(|| "v1".into());
+    let unhealthy_until = match unhealthy_for.as_deref().map(gantry_config::duration::parse) {
+        None => None,
+        Some(Ok(d)) => Some(std::time::Instant::now() + d),
+        Some(Err(e)) => {
+            eprintln!("gantry backend: --unhealthy-for: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gantry backend: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = CancellationToken::new();
+    let b = gantry::demo::DemoBackend {
+        name,
+        version,
+        delay: std::time::Duration::ZERO,
+        unhealthy_until,
+    };
+    if let Err(e) = b.serve(listener, stop.clone()) {
+        eprintln!("gantry backend: {e}");
+        return ExitCode::FAILURE;
+    }
+    info!(%listen, "backend listening");
+    use tokio::signal::unix::{SignalKind, signal};
+    if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    stop.cancel();
+    ExitCode::SUCCESS
+}
+
+/// A blocking HTTP/1.1 GET on loopback, for container health checks (no runtime needed).
+fn probe(url: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    let Some(rest) = url.strip_prefix("http://") else {
+        eprintln!("gantry probe: only http:// URLs");
+        return ExitCode::FAILURE;
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let timeout = std::time::Duration::from_secs(2);
+    let addr = match std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .ok()
+        .and_then(|mut a| a.next())
+    {
+        Some(a) => a,
+        None => return ExitCode::FAILURE,
+    };
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, timeout) else {
+        return ExitCode::FAILURE;
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    let mut head = [0u8; 12];
+    if s.write_all(req.as_bytes()).is_err() || s.read_exact(&mut head).is_err() {
+        return ExitCode::FAILURE;
+    }
+    match &head[9..10] {
+        b"2" | b"3" => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
 }
 
 /// SIGHUP reloads the config; SIGTERM and SIGINT return (and the caller drains).

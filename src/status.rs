@@ -19,6 +19,8 @@ pub struct Status {
     /// Set when shutdown begins: `/readyz` then fails, so load balancers stop sending traffic.
     draining: AtomicBool,
     generation: IntGauge,
+    source_problems: prometheus::IntGaugeVec,
+    source_up: prometheus::IntGaugeVec,
     reloads: IntCounter,
     reload_failures: IntCounter,
     last_success: IntGauge,
@@ -30,9 +32,8 @@ pub struct Inner {
     /// The last refused update, kept after later successes so that an operator can see what was
     /// refused and when.
     pub last_error: Option<Refusal>,
-    /// Per source: was its latest update accepted?
+    /// Per source: was its latest update accepted, is it reachable, what is wrong with it.
     pub sources: BTreeMap<&'static str, SourceStatus>,
-    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +51,27 @@ pub struct SourceStatus {
     pub at_unix: u64,
     /// Updates received from this source, accepted or not.
     pub updates: u64,
+    /// False while the source cannot be reached (its last routes keep serving).
+    pub reachable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreachable_because: Option<String>,
+    /// Problems in the source's latest view that did not stop it (a skipped label, a name
+    /// another source already declares).
+    pub problems: Vec<String>,
+}
+
+fn source_entry(inner: &mut Inner, source: SourceId) -> &mut SourceStatus {
+    inner
+        .sources
+        .entry(source.as_str())
+        .or_insert_with(|| SourceStatus {
+            ok: true,
+            at_unix: now_unix(),
+            updates: 0,
+            reachable: true,
+            unreachable_because: None,
+            problems: Vec::new(),
+        })
 }
 
 fn now_unix() -> u64 {
@@ -79,6 +101,19 @@ impl Status {
         for c in [&generation, &last_success] {
             registry.register(Box::new(c.clone()))?;
         }
+        let source_problems = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "gantry_source_problems",
+                "Problems in each source's latest view that did not stop it (bad labels, conflicts).",
+            ),
+            &["source"],
+        )?;
+        let source_up = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new("gantry_source_up", "1 while a source is reachable."),
+            &["source"],
+        )?;
+        registry.register(Box::new(source_problems.clone()))?;
+        registry.register(Box::new(source_up.clone()))?;
         for c in [&reloads, &reload_failures] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -87,6 +122,8 @@ impl Status {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             generation,
+            source_problems,
+            source_up,
             reloads,
             reload_failures,
             last_success,
@@ -117,15 +154,13 @@ impl Status {
 
     fn set_source(&self, source: SourceId, ok: bool) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let updates = inner.sources.get(source.as_str()).map_or(0, |s| s.updates) + 1;
-        inner.sources.insert(
-            source.as_str(),
-            SourceStatus {
-                ok,
-                at_unix: now_unix(),
-                updates,
-            },
-        );
+        let s = source_entry(&mut inner, source);
+        s.ok = ok;
+        s.at_unix = now_unix();
+        s.updates += 1;
+        s.reachable = true;
+        s.unreachable_because = None;
+        self.source_up.with_label_values(&[source.as_str()]).set(1);
     }
 }
 
@@ -140,23 +175,37 @@ impl Sink for Status {
     }
 
     fn rejected(&self, source: SourceId, errors: &Errors) {
-        self.reload_failures.inc();
         self.set_source(source, false);
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.last_error = Some(Refusal {
-            source: source.as_str(),
-            at_unix: now_unix(),
-            errors: errors.clone(),
-            message: errors.to_string(),
-        });
+        {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            inner.last_error = Some(Refusal {
+                source: source.as_str(),
+                at_unix: now_unix(),
+                errors: errors.clone(),
+                message: errors.to_string(),
+            });
+        }
+        // Counted after the error is recorded: whoever sees the count also finds the error.
+        self.reload_failures.inc();
     }
 
     fn accepted(&self, source: SourceId) {
         self.set_source(source, true);
     }
 
-    fn warnings(&self, _source: SourceId, warnings: &Errors) {
+    fn warnings(&self, source: SourceId, warnings: &Errors) {
+        self.source_problems
+            .with_label_values(&[source.as_str()])
+            .set(warnings.0.len() as i64);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.warnings = warnings.0.iter().map(ToString::to_string).collect();
+        source_entry(&mut inner, source).problems = warnings.0.iter().map(ToString::to_string).collect();
+    }
+
+    fn unreachable(&self, source: SourceId, why: &str) {
+        self.source_up.with_label_values(&[source.as_str()]).set(0);
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let s = source_entry(&mut inner, source);
+        s.reachable = false;
+        s.unreachable_because = Some(why.to_string());
     }
 }

@@ -41,6 +41,7 @@ pub struct FileConfig {
     pub entrypoints: BTreeMap<String, FileEntrypoint>,
     pub admin: Option<FileAdmin>,
     pub lifecycle: Option<FileLifecycle>,
+    pub docker: Option<FileDocker>,
     pub tls: Option<FileTls>,
     #[serde(default)]
     pub routers: BTreeMap<String, FileRouter>,
@@ -83,13 +84,53 @@ pub struct FileLifecycle {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct FileDocker {
+    pub endpoint: Option<String>,
+    /// "ip" or "published".
+    pub address: Option<String>,
+    pub network: Option<String>,
+    pub exposed_by_default: Option<bool>,
+    pub grace: Option<String>,
+    pub reserved_hosts: Option<Vec<String>>,
+}
+
+fn validate_docker(d: &FileDocker, origin: &str, errs: &mut Errors) -> crate::model::DockerConfig {
+    let mut out = crate::model::DockerConfig {
+        endpoint: d.endpoint.clone(),
+        network: d.network.clone(),
+        ..Default::default()
+    };
+    match d.address.as_deref() {
+        None | Some("ip") => {}
+        Some("published") => out.published = true,
+        Some(a) => errs.push(
+            origin,
+            "docker.address",
+            format!("{a:?}: use \"ip\" or \"published\""),
+        ),
+    }
+    if let Some(e) = d.exposed_by_default {
+        out.exposed_by_default = e;
+    }
+    out.grace = duration_or(&d.grace, out.grace, origin, "docker.grace".into(), errs);
+    for (i, h) in d.reserved_hosts.iter().flatten().enumerate() {
+        match parse_host_pattern(h) {
+            Ok(p) => out.reserved_hosts.push(p.to_string()),
+            Err(e) => errs.push(origin, format!("docker.reserved_hosts[{i}]"), e),
+        }
+    }
+    out
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FileTls {
     #[serde(default)]
     pub certificates: Vec<FileCert>,
     pub default: Option<FileCert>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCert {
     pub cert: String,
@@ -103,7 +144,7 @@ pub struct FileAdmin {
 }
 
 /// A router as written. Either `rule` (Traefik-style expression) or the structured fields.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRouter {
     pub entrypoints: Option<Vec<String>>,
@@ -121,7 +162,7 @@ pub struct FileRouter {
     pub redirect_https: Option<bool>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileService {
     #[serde(default)]
@@ -134,9 +175,10 @@ pub struct FileService {
     pub outlier: Option<FileOutlier>,
     pub slow_start: Option<String>,
     pub retries: Option<FileRetries>,
+    pub versions: Option<BTreeMap<String, i64>>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileHealthCheck {
     pub path: Option<String>,
@@ -147,17 +189,18 @@ pub struct FileHealthCheck {
     pub timeout: Option<String>,
     pub healthy_threshold: Option<i64>,
     pub unhealthy_threshold: Option<i64>,
+    pub trust_source_health: Option<bool>,
 }
 
 /// `200` or `"200-399"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum FileStatus {
     Code(i64),
     Range(String),
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileOutlier {
     pub consecutive_failures: Option<i64>,
@@ -167,7 +210,7 @@ pub struct FileOutlier {
     pub panic_threshold_percent: Option<i64>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRetries {
     pub attempts: Option<i64>,
@@ -175,7 +218,7 @@ pub struct FileRetries {
     pub min_per_second: Option<i64>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileBackend {
     pub url: String,
@@ -183,7 +226,7 @@ pub struct FileBackend {
     pub version: Option<String>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileTimeouts {
     pub connect: Option<String>,
@@ -191,7 +234,7 @@ pub struct FileTimeouts {
     pub idle: Option<String>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileLimits {
     pub max_connections_per_backend: Option<i64>,
@@ -307,6 +350,10 @@ impl FileConfig {
             Some(t) => validate_tls(t, origin, read, &mut errs),
             None => TlsCertificates::default(),
         };
+        let docker = self
+            .docker
+            .as_ref()
+            .map(|d| validate_docker(d, origin, &mut errs));
         let admin_text = self
             .admin
             .as_ref()
@@ -337,6 +384,7 @@ impl FileConfig {
                 entrypoints,
                 admin,
                 drain_timeout,
+                docker,
             },
             state,
         })
@@ -791,6 +839,35 @@ pub fn validate_service(
         &format!("{field}.retries"),
         errs,
     );
+    for (v, w) in s.versions.iter().flatten() {
+        let f = format!("{field}.versions.{v}");
+        if let Err(e) = check_version(v) {
+            errs.push(origin, &f, e);
+        }
+        match u32::try_from(*w) {
+            Ok(w) if w <= MAX_WEIGHT => {
+                service.versions.insert(v.clone(), w);
+            }
+            _ => errs.push(origin, f, format!("{w} is out of range 0..={MAX_WEIGHT}")),
+        }
+    }
+    if !service.versions.is_empty() {
+        for (i, b) in service.backends.iter().enumerate() {
+            match &b.version {
+                Some(v) if service.versions.contains_key(v) => {}
+                Some(v) => errs.push(
+                    origin,
+                    format!("{field}.backends[{i}].version"),
+                    format!("version {v:?} is not in {field}.versions"),
+                ),
+                None => errs.push(
+                    origin,
+                    format!("{field}.backends[{i}].version"),
+                    "with versions set, every backend names its version",
+                ),
+            }
+        }
+    }
     if let Some(t) = &s.slow_start {
         match duration::parse(t) {
             Ok(d) => service.slow_start = d,
@@ -832,7 +909,12 @@ pub fn validate_backend(b: FileBackend, origin: &str, field: &str, errs: &mut Er
         None => None,
     };
     match url {
-        Some(url) if errs.0.len() == before => Some(Backend { url, weight, version }),
+        Some(url) if errs.0.len() == before => Some(Backend {
+            url,
+            weight,
+            version,
+            source_healthy: false,
+        }),
         _ => None,
     }
 }
@@ -1111,6 +1193,7 @@ pub fn validate_health_check(
             format!("{field}.unhealthy_threshold"),
             errs,
         ),
+        trust_source_health: h.trust_source_health.unwrap_or(false),
     }
 }
 

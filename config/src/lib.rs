@@ -27,9 +27,9 @@ pub mod tls;
 
 pub use error::{ConfigError, Errors};
 pub use model::{
-    Backend, BackendUrl, DesiredState, Entrypoint, EntrypointTls, HashOn, HeaderMatch, HealthCheck,
-    HostPattern, Limits, ListenerLimits, Match, Outlier, PathMatch, Policy, Retries, Router, Scheme, Service,
-    StaticConfig, Timeouts, TlsVersion,
+    Backend, BackendUrl, DesiredState, DockerConfig, Entrypoint, EntrypointTls, HashOn, HeaderMatch,
+    HealthCheck, HostPattern, Limits, ListenerLimits, Match, Outlier, PathMatch, Policy, Retries, Router,
+    Scheme, Service, StaticConfig, Timeouts, TlsVersion,
 };
 pub use routing::{RequestView, Route, RoutingTable};
 pub use store::Store;

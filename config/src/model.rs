@@ -21,6 +21,43 @@ pub struct StaticConfig {
     /// After SIGTERM, how long in-flight requests may take to finish before Gantry exits anyway.
     #[serde(serialize_with = "crate::duration::serialize")]
     pub drain_timeout: Duration,
+    /// The Docker source, when enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerConfig>,
+}
+
+/// How Gantry follows a Docker engine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DockerConfig {
+    /// `unix:///var/run/docker.sock` or `tcp://host:port`; default `DOCKER_HOST`, then the socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Reach containers by their IP on a network (Gantry on that network) or by their ports
+    /// published on the host (Gantry on the host).
+    pub published: bool,
+    /// The network to reach containers on when their `gantry.docker.network` label does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Route containers without `gantry.enable`; false: only those with `gantry.enable=true`.
+    pub exposed_by_default: bool,
+    /// A service whose containers are all gone answers 503 for this long, then 404.
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub grace: Duration,
+    /// Hosts no container may claim.
+    pub reserved_hosts: Vec<String>,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            published: false,
+            network: None,
+            exposed_by_default: true,
+            grace: Duration::from_secs(30),
+            reserved_hosts: Vec::new(),
+        }
+    }
 }
 
 /// The default drain deadline after SIGTERM.
@@ -40,6 +77,7 @@ impl Default for StaticConfig {
             entrypoints: vec![Entrypoint::new(DEFAULT_ENTRYPOINT, default_addr(DEFAULT_LISTEN))],
             admin: default_addr(DEFAULT_ADMIN),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            docker: None,
         }
     }
 }
@@ -243,6 +281,11 @@ pub struct Service {
     #[serde(serialize_with = "crate::duration::serialize")]
     pub slow_start: Duration,
     pub retries: Retries,
+    /// Traffic split between versions by weight (version -> weight); empty: no split, backends
+    /// share traffic by their own weights. When set, every backend names one of these versions
+    /// and a backend's weight is its share within its version.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<String, u32>,
 }
 
 impl Service {
@@ -258,6 +301,7 @@ impl Service {
             outlier: Outlier::default(),
             slow_start: Duration::ZERO,
             retries: Retries::default(),
+            versions: BTreeMap::new(),
         }
     }
 }
@@ -281,6 +325,9 @@ pub struct HealthCheck {
     pub healthy_threshold: u32,
     /// Consecutive failures to stop receiving traffic.
     pub unhealthy_threshold: u32,
+    /// A backend whose source already reports it healthy (a Docker HEALTHCHECK) takes traffic
+    /// before its first check here.
+    pub trust_source_health: bool,
 }
 
 impl HealthCheck {
@@ -348,6 +395,9 @@ pub struct Backend {
     pub weight: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The source vouches for the backend's health (Docker reported `healthy`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub source_healthy: bool,
 }
 
 /// Weights are bounded so that sums never overflow and so that typos such as `weight = 10000000`

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 /// A size as written in TOML or JSON: a number of bytes, or text with a unit.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum FileSize {
     Bytes(i64),

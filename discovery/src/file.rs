@@ -78,11 +78,7 @@ impl FileSource {
             }
             v.state
         });
-        Update {
-            source: SourceId::File,
-            origin: self.origin(),
-            result,
-        }
+        Update::from_result(SourceId::File, self.origin(), result)
     }
 
     /// Starts watching the file's directory now, so that a change made after this call is never

@@ -9,8 +9,10 @@
 //! (etcd watch)     --/                     \-> errors -> Sink::rejected (last good table stays)
 //! ```
 
+pub mod docker;
 pub mod file;
 pub mod reconcile;
 
+pub use docker::{AddressMode, DockerSource};
 pub use file::{FileSource, FileWatch};
-pub use reconcile::{Outcome, Reconciler, Sink, SourceId, Update};
+pub use reconcile::{Outcome, Reconciler, Report, Sink, SourceId, Update};

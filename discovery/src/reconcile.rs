@@ -12,13 +12,20 @@ use tracing::{info, warn};
 /// router or service of the same name, the earlier one wins and the conflict is reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SourceId {
+    /// The operator's file: wins every conflict.
     File,
+    /// The fleet's shared configuration.
+    Etcd,
+    /// Container labels, written by whoever deploys the containers.
+    Docker,
 }
 
 impl SourceId {
     pub fn as_str(self) -> &'static str {
         match self {
             SourceId::File => "file",
+            SourceId::Etcd => "etcd",
+            SourceId::Docker => "docker",
         }
     }
 }
@@ -29,13 +36,41 @@ impl fmt::Display for SourceId {
     }
 }
 
-/// A source's new view, or why it could not produce one.
+/// What a source has to say.
 #[derive(Debug)]
 pub struct Update {
     pub source: SourceId,
     /// Where this source's objects came from, e.g. the file path (used in error messages).
     pub origin: String,
-    pub result: Result<DesiredState, Errors>,
+    pub report: Report,
+}
+
+#[derive(Debug)]
+pub enum Report {
+    /// The source's whole view. `warnings` are problems that did not stop it (a bad label was
+    /// skipped, the rest of the source is fine).
+    Valid { state: DesiredState, warnings: Errors },
+    /// The source's input is invalid: refused, and its previous view keeps serving.
+    Invalid(Errors),
+    /// The source cannot be reached: its last view keeps serving until it is back.
+    Unreachable(String),
+}
+
+impl Update {
+    pub fn from_result(source: SourceId, origin: String, result: Result<DesiredState, Errors>) -> Self {
+        let report = match result {
+            Ok(state) => Report::Valid {
+                state,
+                warnings: Errors::new(),
+            },
+            Err(e) => Report::Invalid(e),
+        };
+        Self {
+            source,
+            origin,
+            report,
+        }
+    }
 }
 
 /// Where the reconciler's decisions go. The root crate implements it: build the data-plane
@@ -47,8 +82,10 @@ pub trait Sink: Send + Sync {
     fn rejected(&self, source: SourceId, errors: &Errors);
     /// The source's update was accepted (whether or not it changed the table).
     fn accepted(&self, _source: SourceId) {}
-    /// Problems that did not stop the update (e.g. a name declared by two sources).
+    /// The problems of the source's latest view that did not stop it (replaces earlier ones).
     fn warnings(&self, _source: SourceId, _warnings: &Errors) {}
+    /// The source cannot be reached; its last view keeps serving.
+    fn unreachable(&self, _source: SourceId, _why: &str) {}
 }
 
 /// What one update led to.
@@ -96,12 +133,17 @@ impl Reconciler {
     /// Applies one update: merge, compare, compile, publish. Synchronous and deterministic, so
     /// it is tested without any source running.
     pub fn apply(&mut self, update: Update) -> Outcome {
-        let state = match update.result {
-            Ok(s) => s,
-            Err(errors) => {
+        let (state, mut warnings) = match update.report {
+            Report::Valid { state, warnings } => (state, warnings),
+            Report::Invalid(errors) => {
                 warn!(source = %update.source, "refused update, the last good routing table keeps serving:\n{errors}");
                 self.sink.rejected(update.source, &errors);
                 return Outcome::Rejected;
+            }
+            Report::Unreachable(why) => {
+                warn!(source = %update.source, "{why}; its last routes keep serving");
+                self.sink.unreachable(update.source, &why);
+                return Outcome::Unchanged;
             }
         };
         let previous = self.sources.insert(
@@ -111,11 +153,12 @@ impl Reconciler {
                 state,
             },
         );
-        let (merged, origins, warnings) = self.merge();
+        let (merged, origins, conflicts) = self.merge();
+        warnings.extend(conflicts);
         if !warnings.is_empty() {
             warn!(source = %update.source, "{warnings}");
-            self.sink.warnings(update.source, &warnings);
         }
+        self.sink.warnings(update.source, &warnings);
         if self.live.as_ref() == Some(&merged) {
             self.sink.accepted(update.source);
             return Outcome::Unchanged;
@@ -229,11 +272,7 @@ mod tests {
     }
 
     fn update(text: &str) -> Update {
-        Update {
-            source: SourceId::File,
-            origin: "g.toml".into(),
-            result: state(text),
-        }
+        Update::from_result(SourceId::File, "g.toml".into(), state(text))
     }
 
     const A: &str = "[routers.r]\npath = \"/a\"\nservice = \"s\"\n[services.s]\nbackends = [{ url = \"http://127.0.0.1:1\" }]\n";

@@ -31,6 +31,21 @@ pub struct ServiceRuntime {
     pub backends: Vec<Arc<BackendState>>,
     /// In-flight count and retry budget, shared with every other snapshot of this service.
     pub state: Arc<ServiceState>,
+    hash_on: Option<HashOn>,
+    /// One group per version when the service splits traffic between versions, otherwise one
+    /// group of every backend.
+    groups: Vec<Group>,
+    /// Chooses the version, by version weight.
+    version_rr: SmoothWrr,
+}
+
+/// The backends of one version and how to balance among them.
+#[derive(Debug)]
+struct Group {
+    version: Option<Arc<str>>,
+    weight: u32,
+    /// Indexes into `backends`.
+    members: Vec<usize>,
     lb: Lb,
 }
 
@@ -38,7 +53,7 @@ pub struct ServiceRuntime {
 enum Lb {
     RoundRobin(SmoothWrr),
     LeastRequest,
-    Hash(HashOn, Ring),
+    Hash(Ring),
 }
 
 /// What a balancer may look at besides backend state.
@@ -68,12 +83,14 @@ impl ServiceRuntime {
         services: &ServiceRegistry,
         metrics: &Metrics,
     ) -> Self {
-        let checked = spec.health_check.is_some();
+        let check = spec.health_check.as_ref();
         let (state, existed) = services.resolve(&name, metrics);
         let backends: Vec<Arc<BackendState>> = spec
             .backends
             .iter()
             .map(|b| {
+                // Not ready until checked, unless the check trusts the source and it vouches.
+                let checked = check.is_some_and(|c| !(c.trust_source_health && b.source_healthy));
                 registry.resolve(
                     &BackendKey {
                         service: name.clone(),
@@ -85,30 +102,69 @@ impl ServiceRuntime {
                 )
             })
             .collect();
-        let lb = match &spec.policy {
-            Policy::RoundRobin => Lb::RoundRobin(SmoothWrr::new(backends.len())),
-            Policy::LeastRequest => Lb::LeastRequest,
-            Policy::Hash(on) => Lb::Hash(
-                on.clone(),
-                Ring::build(
-                    &backends
-                        .iter()
-                        .zip(&spec.backends)
-                        .map(|(s, b)| (&*s.label, b.weight))
-                        .collect::<Vec<_>>(),
-                ),
-            ),
-        };
         for b in &backends {
             b.health.set_slow_start(spec.slow_start);
         }
+        let group_of = |members: Vec<usize>, version: Option<Arc<str>>, weight: u32| {
+            let lb = match &spec.policy {
+                Policy::RoundRobin => Lb::RoundRobin(SmoothWrr::new(members.len())),
+                Policy::LeastRequest => Lb::LeastRequest,
+                Policy::Hash(_) => Lb::Hash(Ring::build(
+                    &members
+                        .iter()
+                        .map(|&i| (&*backends[i].label, spec.backends[i].weight))
+                        .collect::<Vec<_>>(),
+                )),
+            };
+            Group {
+                version,
+                weight,
+                members,
+                lb,
+            }
+        };
+        let groups: Vec<Group> = if spec.versions.is_empty() {
+            vec![group_of((0..backends.len()).collect(), None, 1)]
+        } else {
+            spec.versions
+                .iter()
+                .map(|(v, w)| {
+                    let members = (0..backends.len())
+                        .filter(|&i| spec.backends[i].version.as_deref() == Some(v.as_str()))
+                        .collect();
+                    group_of(members, Some(Arc::from(v.as_str())), *w)
+                })
+                .collect()
+        };
+        let hash_on = match &spec.policy {
+            Policy::Hash(on) => Some(on.clone()),
+            _ => None,
+        };
+        let version_rr = SmoothWrr::new(groups.len());
         Self {
             name,
             spec,
             backends,
             state,
-            lb,
+            hash_on,
+            groups,
+            version_rr,
         }
+    }
+
+    /// The hash of a request's balancing key, for a hash policy (computed once per request,
+    /// reused by retries).
+    pub fn hash_of(&self, headers: &HeaderMap, client_ip: IpAddr) -> Option<u64> {
+        self.hash_on
+            .as_ref()
+            .and_then(|on| hash_input(on, headers, client_ip))
+    }
+
+    /// The versions of this service and their weights, in order.
+    pub fn versions(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.groups
+            .iter()
+            .filter_map(|g| g.version.as_deref().map(|v| (v, g.weight)))
     }
 
     /// Chooses a backend for a request, skipping `exclude` (backends a retry already tried), or
@@ -117,16 +173,8 @@ impl ServiceRuntime {
     /// A backend's weight counts only while it is eligible (checks pass, not ejected, not
     /// draining), scaled by its slow-start ramp. When fewer than the panic threshold of the
     /// backends are eligible, health is ignored: a broken health check must not take a whole
-    /// service down.
-    /// The hash of a request's balancing key, for a hash policy (computed once per request,
-    /// reused by retries).
-    pub fn hash_of(&self, headers: &HeaderMap, client_ip: IpAddr) -> Option<u64> {
-        match &self.lb {
-            Lb::Hash(on, _) => hash_input(on, headers, client_ip),
-            _ => None,
-        }
-    }
-
+    /// service down. With versions, the version is chosen first, by version weight among the
+    /// versions that have a backend to take the request.
     pub fn pick(&self, ctx: &PickContext, exclude: &[usize]) -> Option<Pick> {
         let now = crate::backend::nanos_since_epoch(ctx.now);
         let (mut candidates, mut eligible) = (0usize, 0usize);
@@ -146,16 +194,31 @@ impl ServiceRuntime {
             }
             ((f64::from(w) * WEIGHT_SCALE * b.health.weight_factor(now)) as u32).max(1)
         };
-        let index = match &self.lb {
-            Lb::RoundRobin(rr) => rr.pick(weight),
+        let group = match self.groups.len() {
+            1 => &self.groups[0],
+            _ => {
+                let g = self.version_rr.pick(|g| {
+                    let grp = &self.groups[g];
+                    if grp.members.iter().any(|&i| weight(i) > 0) {
+                        grp.weight
+                    } else {
+                        0
+                    }
+                })?;
+                &self.groups[g]
+            }
+        };
+        let m = &group.members;
+        let chosen = match &group.lb {
+            Lb::RoundRobin(rr) => rr.pick(|j| weight(m[j])),
             Lb::LeastRequest => {
                 let mut rng = fastrand::Rng::new();
                 balance::p2c(
-                    self.backends.len(),
-                    |i| {
-                        let w = weight(i);
+                    m.len(),
+                    |j| {
+                        let w = weight(m[j]);
                         (w > 0).then(|| {
-                            let b = &self.backends[i];
+                            let b = &self.backends[m[j]];
                             // Latency floor of 1 us so that in-flight counts matter before the
                             // first samples arrive.
                             let latency = b.latency_ewma(ctx.now).max(1_000.0);
@@ -165,12 +228,15 @@ impl ServiceRuntime {
                     &mut rng,
                 )
             }
-            Lb::Hash(_, ring) => match ctx.hash {
-                Some(h) => ring.pick(h, |i| weight(i) > 0),
-                None => balance::weighted_random(self.backends.len(), weight, &mut fastrand::Rng::new()),
+            Lb::Hash(ring) => match ctx.hash {
+                Some(h) => ring.pick(h, |j| weight(m[j]) > 0),
+                None => balance::weighted_random(m.len(), |j| weight(m[j]), &mut fastrand::Rng::new()),
             },
         }?;
-        Some(Pick { index, panic })
+        Some(Pick {
+            index: m[chosen],
+            panic,
+        })
     }
 }
 

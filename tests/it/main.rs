@@ -5,11 +5,14 @@
 
 // Shared fixtures: not every helper is used by every test module at every point in history.
 #[allow(dead_code)]
+mod docker_support;
+#[allow(dead_code)]
 mod support;
 
 mod admin_api;
 mod balancing;
 mod cli;
+mod docker;
 mod errors;
 mod h2;
 mod headers;

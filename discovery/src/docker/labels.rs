@@ -1,0 +1,510 @@
+//! Container labels -> what one container declares. Pure: facts in, declaration and problems
+//! out; the Docker source feeds it from the engine, the tests feed it by hand.
+//!
+//! ```text
+//! aliyun.routing.port_2368: 'http://myblog;http://www.example.com/blog'   compact routes
+//! gantry.routing.port_80:   'shop.example.com'                              same grammar
+//! gantry.http.routers.<name>.rule | priority | service | entrypoints | strip_prefix
+//!                           | redirect_https | max_body_bytes               full form
+//! gantry.http.services.<name>.port | scheme | policy | hash_on | slow_start
+//!                           | health_check.* | timeouts.* | outlier.* | retries.* | limits.*
+//! gantry.enable  gantry.version  gantry.weight  gantry.docker.network  gantry.port
+//! aliyun.scale  gantry.scale.min | max | target | utilization                (kept for scaling)
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use gantry_config::Errors;
+use gantry_config::file::{
+    FileRouter, FileService, check_name, check_path, check_version, parse_host_pattern,
+};
+use gantry_config::model::MAX_WEIGHT;
+use serde::de::DeserializeOwned;
+
+/// What Docker says about a running container (from `inspect`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerFacts {
+    pub id: String,
+    /// Without the leading `/`.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub health: DockerHealth,
+    pub paused: bool,
+    /// Network name -> the container's address on it.
+    pub networks: BTreeMap<String, IpAddr>,
+    /// Container TCP port -> host addresses it is published on.
+    pub published: BTreeMap<u16, Vec<SocketAddr>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DockerHealth {
+    /// No HEALTHCHECK.
+    #[default]
+    None,
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+/// A compact route: `host[/path]` served on a container port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteDecl {
+    pub port: u16,
+    pub host: String,
+    pub path: Option<String>,
+    /// Written as `https://`: plain HTTP is redirected.
+    pub https: bool,
+    /// The label it came from, for problem reports.
+    pub label: String,
+}
+
+/// A full-form service: its settings as written, and the container port it is served on.
+#[derive(Clone, Debug)]
+pub struct ServiceDecl {
+    pub port: u16,
+    pub h2c: bool,
+    pub settings: FileService,
+}
+
+/// Scaling labels, read now, acted on by the scaler.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ScaleDecl {
+    /// `aliyun.scale`: the initial and minimum replica count.
+    pub initial: Option<u32>,
+    pub min: Option<u32>,
+    pub max: Option<u32>,
+    /// Target concurrent requests per replica.
+    pub target: Option<f64>,
+    /// Target utilisation of that concurrency (0-1).
+    pub utilization: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ContainerDecl {
+    pub enabled: bool,
+    pub project: Option<String>,
+    pub compose_service: Option<String>,
+    pub version: Option<String>,
+    pub weight: u32,
+    pub network: Option<String>,
+    pub routes: Vec<RouteDecl>,
+    pub routers: BTreeMap<String, FileRouter>,
+    pub services: BTreeMap<String, ServiceDecl>,
+    /// `gantry.port`: the port of the default service full-form routers use.
+    pub default_port: Option<u16>,
+    pub scale: ScaleDecl,
+}
+
+/// Where problems of a container come from.
+pub fn origin(container: &str) -> String {
+    format!("docker container {container}")
+}
+
+fn label(key: &str) -> String {
+    format!("label {key}")
+}
+
+/// Reads a container's labels. Problems are reported per label; a bad label is skipped and the
+/// rest of the container is used.
+pub fn parse(f: &ContainerFacts, exposed_by_default: bool) -> (ContainerDecl, Errors) {
+    let mut errs = Errors::new();
+    let o = origin(&f.name);
+    let mut d = ContainerDecl {
+        enabled: exposed_by_default,
+        project: f.labels.get("com.docker.compose.project").cloned(),
+        compose_service: f.labels.get("com.docker.compose.service").cloned(),
+        weight: 1,
+        ..Default::default()
+    };
+    let mut routers: BTreeMap<String, toml::Table> = BTreeMap::new();
+    let mut services: BTreeMap<String, toml::Table> = BTreeMap::new();
+    for (key, value) in &f.labels {
+        let rest = match (key.strip_prefix("gantry."), key.strip_prefix("aliyun.")) {
+            (Some(r), _) => r,
+            (None, Some(r)) => {
+                // Only Aliyun's routing and scale labels concern a proxy; its others are ignored.
+                if let Some(p) = r.strip_prefix("routing.port_") {
+                    routes(&mut d, &mut errs, &o, key, p, value);
+                } else if r == "scale" {
+                    d.scale.initial = number(&mut errs, &o, key, value, 0, 1000);
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        match rest {
+            "enable" => match value.trim() {
+                "true" => d.enabled = true,
+                "false" => d.enabled = false,
+                v => errs.push(&o, label(key), format!("{v:?} is not true or false")),
+            },
+            "version" => match check_version(value.trim()) {
+                Ok(()) => d.version = Some(value.trim().to_string()),
+                Err(e) => errs.push(&o, label(key), e),
+            },
+            "weight" => d.weight = number(&mut errs, &o, key, value, 0, MAX_WEIGHT).unwrap_or(1),
+            "docker.network" => d.network = Some(value.trim().to_string()),
+            "port" => d.default_port = port(&mut errs, &o, key, value),
+            "scale.min" => d.scale.min = number(&mut errs, &o, key, value, 0, 1000),
+            "scale.max" => d.scale.max = number(&mut errs, &o, key, value, 1, 1000),
+            "scale.target" => d.scale.target = float(&mut errs, &o, key, value, 0.01, 1e6),
+            "scale.utilization" => d.scale.utilization = float(&mut errs, &o, key, value, 0.01, 1.0),
+            r if r.starts_with("routing.port_") => {
+                routes(&mut d, &mut errs, &o, key, &r["routing.port_".len()..], value)
+            }
+            r if r.starts_with("http.routers.") => full_form(
+                &mut routers,
+                &mut errs,
+                &o,
+                key,
+                &r["http.routers.".len()..],
+                value,
+            ),
+            r if r.starts_with("http.services.") => full_form(
+                &mut services,
+                &mut errs,
+                &o,
+                key,
+                &r["http.services.".len()..],
+                value,
+            ),
+            _ => errs.push(&o, label(key), "unknown gantry label"),
+        }
+    }
+    if let (Some(min), Some(max)) = (d.scale.min, d.scale.max)
+        && min > max
+    {
+        errs.push(
+            &o,
+            label("gantry.scale.min"),
+            format!("{min} is above gantry.scale.max {max}"),
+        );
+    }
+    for (name, table) in routers {
+        let prefix = format!("gantry.http.routers.{name}");
+        if check_name(&mut errs, &o, &label(&prefix), &name)
+            && let Some(r) = typed::<FileRouter>(table, &mut errs, &o, &prefix)
+        {
+            d.routers.insert(name, r);
+        }
+    }
+    for (name, mut table) in services {
+        let prefix = format!("gantry.http.services.{name}");
+        if !check_name(&mut errs, &o, &label(&prefix), &name) {
+            continue;
+        }
+        // Traefik spells the port loadbalancer.server.port; both are accepted.
+        let lb_port = table
+            .remove("loadbalancer")
+            .and_then(|lb| lb.get("server").and_then(|s| s.get("port")).cloned());
+        let port_value = table.remove("port").or(lb_port);
+        let scheme = table.remove("scheme");
+        if table.contains_key("backends") {
+            errs.push(
+                &o,
+                label(&format!("{prefix}.backends")),
+                "backends come from the containers themselves",
+            );
+            table.remove("backends");
+        }
+        let port = match port_value.or_else(|| d.default_port.map(|p| toml::Value::Integer(i64::from(p)))) {
+            Some(toml::Value::Integer(p)) if (1..=65535).contains(&p) => p as u16,
+            Some(v) => {
+                errs.push(&o, label(&format!("{prefix}.port")), format!("{v} is not a port"));
+                continue;
+            }
+            None => {
+                errs.push(
+                    &o,
+                    label(&format!("{prefix}.port")),
+                    "missing: which container port serves it?",
+                );
+                continue;
+            }
+        };
+        let h2c = match scheme.as_ref().and_then(|v| v.as_str()) {
+            None | Some("http") => false,
+            Some("h2c") => true,
+            Some(other) => {
+                errs.push(
+                    &o,
+                    label(&format!("{prefix}.scheme")),
+                    format!("{other:?}: use http or h2c"),
+                );
+                continue;
+            }
+        };
+        if let Some(settings) = typed::<FileService>(table, &mut errs, &o, &prefix) {
+            d.services.insert(name, ServiceDecl { port, h2c, settings });
+        }
+    }
+    (d, errs)
+}
+
+/// `http://myblog;https://www.example.com/blog` on `port_<port>`.
+fn routes(d: &mut ContainerDecl, errs: &mut Errors, o: &str, key: &str, port_text: &str, value: &str) {
+    let Some(port) = port_text.parse::<u16>().ok().filter(|p| *p > 0) else {
+        errs.push(o, label(key), format!("{port_text:?} is not a port number"));
+        return;
+    };
+    for item in value.split(';').map(str::trim).filter(|i| !i.is_empty()) {
+        let (https, rest) = if let Some(r) = item.strip_prefix("https://") {
+            (true, r)
+        } else {
+            (false, item.strip_prefix("http://").unwrap_or(item))
+        };
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], Some(&rest[i..])),
+            None => (rest, None),
+        };
+        let host = match parse_host_pattern(host) {
+            Ok(h) => h.to_string(),
+            Err(e) => {
+                errs.push(o, label(key), format!("{item:?}: {e}"));
+                continue;
+            }
+        };
+        let path = match path {
+            Some("/") | None => None,
+            Some(p) => match check_path(p) {
+                Ok(()) => Some(p.trim_end_matches('/').to_string()).filter(|p| !p.is_empty()),
+                Err(e) => {
+                    errs.push(o, label(key), format!("{item:?}: {e}"));
+                    continue;
+                }
+            },
+        };
+        d.routes.push(RouteDecl {
+            port,
+            host,
+            path,
+            https,
+            label: key.to_string(),
+        });
+    }
+}
+
+/// Collects `gantry.http.<kind>.<name>.<a.b.c>` into a table per name.
+fn full_form(
+    into: &mut BTreeMap<String, toml::Table>,
+    errs: &mut Errors,
+    o: &str,
+    key: &str,
+    rest: &str,
+    value: &str,
+) {
+    let Some((name, path)) = rest.split_once('.') else {
+        errs.push(o, label(key), "expected <name>.<setting>");
+        return;
+    };
+    let mut table = into.entry(name.to_string()).or_default();
+    let parts: Vec<&str> = path.split('.').collect();
+    for p in &parts[..parts.len() - 1] {
+        let entry = table
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => table = t,
+            _ => {
+                errs.push(o, label(key), format!("{p} is both a value and a table"));
+                return;
+            }
+        }
+    }
+    let leaf = parts[parts.len() - 1];
+    table.insert(leaf.to_string(), infer(leaf, value));
+}
+
+/// Label values are text; the settings they fill are typed. Lists are comma-separated.
+fn infer(key: &str, value: &str) -> toml::Value {
+    let v = value.trim();
+    if matches!(key, "entrypoints" | "methods" | "hosts" | "expected_statuses") {
+        return toml::Value::Array(v.split(',').map(|i| infer("", i)).collect());
+    }
+    if let Ok(i) = v.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    match v {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(v.to_string()),
+    }
+}
+
+fn typed<T: DeserializeOwned>(table: toml::Table, errs: &mut Errors, o: &str, prefix: &str) -> Option<T> {
+    match toml::Value::Table(table).try_into::<T>() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errs.push(o, label(prefix), e.message().trim().to_string());
+            None
+        }
+    }
+}
+
+fn number(errs: &mut Errors, o: &str, key: &str, value: &str, min: u32, max: u32) -> Option<u32> {
+    match value.trim().parse::<u32>() {
+        Ok(n) if (min..=max).contains(&n) => Some(n),
+        _ => {
+            errs.push(
+                o,
+                label(key),
+                format!("{value:?} is not a number in {min}..={max}"),
+            );
+            None
+        }
+    }
+}
+
+fn float(errs: &mut Errors, o: &str, key: &str, value: &str, min: f64, max: f64) -> Option<f64> {
+    match value.trim().parse::<f64>() {
+        Ok(n) if (min..=max).contains(&n) => Some(n),
+        _ => {
+            errs.push(
+                o,
+                label(key),
+                format!("{value:?} is not a number in {min}..={max}"),
+            );
+            None
+        }
+    }
+}
+
+fn port(errs: &mut Errors, o: &str, key: &str, value: &str) -> Option<u16> {
+    match value.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Some(p),
+        _ => {
+            errs.push(o, label(key), format!("{value:?} is not a port number"));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(labels: &[(&str, &str)]) -> ContainerFacts {
+        ContainerFacts {
+            id: "abc".into(),
+            name: "blog-1".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn compact_routes_as_existing_compose_files_write_them() {
+        let (d, errs) = parse(
+            &facts(&[
+                (
+                    "aliyun.routing.port_2368",
+                    "http://myblog; https://www.example.com/blog/",
+                ),
+                ("gantry.routing.port_80", "api.example.com"),
+                ("aliyun.scale", "3"),
+                ("aliyun.logs.foo", "stdout"),
+            ]),
+            true,
+        );
+        assert!(errs.is_empty(), "{errs}");
+        let r: Vec<_> = d
+            .routes
+            .iter()
+            .map(|r| (r.port, r.host.as_str(), r.path.as_deref(), r.https))
+            .collect();
+        assert_eq!(
+            r,
+            [
+                (2368, "myblog", None, false),
+                (2368, "www.example.com", Some("/blog"), true),
+                (80, "api.example.com", None, false),
+            ]
+        );
+        assert_eq!(d.scale.initial, Some(3));
+    }
+
+    #[test]
+    fn full_form_in_the_spirit_of_traefik() {
+        let (d, errs) = parse(
+            &facts(&[
+                (
+                    "gantry.http.routers.api.rule",
+                    "Host(`api.test`) && PathPrefix(`/v1`)",
+                ),
+                ("gantry.http.routers.api.priority", "10"),
+                ("gantry.http.routers.api.entrypoints", "web,websecure"),
+                ("gantry.http.routers.api.service", "api"),
+                ("gantry.http.services.api.loadbalancer.server.port", "8080"),
+                ("gantry.http.services.api.policy", "least_request"),
+                ("gantry.http.services.api.health_check.path", "/healthz"),
+                ("gantry.http.services.api.health_check.interval", "2s"),
+                ("gantry.version", "v2"),
+                ("gantry.weight", "10"),
+            ]),
+            true,
+        );
+        assert!(errs.is_empty(), "{errs}");
+        let r = &d.routers["api"];
+        assert_eq!(r.priority, Some(10));
+        assert_eq!(
+            r.entrypoints.as_deref(),
+            Some(&["web".to_string(), "websecure".to_string()][..])
+        );
+        let s = &d.services["api"];
+        assert_eq!(s.port, 8080);
+        assert_eq!(s.settings.policy.as_deref(), Some("least_request"));
+        assert_eq!(
+            s.settings.health_check.as_ref().unwrap().path.as_deref(),
+            Some("/healthz")
+        );
+        assert_eq!((d.version.as_deref(), d.weight), (Some("v2"), 10));
+    }
+
+    #[test]
+    fn every_bad_label_is_reported_with_container_and_key_and_the_rest_is_kept() {
+        let (d, errs) = parse(
+            &facts(&[
+                ("gantry.routing.port_abc", "x.test"),
+                ("gantry.routing.port_70000", "y.test"),
+                ("gantry.routing.port_80", "good.test;bad host;z.test:8080"),
+                ("gantry.wieght", "3"),
+                ("gantry.weight", "lots"),
+                ("gantry.http.routers.r.rule", "Hots(`a`)"),
+                ("gantry.http.routers.r.service", "s"),
+                ("gantry.http.services.s.port", "8080"),
+                ("gantry.http.services.s.polcy", "hash"),
+                ("gantry.http.services.t.policy", "hash"),
+            ]),
+            true,
+        );
+        let text = errs.to_string();
+        for expected in [
+            "docker container blog-1: label gantry.routing.port_abc: \"abc\" is not a port number",
+            "docker container blog-1: label gantry.routing.port_70000: \"70000\" is not a port number",
+            "docker container blog-1: label gantry.routing.port_80: \"bad host\"",
+            "docker container blog-1: label gantry.routing.port_80: \"z.test:8080\"",
+            "docker container blog-1: label gantry.wieght: unknown gantry label",
+            "docker container blog-1: label gantry.weight: \"lots\" is not a number",
+            "docker container blog-1: label gantry.http.services.s: unknown field `polcy`",
+            "docker container blog-1: label gantry.http.services.t.port: missing",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        // The good route survives; the router with a bad rule is kept as written and refused
+        // when validated with the rest.
+        assert_eq!(d.routes.len(), 1);
+        assert_eq!(d.routes[0].host, "good.test");
+        assert_eq!(d.weight, 1);
+    }
+
+    #[test]
+    fn opt_in_and_opt_out() {
+        assert!(!parse(&facts(&[("gantry.enable", "false")]), true).0.enabled);
+        assert!(!parse(&facts(&[]), false).0.enabled);
+        assert!(parse(&facts(&[("gantry.enable", "true")]), false).0.enabled);
+    }
+}
