@@ -143,6 +143,7 @@ impl DockerSource {
             until: None,
             filters: Some(filters),
         }));
+        let list_started = std::time::Instant::now();
         let listed = docker
             .list_containers(Some(ListContainersOptions {
                 all: false,
@@ -163,7 +164,11 @@ impl DockerSource {
                 );
             }
         }
-        info!(containers = containers.len(), "docker: listed running containers");
+        info!(
+            containers = containers.len(),
+            ms = list_started.elapsed().as_secs_f64() * 1000.0,
+            "docker: listed and inspected running containers"
+        );
         t.containers = containers;
         self.publish(t, updates).await?;
         loop {
