@@ -4,7 +4,6 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a bench that cannot set up should stop loudly
 
 use std::hint::black_box;
-use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use gantry_config::routing::{RequestView, normalize_host};
@@ -32,7 +31,7 @@ fn bench(c: &mut Criterion) {
     let eps = vec!["web".to_string()];
     let mut lookup = c.benchmark_group("route_lookup");
     for n in [10usize, 1_000, 10_000] {
-        let table = RoutingTable::compile(Arc::new(state(n)), &eps, &|_| String::new()).expect("compiles");
+        let table = RoutingTable::compile(&state(n), &eps, &|_| String::new()).expect("compiles");
         let hosts = (n / 10).max(1);
         // Requests spread over hosts and paths; one in ten falls through to the wildcard.
         let reqs: Vec<(String, String)> = (0..1024)
@@ -59,7 +58,7 @@ fn bench(c: &mut Criterion) {
                     headers: &headers,
                     query: None,
                 };
-                black_box(table.lookup(0, &view).map(|(i, _)| i))
+                black_box(table.lookup(0, &view).map(|r| r.id))
             })
         });
     }
@@ -68,11 +67,9 @@ fn bench(c: &mut Criterion) {
     let mut build = c.benchmark_group("route_compile");
     build.sample_size(10);
     for n in [10usize, 1_000, 10_000] {
-        let s = Arc::new(state(n));
+        let s = state(n);
         build.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-            b.iter(|| {
-                black_box(RoutingTable::compile(s.clone(), &eps, &|_| String::new()).expect("compiles"))
-            })
+            b.iter(|| black_box(RoutingTable::compile(&s, &eps, &|_| String::new()).expect("compiles")))
         });
     }
     build.finish();

@@ -3,6 +3,7 @@
 //! It listens on loopback by default. It is read-only here; a listener on a non-loopback address
 //! is logged as a warning at start.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -120,10 +121,8 @@ impl Admin {
     /// priority; services with each backend's live state.
     fn routes(&self) -> Value {
         let snap = self.proxy.snapshot();
-        let desired = snap.table.desired();
         let services: serde_json::Map<String, Value> = snap
-            .services
-            .iter()
+            .services()
             .map(|svc| {
                 let mut v = serde_json::to_value(&*svc.spec).unwrap_or(Value::Null);
                 if let Some(backends) = v.get_mut("backends").and_then(Value::as_array_mut) {
@@ -152,7 +151,7 @@ impl Admin {
         json!({
             "generation": snap.generation,
             "entrypoints": snap.table.entrypoints(),
-            "routers": desired.routers,
+            "routers": snap.table.routes().map(|r| (r.name.to_string(), r.router())).collect::<BTreeMap<_, _>>(),
             "services": services,
         })
     }

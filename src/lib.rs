@@ -138,7 +138,7 @@ pub fn check(path: &std::path::Path) -> Result<(StaticConfig, RoutingTable), Err
         .map(|e| e.name.clone())
         .collect();
     let origin = source.origin();
-    let table = RoutingTable::compile(Arc::new(v.state), &names, &|_| origin.clone())?;
+    let table = RoutingTable::compile(&v.state, &names, &|_| origin.clone())?;
     Ok((v.static_config, table))
 }
 

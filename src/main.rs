@@ -110,8 +110,8 @@ fn main() -> ExitCode {
                     "{}: ok ({} entrypoints, {} routers, {} services)",
                     config.display(),
                     static_config.entrypoints.len(),
-                    table.routes().len(),
-                    table.services().len()
+                    table.route_count(),
+                    table.service_count()
                 );
                 ExitCode::SUCCESS
             }

@@ -19,6 +19,10 @@ pub struct Status {
     /// Set when shutdown begins: `/readyz` then fails, so load balancers stop sending traffic.
     draining: AtomicBool,
     generation: IntGauge,
+    etcd_revision: IntGauge,
+    /// Bumped on every accepted update and publish, for whoever mirrors the status (the etcd
+    /// instance record).
+    changed: tokio::sync::watch::Sender<()>,
     source_problems: prometheus::IntGaugeVec,
     source_up: prometheus::IntGaugeVec,
     reloads: IntCounter,
@@ -58,6 +62,12 @@ pub struct SourceStatus {
     /// Problems in the source's latest view that did not stop it (a skipped label, a name
     /// another source already declares).
     pub problems: Vec<String>,
+    /// The source's version of what is live (etcd: the revision).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// Where the source's latest view came from (etcd: the member it is connected to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 fn source_entry(inner: &mut Inner, source: SourceId) -> &mut SourceStatus {
@@ -71,6 +81,8 @@ fn source_entry(inner: &mut Inner, source: SourceId) -> &mut SourceStatus {
             reachable: true,
             unreachable_because: None,
             problems: Vec::new(),
+            revision: None,
+            endpoint: None,
         })
 }
 
@@ -86,6 +98,11 @@ impl Status {
             "gantry_config_generation",
             "Generation of the live routing table.",
         )?;
+        let etcd_revision = IntGauge::new(
+            "gantry_etcd_revision",
+            "The etcd revision the live routing table was built from (0 without etcd).",
+        )?;
+        registry.register(Box::new(etcd_revision.clone()))?;
         let reloads = IntCounter::new(
             "gantry_config_reloads_total",
             "Updates that produced a new routing table (including the first).",
@@ -122,6 +139,8 @@ impl Status {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             generation,
+            etcd_revision,
+            changed: tokio::sync::watch::channel(()).0,
             source_problems,
             source_up,
             reloads,
@@ -150,6 +169,26 @@ impl Status {
 
     pub fn reload_failures(&self) -> u64 {
         self.reload_failures.get()
+    }
+
+    /// The etcd revision the live table was built from.
+    pub fn etcd_revision(&self) -> i64 {
+        self.etcd_revision.get()
+    }
+
+    pub fn generation(&self) -> i64 {
+        self.generation.get()
+    }
+
+    /// Notified whenever something an instance record shows changes.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    /// Where a source is connected now.
+    pub fn set_endpoint(&self, source: SourceId, endpoint: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        source_entry(&mut inner, source).endpoint = Some(endpoint.to_string());
     }
 
     fn set_source(&self, source: SourceId, ok: bool) {
@@ -189,8 +228,15 @@ impl Sink for Status {
         self.reload_failures.inc();
     }
 
-    fn accepted(&self, source: SourceId) {
+    fn accepted(&self, source: SourceId, origin: &str, revision: Option<i64>) {
         self.set_source(source, true);
+        self.set_endpoint(source, origin);
+        if let Some(rev) = revision {
+            self.etcd_revision.set(rev);
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            source_entry(&mut inner, source).revision = Some(rev);
+        }
+        self.changed.send_modify(|_| {});
     }
 
     fn warnings(&self, source: SourceId, warnings: &Errors) {

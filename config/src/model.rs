@@ -175,6 +175,89 @@ pub struct DesiredState {
     pub tls: crate::tls::TlsCertificates,
 }
 
+/// A change to a desired state, by name: `Some` is the new value, `None` a removal. Sources that
+/// see their own changes (the etcd watch) send these, so that the cost of a change follows its
+/// size and not the size of the table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub routers: BTreeMap<String, Option<Router>>,
+    pub services: BTreeMap<String, Option<Service>>,
+    /// The new certificates, when they changed.
+    pub tls: Option<crate::tls::TlsCertificates>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.routers.is_empty() && self.services.is_empty() && self.tls.is_none()
+    }
+
+    /// Everything in `state`, as additions.
+    pub fn all(state: &DesiredState) -> Self {
+        Self {
+            routers: state
+                .routers
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect(),
+            services: state
+                .services
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect(),
+            tls: (state.tls != Default::default()).then(|| state.tls.clone()),
+        }
+    }
+
+    /// What turns `old` into `new`.
+    pub fn between(old: &DesiredState, new: &DesiredState) -> Self {
+        Self {
+            routers: diff(&old.routers, &new.routers),
+            services: diff(&old.services, &new.services),
+            tls: (old.tls != new.tls).then(|| new.tls.clone()),
+        }
+    }
+
+    /// Makes the change to `state`.
+    pub fn apply_to(&self, state: &mut DesiredState) {
+        patch(&mut state.routers, &self.routers);
+        patch(&mut state.services, &self.services);
+        if let Some(tls) = &self.tls {
+            state.tls = tls.clone();
+        }
+    }
+}
+
+fn diff<T: Clone + PartialEq>(
+    old: &BTreeMap<String, T>,
+    new: &BTreeMap<String, T>,
+) -> BTreeMap<String, Option<T>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in new {
+        if old.get(k) != Some(v) {
+            out.insert(k.clone(), Some(v.clone()));
+        }
+    }
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            out.insert(k.clone(), None);
+        }
+    }
+    out
+}
+
+fn patch<T: Clone>(map: &mut BTreeMap<String, T>, changes: &BTreeMap<String, Option<T>>) {
+    for (k, v) in changes {
+        match v {
+            Some(v) => {
+                map.insert(k.clone(), v.clone());
+            }
+            None => {
+                map.remove(k);
+            }
+        }
+    }
+}
+
 /// A rule that matches requests and names the service that handles them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Router {

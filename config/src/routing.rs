@@ -1,9 +1,18 @@
-//! The compiled routing table: built once per change, off the request path, then only read.
+//! The compiled routing table: built off the request path, then only read.
 //!
 //! For each entrypoint there is a host index: exact hosts in one hash map, wildcard suffixes in
-//! another, and the routes without a host. Each bucket holds the indexes of every route that can
-//! match a request for that host, already sorted in evaluation order, so a lookup is one or a few
-//! hash probes plus a scan of the (short) bucket.
+//! another, and the routes without a host. Each bucket holds every route that can match a
+//! request for that host, already sorted in evaluation order, so a lookup is one or a few hash
+//! probes plus a scan of the (short) bucket.
+//!
+//! # Changes cost what they change
+//! A table is made of persistent maps (`imbl`): the next table is the previous one plus a
+//! [`Changes`], sharing everything the change does not touch. A changed route costs the buckets
+//! of its own hosts; a changed service costs nothing here. (A change to a route *without* a host,
+//! or with a wildcard, rebuilds the buckets it appears in: those of every host, or every host
+//! under the wildcard.) Routes and services keep a small numeric id for as long as their name
+//! exists, so that the data plane can key its own per-route state by id and rebuild only what a
+//! table says changed ([`RoutingTable::changed_routes`]).
 //!
 //! # Evaluation order
 //! Within the routes that can match a host, the first route whose remaining conditions hold wins.
@@ -15,26 +24,59 @@
 //! 5. the router name, alphabetically, so that the order never depends on input order.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderMap, Method};
 
 use crate::error::Errors;
-use crate::model::{DesiredState, HostPattern, Match, PathMatch, Service};
+use crate::model::{Changes, DesiredState, HostPattern, Match, PathMatch, Router, Service};
 use crate::tls::CertStore;
+
+/// A route's or a service's id: stable for as long as its name is in the table, reused after.
+pub type Id = u32;
 
 /// One router as the request path sees it.
 #[derive(Debug)]
 pub struct Route {
+    pub id: Id,
     pub name: Arc<str>,
     pub matcher: Match,
     pub priority: i32,
     pub strip_prefix: bool,
-    /// Index into [`RoutingTable::services`].
-    pub service: usize,
+    /// The id of the route's service (see [`RoutingTable::service`]).
+    pub service: Id,
+    pub service_name: Arc<str>,
     pub max_body_bytes: u64,
     pub redirect_https: bool,
+    /// As declared (empty: all of them).
+    pub entrypoints: Vec<String>,
+    /// Indexes of the entrypoints the route is attached to.
+    attached: Box<[usize]>,
+}
+
+impl Route {
+    /// The router this route was compiled from.
+    pub fn router(&self) -> Router {
+        Router {
+            entrypoints: self.entrypoints.clone(),
+            matcher: self.matcher.clone(),
+            priority: self.priority,
+            strip_prefix: self.strip_prefix,
+            service: self.service_name.to_string(),
+            max_body_bytes: self.max_body_bytes,
+            redirect_https: self.redirect_https,
+        }
+    }
+}
+
+/// One service of the table.
+#[derive(Debug)]
+pub struct ServiceEntry {
+    pub id: Id,
+    pub name: Arc<str>,
+    pub spec: Arc<Service>,
 }
 
 /// What routing needs to know about a request. `host` must already be normalized with
@@ -48,131 +90,499 @@ pub struct RequestView<'a> {
     pub query: Option<&'a str>,
 }
 
-#[derive(Debug, Default)]
+type Bucket = Arc<[Arc<Route>]>;
+
+#[derive(Debug, Clone, Default)]
 struct HostIndex {
-    exact: HashMap<Box<str>, Box<[u32]>>,
-    wildcard: HashMap<Box<str>, Box<[u32]>>,
-    any: Box<[u32]>,
+    exact: imbl::HashMap<Arc<str>, Bucket>,
+    wildcard: imbl::HashMap<Arc<str>, Bucket>,
+    any: Bucket,
+    /// The routes that declare each exact host, each wildcard suffix, and no host.
+    exact_members: imbl::HashMap<Arc<str>, imbl::OrdSet<Id>>,
+    wild_members: imbl::HashMap<Arc<str>, imbl::OrdSet<Id>>,
+    any_members: imbl::OrdSet<Id>,
 }
 
-/// An immutable, compiled view of a [`DesiredState`].
+/// Buckets a change made stale, per entrypoint.
+#[derive(Debug, Default, Clone)]
+struct Stale {
+    exact: BTreeSet<Arc<str>>,
+    wildcard: BTreeSet<Arc<str>>,
+    any: bool,
+}
+
+/// Id slots: a persistent vector, so that a new table shares the untouched ones.
 #[derive(Debug)]
+struct Slots<T> {
+    items: imbl::Vector<Option<Arc<T>>>,
+    free: imbl::Vector<Id>,
+    ids: imbl::OrdMap<Arc<str>, Id>,
+}
+
+impl<T> Clone for Slots<T> {
+    fn clone(&self) -> Self {
+        Self {
+            items: self.items.clone(),
+            free: self.free.clone(),
+            ids: self.ids.clone(),
+        }
+    }
+}
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Self {
+            items: imbl::Vector::new(),
+            free: imbl::Vector::new(),
+            ids: imbl::OrdMap::new(),
+        }
+    }
+}
+
+impl<T> Slots<T> {
+    fn get(&self, id: Id) -> Option<&Arc<T>> {
+        self.items.get(id as usize).and_then(Option::as_ref)
+    }
+
+    fn id_of(&self, name: &str) -> Option<Id> {
+        self.ids.get(name).copied()
+    }
+
+    /// The id of `name`, allocated if it has none.
+    fn id_for(&mut self, name: &Arc<str>) -> Id {
+        if let Some(id) = self.id_of(name) {
+            return id;
+        }
+        let id = match self.free.pop_back() {
+            Some(id) => id,
+            None => {
+                self.items.push_back(None);
+                (self.items.len() - 1) as Id
+            }
+        };
+        self.ids.insert(name.clone(), id);
+        id
+    }
+
+    fn set(&mut self, id: Id, value: Arc<T>) {
+        self.items.set(id as usize, Some(value));
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Arc<T>> {
+        let id = self.ids.remove(name)?;
+        self.free.push_back(id);
+        std::mem::take(&mut self.items[id as usize])
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// In name order.
+    fn iter(&self) -> impl Iterator<Item = &Arc<T>> {
+        self.ids.values().filter_map(|&id| self.get(id))
+    }
+}
+
+static TABLE_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// An immutable, compiled view of the merged desired state.
+#[derive(Debug, Clone)]
 pub struct RoutingTable {
-    desired: Arc<DesiredState>,
-    entrypoints: Vec<String>,
-    routes: Vec<Route>,
-    services: Vec<(Arc<str>, Arc<Service>)>,
+    id: u64,
+    parent: u64,
+    changed_routes: Vec<Id>,
+    changed_services: Vec<Id>,
+    entrypoints: Arc<[String]>,
+    routes: Slots<Route>,
+    services: Slots<ServiceEntry>,
+    /// The routes of each service.
+    users: imbl::HashMap<Id, imbl::OrdSet<Id>>,
     indexes: Vec<HostIndex>,
-    certs: CertStore,
+    certs: Arc<CertStore>,
+}
+
+/// The outcome of [`RoutingTable::apply`]: the next table, and the changes it refused.
+#[derive(Debug)]
+pub struct Applied {
+    pub table: RoutingTable,
+    /// Per refused item (`routers.<name>` or `services.<name>`), why. A refused item keeps its
+    /// previous value (or stays absent).
+    pub refused: BTreeMap<String, Errors>,
 }
 
 impl RoutingTable {
     /// The table that routes nothing: every request gets 404 until the first config lands.
     pub fn empty(entrypoints: &[String]) -> Self {
         Self {
-            desired: Arc::new(DesiredState::default()),
-            entrypoints: entrypoints.to_vec(),
-            routes: Vec::new(),
-            services: Vec::new(),
+            id: TABLE_IDS.fetch_add(1, Ordering::Relaxed),
+            parent: 0,
+            changed_routes: Vec::new(),
+            changed_services: Vec::new(),
+            entrypoints: entrypoints.into(),
+            routes: Slots::default(),
+            services: Slots::default(),
+            users: imbl::HashMap::new(),
             indexes: entrypoints.iter().map(|_| HostIndex::default()).collect(),
-            certs: CertStore::default(),
+            certs: Arc::new(CertStore::default()),
         }
     }
 
     /// Checks cross-references (router -> service, router -> entrypoint) and builds the indexes.
-    /// `origin_of(router_name)` says where a router was declared, for error messages.
+    /// `origin_of("routers.<name>")` says where an item was declared, for error messages.
     pub fn compile(
-        desired: Arc<DesiredState>,
+        desired: &DesiredState,
         entrypoints: &[String],
         origin_of: &dyn Fn(&str) -> String,
     ) -> Result<Self, Errors> {
-        let mut errs = Errors::new();
-        let services: Vec<(Arc<str>, Arc<Service>)> = desired
-            .services
-            .iter()
-            .map(|(n, s)| (Arc::from(n.as_str()), Arc::new(s.clone())))
-            .collect();
-        let service_idx: HashMap<&str, usize> = desired
-            .services
-            .keys()
-            .enumerate()
-            .map(|(i, n)| (n.as_str(), i))
-            .collect();
+        let applied = Self::empty(entrypoints).apply(&Changes::all(desired), origin_of);
+        if applied.refused.is_empty() {
+            Ok(applied.table)
+        } else {
+            let mut errs = Errors::new();
+            for e in applied.refused.into_values() {
+                errs.extend(e);
+            }
+            Err(errs)
+        }
+    }
 
-        let mut routes = Vec::with_capacity(desired.routers.len());
-        let mut route_eps: Vec<Vec<usize>> = Vec::with_capacity(desired.routers.len());
-        for (name, r) in &desired.routers {
+    /// The next table: this one with `changes` made, except those that would leave it
+    /// inconsistent (a router naming an unknown service or entrypoint, the removal of a service
+    /// a router still uses), which are refused and reported.
+    pub fn apply(&self, changes: &Changes, origin_of: &dyn Fn(&str) -> String) -> Applied {
+        let mut t = self.clone();
+        t.id = TABLE_IDS.fetch_add(1, Ordering::Relaxed);
+        t.parent = self.id;
+        t.changed_routes.clear();
+        t.changed_services.clear();
+        let mut refused = BTreeMap::new();
+        let mut stale = vec![Stale::default(); t.indexes.len()];
+        let mut changed_routes = BTreeSet::new();
+        let mut changed_services = BTreeSet::new();
+
+        for (name, svc) in &changes.services {
+            let Some(svc) = svc else { continue };
+            let name: Arc<str> = Arc::from(name.as_str());
+            let id = t.services.id_for(&name);
+            t.services.set(
+                id,
+                Arc::new(ServiceEntry {
+                    id,
+                    name,
+                    spec: Arc::new(svc.clone()),
+                }),
+            );
+            changed_services.insert(id);
+        }
+        for (name, router) in &changes.routers {
             let field = format!("routers.{name}");
-            let Some(&service) = service_idx.get(r.service.as_str()) else {
+            let Some(r) = router else {
+                if let Some(id) = t.routes.id_of(name) {
+                    t.unindex(id, &mut stale);
+                    t.routes.remove(name);
+                    changed_routes.insert(id);
+                }
+                continue;
+            };
+            let mut errs = Errors::new();
+            let removed = matches!(changes.services.get(&r.service), Some(None));
+            let service = t.services.id_of(&r.service).filter(|_| !removed);
+            if service.is_none() {
                 errs.push(
-                    &origin_of(name),
+                    &origin_of(&field),
                     format!("{field}.service"),
                     format!("unknown service {:?}", r.service),
                 );
-                continue;
-            };
-            let mut eps = Vec::new();
+            }
+            let mut attached = Vec::new();
             if r.entrypoints.is_empty() {
-                eps.extend(0..entrypoints.len());
+                attached.extend(0..t.entrypoints.len());
             }
             for ep in &r.entrypoints {
-                match entrypoints.iter().position(|e| e == ep) {
-                    Some(i) => eps.push(i),
+                match t.entrypoints.iter().position(|e| e == ep) {
+                    Some(i) => attached.push(i),
                     None => errs.push(
-                        &origin_of(name),
+                        &origin_of(&field),
                         format!("{field}.entrypoints"),
-                        format!("unknown entrypoint {ep:?} (known: {})", entrypoints.join(", ")),
+                        format!("unknown entrypoint {ep:?} (known: {})", t.entrypoints.join(", ")),
                     ),
                 }
             }
-            routes.push(Route {
-                name: Arc::from(name.as_str()),
+            let Some(service) = service.filter(|_| errs.is_empty()) else {
+                refused.insert(field, errs);
+                continue;
+            };
+            let name: Arc<str> = Arc::from(name.as_str());
+            let id = t.routes.id_for(&name);
+            t.unindex(id, &mut stale);
+            let route = Arc::new(Route {
+                id,
+                name,
                 matcher: r.matcher.clone(),
                 priority: r.priority,
                 strip_prefix: r.strip_prefix,
                 service,
+                service_name: Arc::from(r.service.as_str()),
                 max_body_bytes: r.max_body_bytes,
                 redirect_https: r.redirect_https,
+                entrypoints: r.entrypoints.clone(),
+                attached: attached.into(),
             });
-            route_eps.push(eps);
+            t.routes.set(id, route.clone());
+            t.index(&route, &mut stale);
+            changed_routes.insert(id);
         }
-        if !errs.is_empty() {
-            return Err(errs);
+        for (name, svc) in &changes.services {
+            if svc.is_some() {
+                continue;
+            }
+            let Some(id) = t.services.id_of(name) else {
+                continue;
+            };
+            let users: Vec<String> = t
+                .users
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .filter_map(|&r| t.routes.get(r).map(|r| format!("routers.{}", r.name)))
+                .collect();
+            if users.is_empty() {
+                t.services.remove(name);
+                t.users.remove(&id);
+                changed_services.insert(id);
+            } else {
+                let field = format!("services.{name}");
+                let mut errs = Errors::new();
+                errs.push(
+                    &origin_of(&field),
+                    &field,
+                    format!("cannot be removed: still used by {}", users.join(", ")),
+                );
+                refused.insert(field, errs);
+            }
         }
-        let indexes = (0..entrypoints.len())
-            .map(|ep| {
-                let members: Vec<u32> = (0..routes.len())
-                    .filter(|&i| route_eps[i].contains(&ep))
-                    .map(|i| i as u32)
-                    .collect();
-                build_index(&routes, &members)
-            })
-            .collect();
-        let certs = CertStore::build(&desired.tls);
-        Ok(Self {
-            desired,
-            entrypoints: entrypoints.to_vec(),
-            routes,
-            services,
-            indexes,
-            certs,
-        })
+        if let Some(tls) = &changes.tls {
+            t.certs = Arc::new(CertStore::build(tls));
+        }
+        for (ep, stale) in stale.iter().enumerate() {
+            t.rebuild(ep, stale);
+        }
+        t.changed_routes = changed_routes.into_iter().collect();
+        t.changed_services = changed_services.into_iter().collect();
+        Applied { table: t, refused }
     }
 
-    pub fn desired(&self) -> &Arc<DesiredState> {
-        &self.desired
+    /// Removes route `id` from the membership of its hosts and from its service's users.
+    fn unindex(&mut self, id: Id, stale: &mut [Stale]) {
+        let Some(old) = self.routes.get(id).cloned() else {
+            return;
+        };
+        if let Some(users) = self.users.get(&old.service) {
+            let mut users = users.clone();
+            users.remove(&id);
+            self.users.insert(old.service, users);
+        }
+        for &ep in &old.attached {
+            let (index, stale) = (&mut self.indexes[ep], &mut stale[ep]);
+            if old.matcher.hosts.is_empty() {
+                index.any_members.remove(&id);
+                stale.any = true;
+            }
+            for h in &old.matcher.hosts {
+                let (members, stale_set, host) = match h {
+                    HostPattern::Exact(h) => (&mut index.exact_members, &mut stale.exact, h),
+                    HostPattern::Wildcard(s) => (&mut index.wild_members, &mut stale.wildcard, s),
+                };
+                if let Some(set) = members.get(host.as_str()) {
+                    let mut set = set.clone();
+                    set.remove(&id);
+                    if set.is_empty() {
+                        members.remove(host.as_str());
+                    } else {
+                        members.insert(Arc::from(host.as_str()), set);
+                    }
+                }
+                stale_set.insert(Arc::from(host.as_str()));
+            }
+        }
+    }
+
+    fn index(&mut self, route: &Route, stale: &mut [Stale]) {
+        let mut users = self.users.get(&route.service).cloned().unwrap_or_default();
+        users.insert(route.id);
+        self.users.insert(route.service, users);
+        for &ep in &route.attached {
+            let (index, stale) = (&mut self.indexes[ep], &mut stale[ep]);
+            if route.matcher.hosts.is_empty() {
+                index.any_members.insert(route.id);
+                stale.any = true;
+            }
+            for h in &route.matcher.hosts {
+                let (members, stale_set, host) = match h {
+                    HostPattern::Exact(h) => (&mut index.exact_members, &mut stale.exact, h),
+                    HostPattern::Wildcard(s) => (&mut index.wild_members, &mut stale.wildcard, s),
+                };
+                let host: Arc<str> = Arc::from(host.as_str());
+                let mut set = members.get(&host).cloned().unwrap_or_default();
+                set.insert(route.id);
+                members.insert(host.clone(), set);
+                stale_set.insert(host);
+            }
+        }
+    }
+
+    /// Rebuilds the stale buckets of entrypoint `ep`.
+    fn rebuild(&mut self, ep: usize, stale: &Stale) {
+        let index = &self.indexes[ep];
+        let (mut exact, mut wildcard): (BTreeSet<Arc<str>>, BTreeSet<Arc<str>>) =
+            (stale.exact.clone(), stale.wildcard.clone());
+        if stale.any {
+            // Host-less routes are in every bucket.
+            exact.extend(index.exact_members.keys().cloned());
+            wildcard.extend(index.wild_members.keys().cloned());
+        } else if !stale.wildcard.is_empty() {
+            // A wildcard is in the buckets of the hosts and wildcards under it.
+            let under = |h: &str| {
+                stale.wildcard.iter().any(|s| {
+                    h.len() > s.len() && h.ends_with(&**s) && h.as_bytes()[h.len() - s.len() - 1] == b'.'
+                })
+            };
+            exact.extend(index.exact_members.keys().filter(|h| under(h)).cloned());
+            wildcard.extend(index.wild_members.keys().filter(|h| under(h)).cloned());
+        }
+        if exact.is_empty() && wildcard.is_empty() && !stale.any {
+            return;
+        }
+        let routes = &self.routes;
+        let index = &self.indexes[ep];
+        let keyed = |ids: &imbl::OrdSet<Id>, rank: u8, len: usize, out: &mut Vec<(Arc<Route>, OrderKey)>| {
+            out.extend(
+                ids.iter()
+                    .filter_map(|&id| routes.get(id))
+                    .map(|r| (r.clone(), order_key(r, rank, len))),
+            );
+        };
+        let any: Vec<(Arc<Route>, OrderKey)> = {
+            let mut v = Vec::new();
+            keyed(&index.any_members, 0, 0, &mut v);
+            v
+        };
+        // Wildcard routes that match `name.<suffix>` for every suffix of `host`.
+        let covering = |host: &str, include_self: bool, out: &mut Vec<(Arc<Route>, OrderKey)>| {
+            let mut rest = host;
+            let mut first = true;
+            loop {
+                if (include_self || !first)
+                    && let Some(ids) = index.wild_members.get(rest)
+                {
+                    keyed(ids, 1, rest.len(), out);
+                }
+                first = false;
+                match rest.find('.') {
+                    Some(dot) => rest = &rest[dot + 1..],
+                    None => break,
+                }
+            }
+        };
+        let mut new_exact = Vec::new();
+        for host in &exact {
+            let bucket = index.exact_members.get(host).map(|ids| {
+                let mut entries = Vec::new();
+                keyed(ids, 2, host.len(), &mut entries);
+                covering(host, false, &mut entries);
+                entries.extend(any.iter().cloned());
+                sort_bucket(entries)
+            });
+            new_exact.push((host.clone(), bucket));
+        }
+        let mut new_wild = Vec::new();
+        for suffix in &wildcard {
+            let bucket = index.wild_members.get(suffix).map(|_| {
+                let mut entries = Vec::new();
+                covering(suffix, true, &mut entries);
+                entries.extend(any.iter().cloned());
+                sort_bucket(entries)
+            });
+            new_wild.push((suffix.clone(), bucket));
+        }
+        let any_bucket = stale.any.then(|| sort_bucket(any));
+        let index = &mut self.indexes[ep];
+        for (host, bucket) in new_exact {
+            match bucket {
+                Some(b) => index.exact.insert(host, b),
+                None => index.exact.remove(&host),
+            };
+        }
+        for (suffix, bucket) in new_wild {
+            match bucket {
+                Some(b) => index.wildcard.insert(suffix, b),
+                None => index.wildcard.remove(&suffix),
+            };
+        }
+        if let Some(b) = any_bucket {
+            index.any = b;
+        }
+    }
+
+    /// This table's identity, and that of the table it was made from (0: none): a consumer that
+    /// holds state for the parent may update only what [`changed_routes`](Self::changed_routes)
+    /// and [`changed_services`](Self::changed_services) name.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn parent(&self) -> u64 {
+        self.parent
+    }
+
+    /// Ids of the routes added, changed or removed since the parent table.
+    pub fn changed_routes(&self) -> &[Id] {
+        &self.changed_routes
+    }
+
+    /// Ids of the services added, changed or removed since the parent table.
+    pub fn changed_services(&self) -> &[Id] {
+        &self.changed_services
     }
 
     pub fn entrypoints(&self) -> &[String] {
         &self.entrypoints
     }
 
-    pub fn routes(&self) -> &[Route] {
-        &self.routes
+    /// Every route, by name.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
     }
 
-    pub fn services(&self) -> &[(Arc<str>, Arc<Service>)] {
-        &self.services
+    pub fn route(&self, id: Id) -> Option<&Arc<Route>> {
+        self.routes.get(id)
+    }
+
+    pub fn route_count(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Every service, by name.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceEntry>> {
+        self.services.iter()
+    }
+
+    pub fn service(&self, id: Id) -> Option<&Arc<ServiceEntry>> {
+        self.services.get(id)
+    }
+
+    pub fn service_named(&self, name: &str) -> Option<&Arc<ServiceEntry>> {
+        self.services.id_of(name).and_then(|id| self.services.get(id))
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Ids of the routes that use service `id`.
+    pub fn routes_of(&self, id: Id) -> impl Iterator<Item = Id> + '_ {
+        self.users.get(&id).into_iter().flatten().copied()
     }
 
     /// Certificates by server name, for TLS handshakes.
@@ -181,19 +591,19 @@ impl RoutingTable {
     }
 
     /// The first route, in evaluation order, that matches the request on this entrypoint.
-    pub fn lookup(&self, entrypoint: usize, req: &RequestView<'_>) -> Option<(usize, &Route)> {
+    #[inline]
+    pub fn lookup(&self, entrypoint: usize, req: &RequestView<'_>) -> Option<&Arc<Route>> {
         let index = self.indexes.get(entrypoint)?;
-        let bucket = index.bucket(req.host);
-        bucket
+        index
+            .bucket(req.host)
             .iter()
-            .map(|&i| i as usize)
-            .find(|&i| matches_rest(&self.routes[i].matcher, req))
-            .map(|i| (i, &self.routes[i]))
+            .find(|r| matches_rest(&r.matcher, req))
     }
 }
 
 impl HostIndex {
-    fn bucket(&self, host: &str) -> &[u32] {
+    #[inline]
+    fn bucket(&self, host: &str) -> &[Arc<Route>] {
         if !self.exact.is_empty()
             && let Some(b) = self.exact.get(host)
         {
@@ -225,77 +635,16 @@ fn order_key(r: &Route, host_rank: u8, host_len: usize) -> OrderKey {
     (r.priority, host_rank, host_len, path_rank, path_len, extras)
 }
 
-fn sort_bucket(routes: &[Route], mut entries: Vec<(u32, OrderKey)>) -> Box<[u32]> {
-    entries.sort_by(|(a, ka), (b, kb)| {
-        kb.cmp(ka)
-            .then_with(|| routes[*a as usize].name.cmp(&routes[*b as usize].name))
-    });
-    entries.dedup_by_key(|(i, _)| *i);
-    entries.into_iter().map(|(i, _)| i).collect()
-}
-
-fn build_index(routes: &[Route], members: &[u32]) -> HostIndex {
-    let mut exact_routes: HashMap<&str, Vec<u32>> = HashMap::new();
-    let mut wild_routes: HashMap<&str, Vec<u32>> = HashMap::new();
-    let mut any: Vec<u32> = Vec::new();
-    for &i in members {
-        let m = &routes[i as usize].matcher;
-        if m.hosts.is_empty() {
-            any.push(i);
-        }
-        for h in &m.hosts {
-            match h {
-                HostPattern::Exact(h) => exact_routes.entry(h.as_str()).or_default().push(i),
-                HostPattern::Wildcard(s) => wild_routes.entry(s.as_str()).or_default().push(i),
-            }
-        }
-    }
-    let any_keyed: Vec<(u32, OrderKey)> = any
-        .iter()
-        .map(|&i| (i, order_key(&routes[i as usize], 0, 0)))
-        .collect();
-    // Wildcard routes that match `name.<suffix>` for every suffix of `host` (not `host` itself).
-    let wildcards_covering = |host: &str, include_self: bool| -> Vec<(u32, OrderKey)> {
-        let mut out = Vec::new();
-        let mut rest = host;
-        let mut first = true;
-        loop {
-            if (include_self || !first)
-                && let Some(ids) = wild_routes.get(rest)
-            {
-                out.extend(
-                    ids.iter()
-                        .map(|&i| (i, order_key(&routes[i as usize], 1, rest.len()))),
-                );
-            }
-            first = false;
-            match rest.find('.') {
-                Some(dot) => rest = &rest[dot + 1..],
-                None => break,
-            }
-        }
-        out
-    };
-
-    let mut index = HostIndex::default();
-    for (host, ids) in &exact_routes {
-        let mut entries: Vec<(u32, OrderKey)> = ids
-            .iter()
-            .map(|&i| (i, order_key(&routes[i as usize], 2, host.len())))
-            .collect();
-        entries.extend(wildcards_covering(host, false));
-        entries.extend(any_keyed.iter().copied());
-        index.exact.insert(Box::from(*host), sort_bucket(routes, entries));
-    }
-    for suffix in wild_routes.keys() {
-        let mut entries = wildcards_covering(suffix, true);
-        entries.extend(any_keyed.iter().copied());
-        index
-            .wildcard
-            .insert(Box::from(*suffix), sort_bucket(routes, entries));
-    }
-    index.any = sort_bucket(routes, any_keyed);
-    index
+/// Sorts a bucket in evaluation order; a route that is there through several of its hosts keeps
+/// its most specific place.
+fn sort_bucket(mut entries: Vec<(Arc<Route>, OrderKey)>) -> Bucket {
+    entries.sort_by(|(a, ka), (b, kb)| kb.cmp(ka).then_with(|| a.name.cmp(&b.name)));
+    let mut seen = HashSet::new();
+    entries
+        .into_iter()
+        .filter(|(r, _)| seen.insert(r.id))
+        .map(|(r, _)| r)
+        .collect()
 }
 
 fn matches_rest(m: &Match, req: &RequestView<'_>) -> bool {

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod docker;
+pub mod etcd;
 pub mod file;
 pub mod reconcile;
 

@@ -1,9 +1,10 @@
 //! The reconciler: the one writer of the routing table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
+use gantry_config::model::Changes;
 use gantry_config::{DesiredState, Errors, RoutingTable};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -43,6 +44,8 @@ pub struct Update {
     /// Where this source's objects came from, e.g. the file path (used in error messages).
     pub origin: String,
     pub report: Report,
+    /// The source's own version of this view (the etcd revision), reported once it is live.
+    pub revision: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -50,6 +53,9 @@ pub enum Report {
     /// The source's whole view. `warnings` are problems that did not stop it (a bad label was
     /// skipped, the rest of the source is fine).
     Valid { state: DesiredState, warnings: Errors },
+    /// A change to the source's previous view, and all of its current warnings. A whole view
+    /// costs its size to merge; a change, only its own.
+    Changed { changes: Changes, warnings: Errors },
     /// The source's input is invalid: refused, and its previous view keeps serving.
     Invalid(Errors),
     /// The source cannot be reached: its last view keeps serving until it is back.
@@ -69,6 +75,7 @@ impl Update {
             source,
             origin,
             report,
+            revision: None,
         }
     }
 }
@@ -80,8 +87,9 @@ pub trait Sink: Send + Sync {
     fn publish(&self, table: Arc<RoutingTable>) -> u64;
     /// An update was refused; the live table is unchanged.
     fn rejected(&self, source: SourceId, errors: &Errors);
-    /// The source's update was accepted (whether or not it changed the table).
-    fn accepted(&self, _source: SourceId) {}
+    /// The source's update was accepted (whether or not it changed the table); `revision` is the
+    /// source's version of what is now live.
+    fn accepted(&self, _source: SourceId, _origin: &str, _revision: Option<i64>) {}
     /// The problems of the source's latest view that did not stop it (replaces earlier ones).
     fn warnings(&self, _source: SourceId, _warnings: &Errors) {}
     /// The source cannot be reached; its last view keeps serving.
@@ -99,16 +107,33 @@ pub enum Outcome {
     Rejected,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct SourceState {
     origin: String,
     state: DesiredState,
+    /// The source's own problems (from its latest update).
+    warnings: Errors,
 }
 
+/// Merges the sources into one routing table, change by change.
+///
+/// Each source's view is kept as it declares it. A change to a source is merged name by name:
+/// the first source in precedence order that declares a name wins it, the others are reported
+/// as shadowed. The merged change goes to [`RoutingTable::apply`], which refuses what would leave
+/// the table inconsistent. The file is all or nothing (a refused item refuses the whole file,
+/// which is the operator's to fix); Docker and etcd are item by item (a bad container or key is
+/// reported and the rest applies). Refused items are tried again with every update, so that a
+/// router waiting for its service goes live when the service appears.
 pub struct Reconciler {
-    entrypoints: Vec<String>,
     sources: BTreeMap<SourceId, SourceState>,
-    live: Option<DesiredState>,
+    /// The merged state that is live.
+    live: DesiredState,
+    table: Arc<RoutingTable>,
+    /// Items the table refused: field (`routers.<name>`) -> (the source it came from, why).
+    refused: BTreeMap<String, (SourceId, Errors)>,
+    /// Items ignored because an earlier source declares the same name: (source, field) -> the
+    /// winner's origin.
+    shadowed: BTreeMap<(SourceId, String), String>,
     sink: Arc<dyn Sink>,
 }
 
@@ -120,121 +145,285 @@ impl fmt::Debug for Reconciler {
     }
 }
 
+/// The value a name has in one source's view, with a pending change to `source` applied.
+fn declared<'a, T>(
+    map: &'a BTreeMap<String, T>,
+    pending: Option<&'a BTreeMap<String, Option<T>>>,
+    name: &str,
+) -> Option<&'a T> {
+    match pending.and_then(|p| p.get(name)) {
+        Some(change) => change.as_ref(),
+        None => map.get(name),
+    }
+}
+
 impl Reconciler {
     pub fn new(entrypoints: Vec<String>, sink: Arc<dyn Sink>) -> Self {
         Self {
-            entrypoints,
+            table: Arc::new(RoutingTable::empty(&entrypoints)),
             sources: BTreeMap::new(),
-            live: None,
+            live: DesiredState::default(),
+            refused: BTreeMap::new(),
+            shadowed: BTreeMap::new(),
             sink,
         }
     }
 
-    /// Applies one update: merge, compare, compile, publish. Synchronous and deterministic, so
-    /// it is tested without any source running.
+    /// Applies one update: merge, compile the difference, publish. Synchronous and
+    /// deterministic, so it is tested without any source running.
     pub fn apply(&mut self, update: Update) -> Outcome {
-        let (state, mut warnings) = match update.report {
-            Report::Valid { state, warnings } => (state, warnings),
+        let src = update.source;
+        let (changes, whole, own_warnings) = match update.report {
+            Report::Valid { state, warnings } => {
+                let empty = DesiredState::default();
+                let old = self.sources.get(&src).map_or(&empty, |s| &s.state);
+                (Changes::between(old, &state), Some(state), warnings)
+            }
+            Report::Changed { changes, warnings } => (changes, None, warnings),
             Report::Invalid(errors) => {
-                warn!(source = %update.source, "refused update, the last good routing table keeps serving:\n{errors}");
-                self.sink.rejected(update.source, &errors);
+                warn!(source = %src, "refused update, the last good routing table keeps serving:\n{errors}");
+                self.sink.rejected(src, &errors);
                 return Outcome::Rejected;
             }
             Report::Unreachable(why) => {
-                warn!(source = %update.source, "{why}; its last routes keep serving");
-                self.sink.unreachable(update.source, &why);
+                warn!(source = %src, "{why}; its last routes keep serving");
+                self.sink.unreachable(src, &why);
                 return Outcome::Unchanged;
             }
         };
-        let previous = self.sources.insert(
-            update.source,
-            SourceState {
-                origin: update.origin,
-                state,
-            },
-        );
-        let (merged, origins, conflicts) = self.merge();
-        warnings.extend(conflicts);
-        if !warnings.is_empty() {
-            warn!(source = %update.source, "{warnings}");
+
+        // 1. The merged change: every name the source changed, and every refused name again.
+        let mut merged = Changes::default();
+        let mut shadowed: Vec<((SourceId, String), Option<String>)> = Vec::new();
+        let mut owners: BTreeMap<String, SourceId> = BTreeMap::new();
+        let retry_routers: Vec<String> = self
+            .refused
+            .keys()
+            .filter_map(|f| f.strip_prefix("routers."))
+            .map(str::to_string)
+            .collect();
+        let retry_services: Vec<String> = self
+            .refused
+            .keys()
+            .filter_map(|f| f.strip_prefix("services."))
+            .map(str::to_string)
+            .collect();
+        let routers: BTreeSet<&String> = changes.routers.keys().chain(&retry_routers).collect();
+        let services: BTreeSet<&String> = changes.services.keys().chain(&retry_services).collect();
+        for name in routers {
+            let field = format!("routers.{name}");
+            let (winner, value) = self.winner(
+                src,
+                &update.origin,
+                &field,
+                name,
+                &changes.routers,
+                |s| &s.routers,
+                &mut shadowed,
+            );
+            owners.insert(field, winner);
+            if self.live.routers.get(name.as_str()) != value.as_ref() {
+                merged.routers.insert(name.clone(), value);
+            }
         }
-        self.sink.warnings(update.source, &warnings);
-        if self.live.as_ref() == Some(&merged) {
-            self.sink.accepted(update.source);
-            return Outcome::Unchanged;
+        for name in services {
+            let field = format!("services.{name}");
+            let (winner, value) = self.winner(
+                src,
+                &update.origin,
+                &field,
+                name,
+                &changes.services,
+                |s| &s.services,
+                &mut shadowed,
+            );
+            owners.insert(field, winner);
+            if self.live.services.get(name.as_str()) != value.as_ref() {
+                merged.services.insert(name.clone(), value);
+            }
         }
-        let origin_of = |router: &str| origins.get(router).cloned().unwrap_or_default();
-        match RoutingTable::compile(Arc::new(merged.clone()), &self.entrypoints, &origin_of) {
-            Ok(table) => {
-                let generation = self.sink.publish(Arc::new(table));
-                self.sink.accepted(update.source);
+        if let Some(pending) = &changes.tls {
+            // Certificates are not merged: the first source that has any provides them all.
+            let empty = SourceState::default();
+            let tls = self
+                .precedence(src)
+                .into_iter()
+                .map(|s| {
+                    if s == src {
+                        pending
+                    } else {
+                        &self.sources.get(&s).unwrap_or(&empty).state.tls
+                    }
+                })
+                .find(|t| **t != Default::default())
+                .cloned()
+                .unwrap_or_default();
+            if tls != self.live.tls {
+                merged.tls = Some(tls);
+            }
+        }
+
+        // 2. Compile the difference.
+        let origin_of = |field: &str| match owners.get(field).filter(|&&s| s != src) {
+            Some(s) => self
+                .sources
+                .get(s)
+                .map(|st| st.origin.clone())
+                .unwrap_or_default(),
+            None => update.origin.clone(),
+        };
+        let applied = (!merged.is_empty()).then(|| self.table.apply(&merged, &origin_of));
+        let refused = applied.as_ref().map(|a| &a.refused);
+        let mine = |field: &str| {
+            let name = field.split_once('.').map_or("", |(_, n)| n);
+            if field.starts_with("routers.") {
+                changes.routers.contains_key(name)
+            } else {
+                changes.services.contains_key(name)
+            }
+        };
+        if src == SourceId::File
+            && let Some(refused) = refused
+            && refused.keys().any(|f| mine(f))
+        {
+            let mut errors = Errors::new();
+            for (_, e) in refused.iter().filter(|(f, _)| mine(f)) {
+                errors.extend(e.clone());
+            }
+            warn!(source = %src, "refused update, the last good routing table keeps serving:\n{errors}");
+            self.sink.rejected(src, &errors);
+            return Outcome::Rejected;
+        }
+
+        // 3. Commit.
+        let entry = self.sources.entry(src).or_default();
+        entry.origin = update.origin.clone();
+        entry.warnings = own_warnings;
+        match whole {
+            Some(state) => entry.state = state,
+            None => changes.apply_to(&mut entry.state),
+        }
+        for (key, winner) in shadowed {
+            match winner {
+                Some(w) => self.shadowed.insert(key, w),
+                None => self.shadowed.remove(&key),
+            };
+        }
+        let none = BTreeMap::new();
+        let refused = applied.as_ref().map_or(&none, |a| &a.refused);
+        for (field, owner) in &owners {
+            match refused.get(field) {
+                Some(e) => self.refused.insert(field.clone(), (*owner, e.clone())),
+                None => self.refused.remove(field),
+            };
+        }
+        let mut outcome = Outcome::Unchanged;
+        if let Some(applied) = applied {
+            let mut live = merged.clone();
+            for field in applied.refused.keys() {
+                if let Some(name) = field.strip_prefix("routers.") {
+                    live.routers.remove(name);
+                } else if let Some(name) = field.strip_prefix("services.") {
+                    live.services.remove(name);
+                }
+            }
+            if !applied.refused.is_empty() {
+                let mut errors = Errors::new();
+                for e in applied.refused.values() {
+                    errors.extend(e.clone());
+                }
+                warn!(source = %src, "not applied, the previous value of each keeps serving:\n{errors}");
+            }
+            live.apply_to(&mut self.live);
+            let table = applied.table;
+            if !table.changed_routes().is_empty()
+                || !table.changed_services().is_empty()
+                || merged.tls.is_some()
+            {
+                let table = Arc::new(table);
+                self.table = table.clone();
+                let generation = self.sink.publish(table);
                 info!(
-                    source = %update.source,
+                    source = %src,
                     generation,
-                    routers = merged.routers.len(),
-                    services = merged.services.len(),
+                    routers = self.table.route_count(),
+                    services = self.table.service_count(),
                     "routing table updated"
                 );
-                self.live = Some(merged);
-                Outcome::Published(generation)
+                outcome = Outcome::Published(generation);
             }
-            Err(errors) => {
-                warn!(source = %update.source, "refused update, the last good routing table keeps serving:\n{errors}");
-                // Keep the source's previous view, so that the next update from another source
-                // is merged with the state that is actually live.
-                match previous {
-                    Some(p) => {
-                        self.sources.insert(update.source, p);
-                    }
-                    None => {
-                        self.sources.remove(&update.source);
-                    }
+        }
+        self.report_warnings();
+        self.sink.accepted(src, &update.origin, update.revision);
+        outcome
+    }
+
+    /// The sources in precedence order, counting `src` even before its first update.
+    fn precedence(&self, src: SourceId) -> Vec<SourceId> {
+        let mut ids: Vec<SourceId> = self.sources.keys().copied().chain([src]).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Who wins `name`: the first source in precedence order that declares it, counting the
+    /// pending change of `src`; and its value. Records whom it shadows.
+    #[allow(clippy::too_many_arguments)]
+    fn winner<T: Clone>(
+        &self,
+        src: SourceId,
+        origin: &str,
+        field: &str,
+        name: &str,
+        pending: &BTreeMap<String, Option<T>>,
+        map: impl Fn(&DesiredState) -> &BTreeMap<String, T>,
+        shadowed: &mut Vec<((SourceId, String), Option<String>)>,
+    ) -> (SourceId, Option<T>) {
+        let empty = SourceState::default();
+        let mut winner: Option<(SourceId, &T, &str)> = None;
+        for s in self.precedence(src) {
+            let st = self.sources.get(&s).unwrap_or(&empty);
+            let here = if s == src {
+                declared(map(&st.state), Some(pending), name)
+            } else {
+                map(&st.state).get(name)
+            };
+            let key = (s, field.to_string());
+            match (&winner, here) {
+                (None, Some(v)) => {
+                    winner = Some((s, v, if s == src { origin } else { &st.origin }));
+                    shadowed.push((key, None));
                 }
-                self.sink.rejected(update.source, &errors);
-                Outcome::Rejected
+                (Some((_, _, first)), Some(_)) => shadowed.push((key, Some(first.to_string()))),
+                (_, None) => shadowed.push((key, None)),
             }
+        }
+        match winner {
+            Some((s, v, _)) => (s, Some(v.clone())),
+            None => (src, None),
         }
     }
 
-    /// Unions the sources in precedence order. Returns the merged state, the origin of each
-    /// router, and a warning for every name that a later source also declared.
-    fn merge(&self) -> (DesiredState, BTreeMap<String, String>, Errors) {
-        let mut merged = DesiredState::default();
-        let mut origins = BTreeMap::new();
-        let mut owner: BTreeMap<(bool, &str), &str> = BTreeMap::new();
-        let mut warnings = Errors::new();
-        for s in self.sources.values() {
-            let has_tls = !s.state.tls.certificates.is_empty() || s.state.tls.default.is_some();
-            if has_tls && merged.tls == Default::default() {
-                merged.tls = s.state.tls.clone();
-            }
-            for (name, r) in &s.state.routers {
-                if let Some(first) = owner.get(&(true, name.as_str())) {
-                    warnings.push(
-                        &s.origin,
-                        format!("routers.{name}"),
-                        format!("ignored: already declared by {first}"),
+    /// Each source's problems: its own, the names another source wins, what the table refused.
+    fn report_warnings(&self) {
+        for (&s, st) in &self.sources {
+            let mut w = st.warnings.clone();
+            for ((owner, field), winner) in &self.shadowed {
+                if *owner == s {
+                    w.push(
+                        &st.origin,
+                        field,
+                        format!("ignored: already declared by {winner}"),
                     );
-                    continue;
                 }
-                owner.insert((true, name), &s.origin);
-                origins.insert(name.clone(), s.origin.clone());
-                merged.routers.insert(name.clone(), r.clone());
             }
-            for (name, svc) in &s.state.services {
-                if let Some(first) = owner.get(&(false, name.as_str())) {
-                    warnings.push(
-                        &s.origin,
-                        format!("services.{name}"),
-                        format!("ignored: already declared by {first}"),
-                    );
-                    continue;
+            for (owner, errors) in self.refused.values() {
+                if *owner == s {
+                    w.extend(errors.clone());
                 }
-                owner.insert((false, name), &s.origin);
-                merged.services.insert(name.clone(), svc.clone());
             }
+            self.sink.warnings(s, &w);
         }
-        (merged, origins, warnings)
     }
 
     /// Applies updates until every sender is gone.
@@ -254,6 +443,22 @@ mod tests {
     struct Recorder {
         published: Mutex<Vec<Arc<RoutingTable>>>,
         rejected: Mutex<Vec<String>>,
+        warnings: Mutex<BTreeMap<SourceId, String>>,
+    }
+
+    impl Recorder {
+        fn warnings(&self, s: SourceId) -> String {
+            self.warnings.lock().unwrap().get(&s).cloned().unwrap_or_default()
+        }
+
+        /// Which service router `name` sends to in the latest table.
+        fn route(&self, name: &str) -> Option<String> {
+            let p = self.published.lock().unwrap();
+            p.last()?
+                .routes()
+                .find(|r| &*r.name == name)
+                .map(|r| r.service_name.to_string())
+        }
     }
 
     impl Sink for Recorder {
@@ -264,6 +469,25 @@ mod tests {
         }
         fn rejected(&self, _: SourceId, errors: &Errors) {
             self.rejected.lock().unwrap().push(errors.to_string());
+        }
+        fn warnings(&self, s: SourceId, w: &Errors) {
+            self.warnings.lock().unwrap().insert(s, w.to_string());
+        }
+    }
+
+    fn from(source: SourceId, origin: &str, text: &str) -> Update {
+        Update::from_result(source, origin.into(), state(text))
+    }
+
+    fn changed(source: SourceId, changes: Changes) -> Update {
+        Update {
+            source,
+            origin: "etcd".into(),
+            report: Report::Changed {
+                changes,
+                warnings: Errors::new(),
+            },
+            revision: Some(1),
         }
     }
 
@@ -305,5 +529,133 @@ mod tests {
         // Back to the good file: nothing changed relative to what is live.
         assert_eq!(r.apply(update(A)), Outcome::Unchanged);
         assert_eq!(rec.published.lock().unwrap().len(), 1);
+    }
+
+    const SVC_T: &str = "[services.t]\nbackends = [{ url = \"http://127.0.0.1:2\" }]\n";
+
+    #[test]
+    fn the_first_source_wins_a_name_and_the_next_takes_over_when_it_leaves() {
+        let rec = Arc::new(Recorder::default());
+        let mut r = Reconciler::new(vec!["web".into()], rec.clone());
+        r.apply(update(A));
+        let docker = format!("[routers.r]\npath = \"/d\"\nservice = \"t\"\n{SVC_T}");
+        assert!(matches!(
+            r.apply(from(SourceId::Docker, "docker", &docker)),
+            Outcome::Published(_)
+        ));
+        assert_eq!(rec.route("r").as_deref(), Some("s"));
+        assert!(
+            rec.warnings(SourceId::Docker)
+                .contains("docker: routers.r: ignored: already declared by g.toml"),
+            "{}",
+            rec.warnings(SourceId::Docker)
+        );
+        // The file lets go of r: Docker's r goes live, and the conflict is over.
+        r.apply(update(&A.replace("[routers.r]", "[routers.other]")));
+        assert_eq!(rec.route("r").as_deref(), Some("t"));
+        assert_eq!(rec.warnings(SourceId::Docker), "");
+    }
+
+    #[test]
+    fn a_refused_item_goes_live_when_what_it_needs_appears() {
+        let rec = Arc::new(Recorder::default());
+        let mut r = Reconciler::new(vec!["web".into()], rec.clone());
+        r.apply(update(A));
+        // Docker's router names a service nobody declares: refused, reported, the rest applies.
+        let docker =
+            "[routers.d]\npath = \"/d\"\nservice = \"t\"\n[routers.e]\npath = \"/e\"\nservice = \"s\"\n";
+        assert!(matches!(
+            r.apply(from(SourceId::Docker, "docker", docker)),
+            Outcome::Published(_)
+        ));
+        assert_eq!(rec.route("d"), None);
+        assert_eq!(rec.route("e").as_deref(), Some("s"));
+        assert!(
+            rec.warnings(SourceId::Docker)
+                .contains("docker: routers.d.service: unknown service \"t\"")
+        );
+        // The file adds the service: the refused router goes live with it.
+        r.apply(update(&format!("{A}{SVC_T}")));
+        assert_eq!(rec.route("d").as_deref(), Some("t"));
+        assert_eq!(rec.warnings(SourceId::Docker), "");
+    }
+
+    #[test]
+    fn a_change_removing_a_service_in_use_is_refused_until_it_is_free() {
+        let rec = Arc::new(Recorder::default());
+        let mut r = Reconciler::new(vec!["web".into()], rec.clone());
+        // The file routes to a service that etcd declares.
+        let etcd_state = state(SVC_T).unwrap();
+        assert_eq!(
+            r.apply(Update {
+                source: SourceId::Etcd,
+                origin: "etcd".into(),
+                report: Report::Valid {
+                    state: etcd_state.clone(),
+                    warnings: Errors::new()
+                },
+                revision: Some(1)
+            }),
+            Outcome::Published(1)
+        );
+        r.apply(update("[routers.f]\npath = \"/f\"\nservice = \"t\"\n"));
+        assert_eq!(rec.route("f").as_deref(), Some("t"));
+        let mut gone = Changes::default();
+        gone.services.insert("t".into(), None);
+        assert_eq!(r.apply(changed(SourceId::Etcd, gone)), Outcome::Unchanged);
+        assert_eq!(
+            rec.route("f").as_deref(),
+            Some("t"),
+            "the service stays while it is used"
+        );
+        assert!(
+            rec.warnings(SourceId::Etcd)
+                .contains("services.t: cannot be removed: still used by routers.f"),
+            "{}",
+            rec.warnings(SourceId::Etcd)
+        );
+        // The router goes: so does the service, at last.
+        assert!(matches!(r.apply(update("")), Outcome::Published(_)));
+        let p = rec.published.lock().unwrap();
+        assert_eq!(p.last().unwrap().service_count(), 0);
+        drop(p);
+        assert_eq!(rec.warnings(SourceId::Etcd), "");
+    }
+
+    #[test]
+    fn changes_and_whole_views_end_in_the_same_table() {
+        let rec = Arc::new(Recorder::default());
+        let mut r = Reconciler::new(vec!["web".into()], rec.clone());
+        let mut c = Changes::default();
+        c.services
+            .insert("t".into(), Some(state(SVC_T).unwrap().services["t"].clone()));
+        c.routers.insert(
+            "x".into(),
+            Some(
+                state(&format!("[routers.x]\npath = \"/x\"\nservice = \"t\"\n{SVC_T}"))
+                    .unwrap()
+                    .routers["x"]
+                    .clone(),
+            ),
+        );
+        assert_eq!(r.apply(changed(SourceId::Etcd, c.clone())), Outcome::Published(1));
+        assert_eq!(
+            r.apply(changed(SourceId::Etcd, c)),
+            Outcome::Unchanged,
+            "the same change again changes nothing"
+        );
+        // A whole view with the same content: nothing to do either.
+        let whole = state(&format!("[routers.x]\npath = \"/x\"\nservice = \"t\"\n{SVC_T}")).unwrap();
+        let u = Update {
+            source: SourceId::Etcd,
+            origin: "etcd".into(),
+            report: Report::Valid {
+                state: whole,
+                warnings: Errors::new(),
+            },
+            revision: Some(2),
+        };
+        assert_eq!(r.apply(u), Outcome::Unchanged);
+        assert_eq!(rec.route("x").as_deref(), Some("t"));
     }
 }

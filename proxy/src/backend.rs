@@ -3,7 +3,7 @@
 //! URL) in a [`BackendRegistry`]; a new snapshot picks up the existing state of every backend it
 //! still has, so a weight change or an unrelated route change resets nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -362,12 +362,11 @@ impl BackendRegistry {
             .clone()
     }
 
-    /// Forgets (and retires) every backend not in `keep`; returns the ones it removed.
-    pub fn retain(&self, keep: &HashSet<BackendKey>) -> Vec<Arc<BackendState>> {
+    /// Forgets (and retires) these backends; returns the ones it had.
+    pub fn remove(&self, keys: &[BackendKey]) -> Vec<Arc<BackendState>> {
         let mut map = self.backends.lock().unwrap_or_else(|p| p.into_inner());
-        let gone: Vec<BackendKey> = map.keys().filter(|k| !keep.contains(*k)).cloned().collect();
-        gone.into_iter()
-            .filter_map(|k| map.remove(&k))
+        keys.iter()
+            .filter_map(|k| map.remove(k))
             .inspect(|b| b.retire())
             .collect()
     }

@@ -99,12 +99,15 @@ impl Proxy {
             headers: req.headers(),
             query: req.uri().query(),
         };
-        let Some((route_idx, route)) = snap.table.lookup(conn.entrypoint, &view) else {
+        let Some(route) = snap.table.lookup(conn.entrypoint, &view) else {
             self.no_route.inc(404);
             return self.fail(&ProxyError::NoRoute, request_id);
         };
-        let service = &snap.services[route.service];
-        let route_rt = &snap.routes[route_idx];
+        let (Some(service), Some(route_rt)) = (snap.service(route.service), snap.route(route.id)) else {
+            // Cannot happen: a snapshot has the runtime state of every route of its table.
+            self.no_route.inc(503);
+            return self.fail(&ProxyError::NoBackend, request_id);
+        };
 
         if route.redirect_https && conn.proto == "http" {
             route_rt.no_backend.inc(308);

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::backend::{BackendKey, BackendState, nanos_since_epoch};
 use crate::body::UpstreamBody;
-use crate::snapshot::Snapshot;
+use crate::snapshot::ServiceRuntime;
 
 /// What a backend is doing now, for the admin API and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -248,12 +248,18 @@ pub struct Checkers {
 }
 
 impl Checkers {
-    /// Starts checks for backends that need them, restarts those whose check changed, and stops
-    /// the rest (their backends count as passing again).
-    pub fn reconcile(&self, snapshot: &Snapshot, metrics: &crate::metrics::Metrics) {
+    /// Follows a change of services: starts checks for the new services' backends that need
+    /// them, restarts those whose check changed, and stops those of the old services' backends
+    /// that no longer need one (they count as passing again).
+    pub fn update(
+        &self,
+        old: &[Arc<ServiceRuntime>],
+        new: &[Arc<ServiceRuntime>],
+        metrics: &crate::metrics::Metrics,
+    ) {
         let mut want: HashMap<BackendKey, (HealthCheck, Arc<BackendState>)> = HashMap::new();
         let mut unchecked = Vec::new();
-        for svc in &snapshot.services {
+        for svc in new {
             for b in &svc.backends {
                 match &svc.spec.health_check {
                     Some(hc) => {
@@ -264,13 +270,15 @@ impl Checkers {
             }
         }
         let Ok(mut tasks) = self.tasks.lock() else { return };
-        tasks.retain(|key, (hc, task)| {
-            let keep = want.get(key).is_some_and(|(w, _)| w == hc);
-            if !keep {
+        for key in old.iter().flat_map(|s| s.backends.iter().map(|b| &b.key)) {
+            if !want
+                .get(key)
+                .is_some_and(|(w, _)| tasks.get(key).is_some_and(|(hc, _)| hc == w))
+                && let Some((_, task)) = tasks.remove(key)
+            {
                 task.abort();
             }
-            keep
-        });
+        }
         for (key, (hc, backend)) in want {
             if tasks.contains_key(&key) {
                 continue;

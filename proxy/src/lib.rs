@@ -74,61 +74,66 @@ impl Proxy {
 
     /// Builds a snapshot for `table` and makes it live. Returns its generation.
     ///
-    /// Backends that are no longer in any service are retired: their idle connections close,
-    /// requests in flight on them finish, and their metric series are dropped.
+    /// Only what the table says changed is rebuilt, then settled: health checks follow the
+    /// changed services, backends that left a service are retired (their idle connections
+    /// close, requests in flight on them finish) and the metric series of what disappeared are
+    /// dropped.
     pub fn publish(&self, table: Arc<RoutingTable>) -> u64 {
-        let mut keep = HashSet::new();
-        for (name, svc) in table.services() {
-            for b in &svc.backends {
-                keep.insert(BackendKey {
-                    service: name.clone(),
-                    url: b.url.clone(),
-                });
-            }
-        }
-        let mut previous_routes: Vec<(Arc<str>, Arc<str>)> = Vec::new();
+        let mut delta = snapshot::Delta::default();
         let generation = self.store.publish(|generation, previous| {
-            previous_routes = previous
-                .table
-                .routes()
-                .iter()
-                .map(|r| (r.name.clone(), previous.table.services()[r.service].0.clone()))
-                .collect();
-            Snapshot::build(
+            let (snapshot, d) = Snapshot::build(
                 generation,
-                table.clone(),
+                table,
+                previous,
                 &self.registry,
                 &self.services,
                 &self.metrics,
-            )
+            );
+            delta = d;
+            snapshot
         });
-        // Health checks follow the new table (started, changed, stopped); backend health itself
-        // lives in the backend state and carried over.
-        self.checkers.reconcile(&self.snapshot(), &self.metrics);
-        let names: HashSet<Arc<str>> = table.services().iter().map(|(n, _)| n.clone()).collect();
-        self.services.retain(&names, &self.metrics);
-        // Metric series of what disappeared.
-        let current: HashSet<(&str, &str)> = table
-            .routes()
-            .iter()
-            .map(|r| (&*r.name, &*table.services()[r.service].0))
-            .collect();
+        self.settle(&delta);
+        generation
+    }
+
+    fn settle(&self, d: &snapshot::Delta) {
+        self.checkers
+            .update(&d.old_services, &d.new_services, &self.metrics);
+        let services: HashSet<&str> = d.new_services.iter().map(|s| &*s.name).collect();
+        self.services.forget(
+            d.old_services
+                .iter()
+                .map(|s| &s.name)
+                .filter(|n| !services.contains(&***n)),
+            &self.metrics,
+        );
+        let routes: HashSet<(&str, &str)> = d.new_routes.iter().map(|r| (&*r.name, &*r.service)).collect();
         let mut routers_of_service: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (r, s) in &previous_routes {
-            routers_of_service.entry(s).or_default().push(r);
-            if !current.contains(&(&**r, &**s)) {
-                self.metrics.forget_route(r, s);
+        for r in &d.old_routes {
+            routers_of_service.entry(&r.service).or_default().push(&r.name);
+            if !routes.contains(&(&*r.name, &*r.service)) {
+                self.metrics.forget_route(&r.name, &r.service);
             }
         }
-        for gone in self.registry.retain(&keep) {
+        let keep: HashSet<&BackendKey> = d
+            .new_services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| &b.key))
+            .collect();
+        let gone: Vec<BackendKey> = d
+            .old_services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| &b.key))
+            .filter(|k| !keep.contains(k))
+            .cloned()
+            .collect();
+        for b in self.registry.remove(&gone) {
             let routers = routers_of_service
-                .get(&*gone.key.service)
+                .get(&*b.key.service)
                 .cloned()
                 .unwrap_or_default();
-            self.metrics
-                .forget_backend(&routers, &gone.key.service, &gone.label);
+            self.metrics.forget_backend(&routers, &b.key.service, &b.label);
         }
-        generation
     }
 
     /// The live snapshot.
@@ -165,7 +170,7 @@ impl Proxy {
                 _ = tick.tick() => {}
             }
             let snap = self.snapshot();
-            for svc in &snap.services {
+            for svc in snap.services() {
                 for b in &svc.backends {
                     b.evict_idle(svc.spec.timeouts.idle);
                 }

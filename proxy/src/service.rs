@@ -1,7 +1,7 @@
 //! Per-service state that outlives routing-table swaps: requests in flight (for circuit
 //! breaking) and the retry budget.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -103,15 +103,14 @@ impl ServiceRegistry {
         (state, existed)
     }
 
-    pub fn retain(&self, keep: &HashSet<Arc<str>>, metrics: &Metrics) {
+    /// Forgets the state of services that are gone.
+    pub fn forget<'a>(&self, names: impl Iterator<Item = &'a Arc<str>>, metrics: &Metrics) {
         let mut map = self.services.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|name, _| {
-            let k = keep.contains(name);
-            if !k {
+        for name in names {
+            if map.remove(name).is_some() {
                 metrics.forget_service(name);
             }
-            k
-        });
+        }
     }
 }
 

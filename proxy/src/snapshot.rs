@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use gantry_config::routing::Id;
 use gantry_config::{HashOn, Policy, RoutingTable, Service};
 use http::{HeaderMap, header};
 use prometheus::Histogram;
@@ -15,12 +16,24 @@ use crate::balance::{self, Ring, SmoothWrr};
 use crate::metrics::{ClassCounters, Metrics};
 use crate::service::{ServiceRegistry, ServiceState};
 
+/// Per-route and per-service runtime state, by the ids of the table (persistent vectors: the
+/// next snapshot shares every entry a change did not touch).
 #[derive(Debug)]
 pub struct Snapshot {
     pub generation: u64,
     pub table: Arc<RoutingTable>,
-    pub services: Vec<ServiceRuntime>,
-    pub routes: Vec<RouteRuntime>,
+    services: imbl::Vector<Option<Arc<ServiceRuntime>>>,
+    routes: imbl::Vector<Option<Arc<RouteRuntime>>>,
+}
+
+/// What a new snapshot replaced: the runtime state that left and the state that came in, so
+/// that the proxy settles exactly that (health checks, retired backends, metric series).
+#[derive(Debug, Default)]
+pub struct Delta {
+    pub old_services: Vec<Arc<ServiceRuntime>>,
+    pub new_services: Vec<Arc<ServiceRuntime>>,
+    pub old_routes: Vec<Arc<RouteRuntime>>,
+    pub new_routes: Vec<Arc<RouteRuntime>>,
 }
 
 #[derive(Debug)]
@@ -265,6 +278,8 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
 /// Metric handles of one route.
 #[derive(Debug)]
 pub struct RouteRuntime {
+    pub name: Arc<str>,
+    pub service: Arc<str>,
     pub histogram: Histogram,
     /// One set per backend of the route's service, resolved on first use: a table of 10,000
     /// routes does not create 50,000 series up front.
@@ -290,44 +305,113 @@ impl Snapshot {
         Self {
             generation: 0,
             table,
-            services: Vec::new(),
-            routes: Vec::new(),
+            services: imbl::Vector::new(),
+            routes: imbl::Vector::new(),
         }
     }
 
+    #[inline]
+    pub fn service(&self, id: Id) -> Option<&Arc<ServiceRuntime>> {
+        self.services.get(id as usize).and_then(Option::as_ref)
+    }
+
+    #[inline]
+    pub fn route(&self, id: Id) -> Option<&Arc<RouteRuntime>> {
+        self.routes.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Every service, in id order.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceRuntime>> {
+        self.services.iter().flatten()
+    }
+
+    /// The snapshot for `table`. When `table` was made from the previous snapshot's table, only
+    /// what it says changed is rebuilt (a service, and the routes that use it); otherwise
+    /// everything is. Backend and service state is carried over by the registries either way.
     pub fn build(
         generation: u64,
         table: Arc<RoutingTable>,
+        previous: &Snapshot,
         registry: &BackendRegistry,
-        services: &ServiceRegistry,
+        service_states: &ServiceRegistry,
         metrics: &Metrics,
-    ) -> Self {
-        let services: Vec<ServiceRuntime> = table
-            .services()
-            .iter()
-            .map(|(name, spec)| {
-                ServiceRuntime::build(name.clone(), spec.clone(), registry, services, metrics)
-            })
-            .collect();
-        let routes = table
-            .routes()
-            .iter()
-            .map(|r| {
-                let svc = &services[r.service];
-                RouteRuntime {
+    ) -> (Self, Delta) {
+        let mut delta = Delta::default();
+        let incremental = table.parent() == previous.table.id();
+        let (mut services, mut routes, service_ids, mut route_ids) = if incremental {
+            (
+                previous.services.clone(),
+                previous.routes.clone(),
+                table.changed_services().to_vec(),
+                table.changed_routes().to_vec(),
+            )
+        } else {
+            delta.old_services = previous.services.iter().flatten().cloned().collect();
+            delta.old_routes = previous.routes.iter().flatten().cloned().collect();
+            (
+                imbl::Vector::new(),
+                imbl::Vector::new(),
+                table.services().map(|s| s.id).collect(),
+                table.routes().map(|r| r.id).collect(),
+            )
+        };
+        for id in service_ids {
+            let new = table.service(id).map(|e| {
+                Arc::new(ServiceRuntime::build(
+                    e.name.clone(),
+                    e.spec.clone(),
+                    registry,
+                    service_states,
+                    metrics,
+                ))
+            });
+            if let Some(new) = &new {
+                delta.new_services.push(new.clone());
+            }
+            if let Some(old) = put(&mut services, id, new) {
+                delta.old_services.push(old);
+            }
+            if incremental {
+                // Their per-backend handles follow the service's backends.
+                route_ids.extend(table.routes_of(id));
+            }
+        }
+        route_ids.sort_unstable();
+        route_ids.dedup();
+        for id in route_ids {
+            let new = table.route(id).and_then(|r| {
+                let svc = services.get(r.service as usize)?.as_ref()?;
+                Some(Arc::new(RouteRuntime {
+                    name: r.name.clone(),
+                    service: svc.name.clone(),
                     histogram: metrics.route_histogram(&r.name, &svc.name),
                     per_backend: (0..svc.backends.len()).map(|_| OnceLock::new()).collect(),
                     no_backend: metrics.class_counters(&r.name, &svc.name, ""),
-                }
-            })
-            .collect();
-        Self {
+                }))
+            });
+            if let Some(new) = &new {
+                delta.new_routes.push(new.clone());
+            }
+            if let Some(old) = put(&mut routes, id, new) {
+                delta.old_routes.push(old);
+            }
+        }
+        let snapshot = Self {
             generation,
             table,
             services,
             routes,
-        }
+        };
+        (snapshot, delta)
     }
+}
+
+/// Sets slot `id`, growing the vector as needed; returns what was there.
+fn put<T: Clone>(v: &mut imbl::Vector<Option<T>>, id: Id, value: Option<T>) -> Option<T> {
+    while v.len() <= id as usize {
+        v.push_back(None);
+    }
+    v.set(id as usize, value)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 use super::*;
 use crate::file::load;
+use crate::model::{Changes, DesiredState};
 use http::HeaderValue;
 
 fn table(toml: &str) -> RoutingTable {
@@ -10,7 +11,7 @@ fn table(toml: &str) -> RoutingTable {
         .iter()
         .map(|e| e.name.clone())
         .collect();
-    RoutingTable::compile(Arc::new(v.state), &eps, &|_| "t".into()).unwrap()
+    RoutingTable::compile(&v.state, &eps, &|_| "t".into()).unwrap()
 }
 
 fn route<'a>(
@@ -40,7 +41,7 @@ fn route<'a>(
         headers: &h,
         query,
     };
-    t.lookup(0, &req).map(|(_, r)| &*r.name)
+    t.lookup(0, &req).map(|r| &*r.name)
 }
 
 const SVC: &str = "\n[services.s]\nbackends = [{ url = \"http://127.0.0.1:1\" }]\n";
@@ -206,7 +207,7 @@ service = "s"
         .map(|e| e.name.clone())
         .collect();
     assert_eq!(eps, ["internal", "web"]);
-    let t = RoutingTable::compile(Arc::new(v.state), &eps, &|_| "t".into()).unwrap();
+    let t = RoutingTable::compile(&v.state, &eps, &|_| "t".into()).unwrap();
     let h = HeaderMap::new();
     let req = RequestView {
         host: "h",
@@ -215,8 +216,8 @@ service = "s"
         headers: &h,
         query: None,
     };
-    assert_eq!(&*t.lookup(0, &req).unwrap().1.name, "private");
-    assert_eq!(&*t.lookup(1, &req).unwrap().1.name, "public");
+    assert_eq!(&*t.lookup(0, &req).unwrap().name, "private");
+    assert_eq!(&*t.lookup(1, &req).unwrap().name, "public");
 }
 
 #[test]
@@ -226,11 +227,11 @@ fn dangling_references_are_reported_with_origin() {
         "t",
     )
     .unwrap();
-    let err = RoutingTable::compile(Arc::new(v.state), &["web".into()], &|r| format!("file:{r}"))
+    let err = RoutingTable::compile(&v.state, &["web".into()], &|r| format!("file:{r}"))
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("file:r: routers.r.service: unknown service \"nope\""),
+        err.contains("file:routers.r: routers.r.service: unknown service \"nope\""),
         "{err}"
     );
 }
@@ -241,4 +242,180 @@ fn normalize_host_strips_port_and_case() {
     assert_eq!(normalize_host("example.com."), "example.com");
     assert_eq!(normalize_host("[::1]:8080"), "[::1]");
     assert!(matches!(normalize_host("a.b"), Cow::Borrowed(_)));
+}
+
+/// A random router over a small pool of hosts, wildcards, paths and priorities, so that random
+/// changes collide in buckets.
+fn random_router(rng: &mut fastrand::Rng, services: &[&str]) -> crate::model::Router {
+    let hosts = ["a.example.com", "b.example.com", "x.a.example.com", "other.org"];
+    let wild = ["example.com", "a.example.com", "org"];
+    let mut m = crate::model::Match::default();
+    match rng.u8(0..4) {
+        0 => {}
+        1 => m
+            .hosts
+            .push(HostPattern::Exact(hosts[rng.usize(0..hosts.len())].into())),
+        2 => m
+            .hosts
+            .push(HostPattern::Wildcard(wild[rng.usize(0..wild.len())].into())),
+        _ => {
+            m.hosts
+                .push(HostPattern::Exact(hosts[rng.usize(0..hosts.len())].into()));
+            m.hosts
+                .push(HostPattern::Wildcard(wild[rng.usize(0..wild.len())].into()));
+        }
+    }
+    m.path = match rng.u8(0..3) {
+        0 => None,
+        1 => Some(PathMatch::Prefix(
+            ["/", "/api", "/api/v2"][rng.usize(0..3)].into(),
+        )),
+        _ => Some(PathMatch::Exact(["/", "/api", "/health"][rng.usize(0..3)].into())),
+    };
+    if rng.bool() {
+        m.methods.push("POST".into());
+    }
+    crate::model::Router {
+        entrypoints: if rng.u8(0..4) == 0 {
+            vec!["internal".into()]
+        } else {
+            Vec::new()
+        },
+        matcher: m,
+        priority: rng.i32(0..2),
+        strip_prefix: false,
+        service: services[rng.usize(0..services.len())].into(),
+        max_body_bytes: 1,
+        redirect_https: false,
+    }
+}
+
+/// Every request of a fixed set, routed by both tables on both entrypoints.
+fn answers(t: &RoutingTable) -> Vec<Option<(String, String)>> {
+    let h = HeaderMap::new();
+    let mut out = Vec::new();
+    for host in [
+        "a.example.com",
+        "b.example.com",
+        "x.a.example.com",
+        "y.a.example.com",
+        "z.example.com",
+        "other.org",
+        "w.org",
+        "none.net",
+    ] {
+        for path in ["/", "/api", "/api/v2/x", "/health", "/other"] {
+            for method in [Method::GET, Method::POST] {
+                for ep in 0..2 {
+                    let req = RequestView {
+                        host,
+                        path,
+                        method: &method,
+                        headers: &h,
+                        query: None,
+                    };
+                    out.push(
+                        t.lookup(ep, &req)
+                            .map(|r| (r.name.to_string(), r.service_name.to_string())),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_table_changed_step_by_step_routes_like_one_compiled_at_once() {
+    let eps = vec!["internal".to_string(), "web".to_string()];
+    let svc = load(SVC, "t").unwrap().state.services["s"].clone();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut state = DesiredState::default();
+    let mut table = RoutingTable::empty(&eps);
+    for step in 0..400 {
+        let mut changes = Changes::default();
+        for _ in 0..rng.usize(1..4) {
+            let name = format!("r{}", rng.usize(0..12));
+            if rng.u8(0..4) == 0 {
+                changes.routers.insert(name, None);
+            } else {
+                changes
+                    .routers
+                    .insert(name, Some(random_router(&mut rng, &["s", "t"])));
+            }
+        }
+        if rng.u8(0..5) == 0 {
+            // Services come and go; removing one that is in use must be refused.
+            let t = if rng.bool() { Some(svc.clone()) } else { None };
+            changes.services.insert("t".into(), t);
+        }
+        if step == 0 {
+            changes.services.insert("s".into(), Some(svc.clone()));
+        }
+        let applied = table.apply(&changes, &|f| format!("test:{f}"));
+        // What was accepted goes into the reference state; a refused item keeps its old value.
+        let mut accepted = changes.clone();
+        for field in applied.refused.keys() {
+            if let Some(name) = field.strip_prefix("routers.") {
+                accepted.routers.remove(name);
+            } else if let Some(name) = field.strip_prefix("services.") {
+                accepted.services.remove(name);
+            }
+        }
+        accepted.apply_to(&mut state);
+        table = applied.table;
+        let fresh = RoutingTable::compile(&state, &eps, &|_| String::new())
+            .unwrap_or_else(|e| panic!("step {step}: the reference state does not compile: {e}"));
+        assert_eq!(answers(&table), answers(&fresh), "step {step}: {changes:?}");
+        assert_eq!(table.route_count(), state.routers.len());
+        assert_eq!(table.service_count(), state.services.len());
+        for r in table.routes() {
+            assert_eq!(table.service(r.service).map(|s| &*s.name), Some(&*r.service_name));
+            assert!(table.routes_of(r.service).any(|id| id == r.id));
+        }
+    }
+}
+
+#[test]
+fn a_change_names_what_it_touched_and_refuses_what_would_dangle() {
+    let eps = vec!["web".to_string()];
+    let v = load(&format!("[routers.a]\nhosts = [\"a.test\"]\nservice = \"s\"\n[routers.b]\nhosts = [\"b.test\"]\nservice = \"s\"\n{SVC}"), "t").unwrap();
+    let t0 = RoutingTable::compile(&v.state, &eps, &|_| "t".into()).unwrap();
+    let a = t0.routes().find(|r| &*r.name == "a").unwrap().id;
+    let mut changes = Changes::default();
+    let mut moved = v.state.routers["a"].clone();
+    moved.matcher.path = Some(PathMatch::Prefix("/v2".into()));
+    moved.service = "u".into();
+    changes.routers.insert("a".into(), Some(moved));
+    changes.services.insert("s".into(), None);
+    changes
+        .services
+        .insert("u".into(), Some(v.state.services["s"].clone()));
+    changes.routers.insert(
+        "c".into(),
+        Some(crate::model::Router {
+            service: "nope".into(),
+            ..v.state.routers["b"].clone()
+        }),
+    );
+    let applied = t0.apply(&changes, &|f| format!("src:{f}"));
+    assert_eq!(applied.table.parent(), t0.id());
+    assert_eq!(applied.table.changed_routes(), [a]);
+    let u = applied.table.service_named("u").unwrap().id;
+    assert_eq!(applied.table.changed_services(), [u]);
+    assert_eq!(applied.table.routes_of(u).collect::<Vec<_>>(), [a]);
+    let refused: Vec<String> = applied.refused.values().map(ToString::to_string).collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused[0].contains("src:routers.c: routers.c.service: unknown service \"nope\""),
+        "{refused:?}"
+    );
+    assert!(
+        refused[1].contains("src:services.s: services.s: cannot be removed: still used by routers.b"),
+        "{refused:?}"
+    );
+    // Route b's bucket was not touched: it is the very same route.
+    let b_before = t0.routes().find(|r| &*r.name == "b").unwrap();
+    let b_after = applied.table.routes().find(|r| &*r.name == "b").unwrap();
+    assert!(Arc::ptr_eq(b_before, b_after));
 }

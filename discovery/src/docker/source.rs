@@ -86,6 +86,7 @@ impl DockerSource {
                             source: SourceId::Docker,
                             origin: self.origin(),
                             report,
+                            revision: None,
                         })
                         .await
                         .is_err()
@@ -285,6 +286,7 @@ impl DockerSource {
                 source: SourceId::Docker,
                 origin: self.origin(),
                 report,
+                revision: None,
             })
             .await
             .map_err(|_| "shutting down".to_string())
