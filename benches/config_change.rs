@@ -78,6 +78,7 @@ fn bench(c: &mut Criterion) {
                 warnings: Errors::new(),
             },
             revision: Some(1),
+            origins: Default::default(),
         };
         reconciler.apply(first);
         assert_eq!(proxy.snapshot().table.route_count(), n);
@@ -99,6 +100,7 @@ fn bench(c: &mut Criterion) {
                     warnings: layout.warnings(),
                 },
                 revision: Some(rev),
+                origins: Default::default(),
             };
             assert!(matches!(
                 reconciler.apply(u),

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod demo;
+pub mod fleet;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -41,6 +42,8 @@ pub struct Options {
     pub drain_timeout: Option<Duration>,
     /// Follow a Docker engine (`--docker`), with these settings over the config's `[docker]`.
     pub docker: Option<DockerFlags>,
+    /// Follow an etcd prefix shared by a fleet of instances, and publish this instance there.
+    pub etcd: Option<fleet::EtcdOptions>,
 }
 
 /// The `--docker*` flags; each one set overrides the config file's `[docker]` section.
@@ -201,9 +204,11 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     let proxy = Proxy::new(names.clone(), &registry).map_err(StartError::Metrics)?;
     let status = Arc::new(Status::new(proxy.clone(), &registry).map_err(StartError::Metrics)?);
     let mut reconciler = Reconciler::new(names, status.clone());
-    let origin = file
-        .as_ref()
-        .map_or_else(|| "embedded config".to_string(), FileSource::origin);
+    let origin = match (&file, &opts.embedded) {
+        (Some(f), _) => f.origin(),
+        (None, Some(_)) => "embedded config".to_string(),
+        (None, None) => "no config file".to_string(),
+    };
     let first = Update::from_result(SourceId::File, origin, Ok(initial));
     if reconciler.apply(first) == Outcome::Rejected {
         let last = status.snapshot().last_error.map(|e| e.errors).unwrap_or_default();
@@ -249,6 +254,17 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         info!(source = %source.origin(), "following docker");
         tokio::spawn(source.run(updates_tx.clone(), shutdown.token()));
     }
+    if let Some(e) = &opts.etcd {
+        let source = gantry_discovery::etcd::EtcdSource {
+            endpoints: e.endpoints.clone(),
+            prefix: gantry_discovery::etcd::normalize_prefix(&e.prefix),
+            metrics: Some(
+                gantry_discovery::etcd::source::EtcdMetrics::new(&registry).map_err(StartError::Metrics)?,
+            ),
+        };
+        info!(endpoints = %e.endpoints.join(","), prefix = %source.prefix, "following etcd");
+        tokio::spawn(source.run(updates_tx.clone(), shutdown.token()));
+    }
     drop(updates_tx);
 
     let mut entrypoints = Vec::new();
@@ -287,6 +303,17 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         registry,
     });
     tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
+    if let Some(e) = opts.etcd.clone() {
+        // Part of the drain: the record goes (its lease is revoked) before the process exits.
+        let record = fleet::publish_instance(
+            e,
+            status.clone(),
+            entrypoints.clone(),
+            admin_addr,
+            shutdown.token(),
+        );
+        tasks.spawn(record);
+    }
     tokio::spawn(proxy.clone().maintain(shutdown.clone()));
 
     Ok(Running {

@@ -55,6 +55,43 @@ enum Command {
         /// gantry.docker.network label says otherwise).
         #[arg(long)]
         docker_network: Option<String>,
+        /// Follow the configuration a fleet shares in etcd (members, comma-separated), and
+        /// publish this instance under <prefix>instances/.
+        #[arg(long, value_name = "URL,...", value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// The etcd key prefix.
+        #[arg(long, default_value = gantry_discovery::etcd::DEFAULT_PREFIX)]
+        etcd_prefix: String,
+        /// This instance's name under <prefix>instances/ (default: <host name>-<admin port>).
+        #[arg(long)]
+        instance_id: Option<String>,
+    },
+    /// Register a backend that is not a container in etcd, under a lease kept alive until this
+    /// command is stopped (SIGTERM, SIGINT): then the backend is removed at once; if this
+    /// process dies, when the lease expires.
+    Register {
+        /// etcd members, comma-separated.
+        #[arg(long, value_name = "URL,...", value_delimiter = ',', required = true)]
+        etcd: Vec<String>,
+        #[arg(long, default_value = gantry_discovery::etcd::DEFAULT_PREFIX)]
+        etcd_prefix: String,
+        /// The service the backend belongs to.
+        #[arg(long)]
+        service: String,
+        /// The backend, e.g. http://10.0.0.5:8080 (h2c:// for HTTP/2 without TLS).
+        #[arg(long)]
+        url: String,
+        /// Route requests to the service: `[http://|https://]host[/path]`, several separated by
+        /// `;` (the grammar of the aliyun.routing.port_* label). Created if absent.
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        weight: Option<u32>,
+        /// Lease time to live: seconds, or a duration such as "10s".
+        #[arg(long, default_value = "10")]
+        ttl: String,
     },
     /// A tiny HTTP backend (for demos and test containers): answers with its host name and
     /// version; `GET /health` says whether it is healthy.
@@ -170,6 +207,9 @@ async fn async_main(command: Command) -> ExitCode {
             docker,
             docker_address,
             docker_network,
+            etcd,
+            etcd_prefix,
+            instance_id,
         } => {
             let docker =
                 (docker.is_some() || docker_address.is_some() || docker_network.is_some()).then(|| {
@@ -185,6 +225,11 @@ async fn async_main(command: Command) -> ExitCode {
                     listen,
                     admin,
                     docker,
+                    etcd: (!etcd.is_empty()).then_some(gantry::fleet::EtcdOptions {
+                        endpoints: etcd,
+                        prefix: etcd_prefix,
+                        instance_id,
+                    }),
                     ..Default::default()
                 },
                 false,
@@ -195,6 +240,38 @@ async fn async_main(command: Command) -> ExitCode {
             version,
             unhealthy_for,
         } => return backend(listen, version, unhealthy_for).await,
+        Command::Register {
+            etcd,
+            etcd_prefix,
+            service,
+            url,
+            route,
+            version,
+            weight,
+            ttl,
+        } => {
+            let ttl = match ttl.parse::<u64>() {
+                Ok(s) => std::time::Duration::from_secs(s),
+                Err(_) => match gantry_config::duration::parse(&ttl) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        eprintln!("gantry register: --ttl: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let r = gantry::fleet::Registration {
+                endpoints: etcd,
+                prefix: etcd_prefix,
+                service,
+                url,
+                route,
+                version,
+                weight,
+                ttl,
+            };
+            return gantry::fleet::register(r).await;
+        }
         Command::Check { .. } | Command::Probe { .. } => return ExitCode::FAILURE,
     };
     let running = match gantry::start(opts).await {

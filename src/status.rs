@@ -65,9 +65,9 @@ pub struct SourceStatus {
     /// The source's version of what is live (etcd: the revision).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revision: Option<i64>,
-    /// Where the source's latest view came from (etcd: the member it is connected to).
+    /// Where the source's latest accepted view came from (etcd: the member it is connected to).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
+    pub origin: Option<String>,
 }
 
 fn source_entry(inner: &mut Inner, source: SourceId) -> &mut SourceStatus {
@@ -82,7 +82,7 @@ fn source_entry(inner: &mut Inner, source: SourceId) -> &mut SourceStatus {
             unreachable_because: None,
             problems: Vec::new(),
             revision: None,
-            endpoint: None,
+            origin: None,
         })
 }
 
@@ -185,12 +185,6 @@ impl Status {
         self.changed.subscribe()
     }
 
-    /// Where a source is connected now.
-    pub fn set_endpoint(&self, source: SourceId, endpoint: &str) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        source_entry(&mut inner, source).endpoint = Some(endpoint.to_string());
-    }
-
     fn set_source(&self, source: SourceId, ok: bool) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let s = source_entry(&mut inner, source);
@@ -230,11 +224,14 @@ impl Sink for Status {
 
     fn accepted(&self, source: SourceId, origin: &str, revision: Option<i64>) {
         self.set_source(source, true);
-        self.set_endpoint(source, origin);
-        if let Some(rev) = revision {
-            self.etcd_revision.set(rev);
+        {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            source_entry(&mut inner, source).revision = Some(rev);
+            let s = source_entry(&mut inner, source);
+            s.origin = Some(origin.to_string());
+            if let Some(rev) = revision {
+                s.revision = Some(rev);
+                self.etcd_revision.set(rev);
+            }
         }
         self.changed.send_modify(|_| {});
     }

@@ -9,6 +9,7 @@
 //! (etcd watch)     --/                     \-> errors -> Sink::rejected (last good table stays)
 //! ```
 
+pub mod backoff;
 pub mod docker;
 pub mod etcd;
 pub mod file;

@@ -46,6 +46,10 @@ pub struct Update {
     pub report: Report,
     /// The source's own version of this view (the etcd revision), reported once it is live.
     pub revision: Option<i64>,
+    /// Where single items came from (`routers.<name>` -> an etcd key and revision), when the
+    /// source can say better than `origin`. A whole view replaces the source's earlier ones; a
+    /// change adds to them.
+    pub origins: BTreeMap<String, String>,
 }
 
 #[derive(Debug)]
@@ -76,6 +80,7 @@ impl Update {
             origin,
             report,
             revision: None,
+            origins: BTreeMap::new(),
         }
     }
 }
@@ -113,6 +118,8 @@ struct SourceState {
     state: DesiredState,
     /// The source's own problems (from its latest update).
     warnings: Errors,
+    /// Where single items came from, when the source says (see [`Update::origins`]).
+    origins: BTreeMap<String, String>,
 }
 
 /// Merges the sources into one routing table, change by change.
@@ -268,9 +275,14 @@ impl Reconciler {
             Some(s) => self
                 .sources
                 .get(s)
-                .map(|st| st.origin.clone())
+                .map(|st| st.origins.get(field).unwrap_or(&st.origin).clone())
                 .unwrap_or_default(),
-            None => update.origin.clone(),
+            None => update
+                .origins
+                .get(field)
+                .or_else(|| self.sources.get(&src).and_then(|st| st.origins.get(field)))
+                .unwrap_or(&update.origin)
+                .clone(),
         };
         let applied = (!merged.is_empty()).then(|| self.table.apply(&merged, &origin_of));
         let refused = applied.as_ref().map(|a| &a.refused);
@@ -300,8 +312,29 @@ impl Reconciler {
         entry.origin = update.origin.clone();
         entry.warnings = own_warnings;
         match whole {
-            Some(state) => entry.state = state,
-            None => changes.apply_to(&mut entry.state),
+            Some(state) => {
+                entry.state = state;
+                entry.origins = update.origins;
+            }
+            None => {
+                changes.apply_to(&mut entry.state);
+                let gone = changes
+                    .routers
+                    .iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(n, _)| format!("routers.{n}"));
+                let gone = gone.chain(
+                    changes
+                        .services
+                        .iter()
+                        .filter(|(_, v)| v.is_none())
+                        .map(|(n, _)| format!("services.{n}")),
+                );
+                for field in gone.collect::<Vec<_>>() {
+                    entry.origins.remove(&field);
+                }
+                entry.origins.extend(update.origins);
+            }
         }
         for (key, winner) in shadowed {
             match winner {
@@ -488,6 +521,7 @@ mod tests {
                 warnings: Errors::new(),
             },
             revision: Some(1),
+            origins: Default::default(),
         }
     }
 
@@ -594,7 +628,8 @@ mod tests {
                     state: etcd_state.clone(),
                     warnings: Errors::new()
                 },
-                revision: Some(1)
+                revision: Some(1),
+                origins: Default::default(),
             }),
             Outcome::Published(1)
         );
@@ -654,6 +689,7 @@ mod tests {
                 warnings: Errors::new(),
             },
             revision: Some(2),
+            origins: Default::default(),
         };
         assert_eq!(r.apply(u), Outcome::Unchanged);
         assert_eq!(rec.route("x").as_deref(), Some("t"));

@@ -1,4 +1,4 @@
-//! The command line: `gantry check`, a bad config at start, and `gantry demo`.
+//! The command line: `gantry check`, a bad config at start, `gantry demo`, `gantry register`'s flags.
 
 use std::process::Command;
 use std::time::Duration;
@@ -95,4 +95,37 @@ async fn demo_routes_and_balances_with_nothing_installed() {
     })
     .await;
     assert_eq!(ready.body, "ready\n");
+}
+
+#[test]
+fn register_refuses_bad_flags_before_touching_etcd() {
+    // Nothing listens on port 9: a flag check that needed etcd would hang or fail differently.
+    let out = gantry(&[
+        "register",
+        "--etcd",
+        "http://127.0.0.1:9",
+        "--service",
+        "blog",
+        "--url",
+        "ftp://x",
+        "--route",
+        "bad host!",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gantry register: --url"), "{err}");
+    assert!(err.contains("gantry register: --route: \"bad host!\""), "{err}");
+    let out = gantry(&[
+        "register",
+        "--etcd",
+        "http://127.0.0.1:9",
+        "--service",
+        "b",
+        "--url",
+        "http://10.0.0.1:80",
+        "--ttl",
+        "soon",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ttl"));
 }

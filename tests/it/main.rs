@@ -7,6 +7,8 @@
 #[allow(dead_code)]
 mod docker_support;
 #[allow(dead_code)]
+mod etcd_support;
+#[allow(dead_code)]
 mod support;
 
 mod admin_api;
@@ -14,6 +16,7 @@ mod balancing;
 mod cli;
 mod docker;
 mod errors;
+mod etcd;
 mod h2;
 mod headers;
 mod health;

@@ -249,40 +249,48 @@ fn routes(d: &mut ContainerDecl, errs: &mut Errors, o: &str, key: &str, port_tex
         return;
     };
     for item in value.split(';').map(str::trim).filter(|i| !i.is_empty()) {
-        let (https, rest) = if let Some(r) = item.strip_prefix("https://") {
-            (true, r)
-        } else {
-            (false, item.strip_prefix("http://").unwrap_or(item))
-        };
-        let (host, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], Some(&rest[i..])),
-            None => (rest, None),
-        };
-        let host = match parse_host_pattern(host) {
-            Ok(h) => h.to_string(),
-            Err(e) => {
-                errs.push(o, label(key), format!("{item:?}: {e}"));
-                continue;
-            }
-        };
-        let path = match path {
-            Some("/") | None => None,
-            Some(p) => match check_path(p) {
-                Ok(()) => Some(p.trim_end_matches('/').to_string()).filter(|p| !p.is_empty()),
-                Err(e) => {
-                    errs.push(o, label(key), format!("{item:?}: {e}"));
-                    continue;
-                }
-            },
-        };
-        d.routes.push(RouteDecl {
-            port,
-            host,
-            path,
-            https,
-            label: key.to_string(),
-        });
+        match compact_route(item) {
+            Ok(r) => d.routes.push(RouteDecl {
+                port,
+                host: r.host,
+                path: r.path,
+                https: r.https,
+                label: key.to_string(),
+            }),
+            Err(e) => errs.push(o, label(key), format!("{item:?}: {e}")),
+        }
     }
+}
+
+/// One route of the compact grammar: `[http://|https://]host[/path]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompactRoute {
+    pub host: String,
+    pub path: Option<String>,
+    /// Written as `https://`: plain HTTP is redirected.
+    pub https: bool,
+}
+
+/// Parses one route of the compact grammar (`aliyun.routing.port_*`, `gantry register --route`).
+pub fn compact_route(item: &str) -> Result<CompactRoute, String> {
+    let (https, rest) = if let Some(r) = item.strip_prefix("https://") {
+        (true, r)
+    } else {
+        (false, item.strip_prefix("http://").unwrap_or(item))
+    };
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], Some(&rest[i..])),
+        None => (rest, None),
+    };
+    let host = parse_host_pattern(host)?.to_string();
+    let path = match path {
+        Some("/") | None => None,
+        Some(p) => {
+            check_path(p)?;
+            Some(p.trim_end_matches('/').to_string()).filter(|p| !p.is_empty())
+        }
+    };
+    Ok(CompactRoute { host, path, https })
 }
 
 /// Collects `gantry.http.<kind>.<name>.<a.b.c>` into a table per name.

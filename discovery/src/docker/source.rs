@@ -17,11 +17,8 @@ use tracing::{debug, info};
 
 use super::labels::{ContainerFacts, DockerHealth};
 use super::state::{DockerOptions, Observed, desired};
+use crate::backoff::Backoff;
 use crate::reconcile::{Report, SourceId, Update};
-
-/// Reconnect backoff bounds.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct DockerSource {
@@ -74,7 +71,7 @@ impl DockerSource {
     /// meanwhile is missed.
     pub async fn run(self, updates: mpsc::Sender<Update>, shutdown: CancellationToken) {
         let mut tracker = Tracker::default();
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         loop {
             let connected_at = Instant::now();
             match self.session(&mut tracker, &updates, &shutdown).await {
@@ -87,6 +84,7 @@ impl DockerSource {
                             origin: self.origin(),
                             report,
                             revision: None,
+                            origins: Default::default(),
                         })
                         .await
                         .is_err()
@@ -95,15 +93,10 @@ impl DockerSource {
                     }
                 }
             }
-            // A session that lasted a while was healthy: start the backoff over.
-            if connected_at.elapsed() > BACKOFF_MAX {
-                backoff = BACKOFF_MIN;
+            backoff.session_lasted(connected_at.elapsed());
+            if !backoff.wait(&shutdown).await {
+                return;
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -287,6 +280,7 @@ impl DockerSource {
                 origin: self.origin(),
                 report,
                 revision: None,
+                origins: Default::default(),
             })
             .await
             .map_err(|_| "shutting down".to_string())

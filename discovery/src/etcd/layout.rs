@@ -93,6 +93,8 @@ fn json<T: DeserializeOwned>(e: &Entry, o: &str, problems: &mut Errors) -> Optio
 pub struct Layout {
     prefix: String,
     routers: BTreeMap<String, Router>,
+    /// Where each router came from (its key and revision).
+    router_origins: BTreeMap<String, String>,
     /// `services/<name>`: the service's settings (and inline backends).
     settings: BTreeMap<String, (Service, String)>,
     backends: BTreeMap<String, BTreeMap<String, (Backend, String)>>,
@@ -173,7 +175,9 @@ impl Layout {
                     if let Some(old) = self.routers.remove(&name) {
                         self.unname(&old.service, services);
                     }
+                    self.router_origins.remove(&name);
                     if let Some(r) = new {
+                        self.router_origins.insert(name.clone(), o.clone());
                         *self.named.entry(r.service.clone()).or_default() += 1;
                         services.insert(r.service.clone());
                         self.routers.insert(name.clone(), r);
@@ -340,6 +344,28 @@ impl Layout {
     /// The whole desired state.
     pub fn desired(&self) -> DesiredState {
         self.state.clone()
+    }
+
+    /// Where these routers and services came from (`routers.<name>` -> key and revision).
+    pub fn origins<'a>(
+        &self,
+        routers: impl Iterator<Item = &'a String>,
+        services: impl Iterator<Item = &'a String>,
+    ) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for name in routers {
+            if let Some(o) = self.router_origins.get(name) {
+                out.insert(format!("routers.{name}"), o.clone());
+            }
+        }
+        for name in services {
+            let o = match self.settings.get(name) {
+                Some((_, o)) => o.clone(),
+                None => format!("etcd service {name} (no {}services/{name} key)", self.prefix),
+            };
+            out.insert(format!("services.{name}"), o);
+        }
+        out
     }
 
     /// Every current problem, by key, then by service.

@@ -9,94 +9,112 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::source::connect;
+use crate::backoff::Backoff;
 
-/// Puts `keys` under a lease of `ttl` and keeps renewing it; on `shutdown`, revokes the lease
-/// (the keys go at once). When etcd cannot be reached, tries the next endpoint; when the lease
-/// was lost meanwhile, grants a new one and puts the keys again. `create_only` keys are written
-/// only if absent, without the lease (a route must outlive its backends).
-///
-/// The values of `keys` are read from `values`, and written again whenever it changes.
-pub async fn keep(
-    endpoints: Vec<String>,
-    values: watch::Receiver<Vec<(String, String)>>,
-    create_only: Vec<(String, String)>,
-    ttl: Duration,
-    shutdown: CancellationToken,
-) {
+/// What to keep.
+#[derive(Debug, Clone)]
+pub struct Keep {
+    /// Members, tried in turn.
+    pub endpoints: Vec<String>,
+    pub ttl: Duration,
+    /// Keys under the lease; their values are read from here, and written again whenever it
+    /// changes.
+    pub values: watch::Receiver<Vec<(String, String)>>,
+    /// Keys written without the lease when absent, checked again with every renewal (a route:
+    /// configuration that outlives any one of its backends).
+    pub ensure: Vec<(String, String)>,
+}
+
+/// Puts the keys under a lease and keeps renewing it until `shutdown`, then revokes it (the keys
+/// go at once). When a member cannot be reached, tries the next; when the lease was lost
+/// meanwhile (it expired), grants a new one and puts the keys again.
+pub async fn keep(k: Keep, shutdown: CancellationToken) {
     let mut i = 0usize;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
-        let endpoint = &endpoints[i % endpoints.len()];
-        match session(endpoint, values.clone(), &create_only, ttl, &shutdown).await {
+        let endpoint = &k.endpoints[i % k.endpoints.len()];
+        let started = std::time::Instant::now();
+        match session(endpoint, &k, &shutdown).await {
             Ok(()) => return,
-            Err(e) => warn!(%endpoint, error = %e, "etcd lease lost; retrying"),
+            Err(e) => warn!(%endpoint, error = %e, "etcd lease: lost the member or the lease; retrying"),
         }
         i += 1;
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+        backoff.session_lasted(started.elapsed());
+        if !backoff.wait(&shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
-async fn session(
-    endpoint: &str,
-    mut values: watch::Receiver<Vec<(String, String)>>,
-    create_only: &[(String, String)],
-    ttl: Duration,
-    shutdown: &CancellationToken,
-) -> Result<(), String> {
-    let mut client: Client = connect(endpoint).await?;
-    let lease = client
-        .lease_grant(ttl.as_secs().max(1) as i64, None)
-        .await
-        .map_err(|e| e.to_string())?
-        .id();
-    for (k, v) in create_only {
+async fn ensure(client: &mut Client, keys: &[(String, String)]) -> Result<(), String> {
+    for (k, v) in keys {
         let txn = Txn::new()
             .when([Compare::create_revision(k.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(k.as_str(), v.as_str(), None)]);
-        client.txn(txn).await.map_err(|e| e.to_string())?;
-    }
-    let put_all = |client: &mut Client, kv: Vec<(String, String)>| {
-        let mut client = client.clone();
-        async move {
-            for (k, v) in kv {
-                client
-                    .put(k, v, Some(PutOptions::new().with_lease(lease)))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok::<(), String>(())
+        let created = client.txn(txn).await.map_err(|e| e.to_string())?.succeeded();
+        if created {
+            info!(key = %k, "etcd: created");
         }
-    };
-    put_all(&mut client, values.borrow_and_update().clone()).await?;
-    info!(%endpoint, lease, "etcd: keys registered");
+    }
+    Ok(())
+}
+
+async fn put_all(client: &mut Client, lease: i64, kv: &[(String, String)]) -> Result<(), String> {
+    for (k, v) in kv {
+        client
+            .put(k.as_str(), v.as_str(), Some(PutOptions::new().with_lease(lease)))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn session(endpoint: &str, k: &Keep, shutdown: &CancellationToken) -> Result<(), String> {
+    let mut values = k.values.clone();
+    let mut client: Client = connect(endpoint).await?;
+    let ttl = k.ttl.as_secs().max(1);
+    let lease = client
+        .lease_grant(ttl as i64, None)
+        .await
+        .map_err(|e| e.to_string())?
+        .id();
+    ensure(&mut client, &k.ensure).await?;
+    let current = values.borrow_and_update().clone();
+    put_all(&mut client, lease, &current).await?;
+    info!(%endpoint, lease = format!("{lease:x}"), ttl, keys = current.len(), "etcd: keys kept under a lease");
     let (mut keeper, mut responses) = client.lease_keep_alive(lease).await.map_err(|e| e.to_string())?;
-    let mut tick = tokio::time::interval((ttl / 3).max(Duration::from_millis(200)));
+    let mut tick = tokio::time::interval(Duration::from_secs(ttl) / 3);
+    tick.tick().await;
+    let mut open = true;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
                 // Remove the keys now rather than at lease expiry.
-                let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await;
+                match tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await {
+                    Ok(Ok(_)) => info!("etcd: lease revoked, keys removed"),
+                    _ => warn!("etcd: could not revoke the lease; its keys go when it expires"),
+                }
                 return Ok(());
             }
             _ = tick.tick() => {
                 keeper.keep_alive().await.map_err(|e| e.to_string())?;
-                match tokio::time::timeout(ttl, responses.message()).await {
+                match tokio::time::timeout(Duration::from_secs(ttl), responses.message()).await {
                     Ok(Ok(Some(r))) if r.ttl() > 0 => {}
                     Ok(Ok(Some(_))) => return Err("the lease expired".into()),
                     Ok(Ok(None)) => return Err("the keep-alive stream ended".into()),
                     Ok(Err(e)) => return Err(e.to_string()),
                     Err(_) => return Err("no keep-alive answer".into()),
                 }
+                ensure(&mut client, &k.ensure).await?;
             }
-            changed = values.changed() => {
+            changed = values.changed(), if open => {
                 if changed.is_err() {
-                    return Ok(());
+                    // Nobody updates the values any more: keep the last ones until shutdown.
+                    open = false;
+                    continue;
                 }
-                put_all(&mut client, values.borrow_and_update().clone()).await?;
+                let current = values.borrow_and_update().clone();
+                put_all(&mut client, lease, &current).await?;
             }
         }
     }

@@ -1,22 +1,70 @@
 //! The etcd watch: read the prefix, watch from the next revision, one update per watch response
-//! (one transaction lands as one snapshot), re-read after compaction, fail over between members.
+//! (one transaction lands as one snapshot). On losing a member, resume the watch on another from
+//! the last revision seen; when that revision was compacted meanwhile, read the prefix again.
 
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::layout::{Entry, Layout, is_config};
+use crate::backoff::Backoff;
 use crate::reconcile::{Report, SourceId, Update};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often the watch is asked to prove it is alive, and how long it may stay silent.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-const STALL_AFTER: Duration = Duration::from_secs(4);
+const STALL_AFTER: Duration = Duration::from_secs(3);
+
+/// What the etcd source counts.
+#[derive(Debug, Clone)]
+pub struct EtcdMetrics {
+    /// Full reads of the prefix, by reason: `start`, `compacted`.
+    pub reads: IntCounterVec,
+    /// Sessions lost (member down, stalled or partitioned, watch canceled).
+    pub reconnects: IntCounter,
+    /// Watch responses that changed configuration keys.
+    pub changes: IntCounter,
+}
+
+impl EtcdMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            reads: IntCounterVec::new(
+                Opts::new(
+                    "gantry_etcd_reads_total",
+                    "Full reads of the etcd prefix, by reason (start, compacted).",
+                ),
+                &["reason"],
+            )?,
+            reconnects: IntCounter::new(
+                "gantry_etcd_reconnects_total",
+                "etcd sessions lost (member down, stalled or partitioned); the watch resumes on the next member.",
+            )?,
+            changes: IntCounter::new(
+                "gantry_etcd_changes_total",
+                "etcd watch responses (transactions) that changed configuration keys.",
+            )?,
+        };
+        registry.register(Box::new(m.reads.clone()))?;
+        registry.register(Box::new(m.reconnects.clone()))?;
+        registry.register(Box::new(m.changes.clone()))?;
+        Ok(m)
+    }
+
+    fn unregistered() -> Self {
+        // Unregistered counters: valid to use, never exported.
+        #[allow(clippy::unwrap_used)] // constant, valid names
+        Self {
+            reads: IntCounterVec::new(Opts::new("r", "r"), &["reason"]).unwrap(),
+            reconnects: IntCounter::new("c", "c").unwrap(),
+            changes: IntCounter::new("e", "e").unwrap(),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct EtcdSource {
@@ -24,6 +72,7 @@ pub struct EtcdSource {
     pub endpoints: Vec<String>,
     /// Keys live under this prefix (default `/gantry/`).
     pub prefix: String,
+    pub metrics: Option<EtcdMetrics>,
 }
 
 /// How Gantry connects to one member.
@@ -31,7 +80,7 @@ pub fn connect_options() -> ConnectOptions {
     ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
 }
 
 pub async fn connect(endpoint: &str) -> Result<Client, String> {
@@ -47,28 +96,44 @@ enum Stop {
     Failed(String),
 }
 
+/// What the source has seen, carried from one member to the next.
+struct View {
+    layout: Layout,
+    /// The watch resumes after this revision: every event up to it has been applied.
+    seen: i64,
+    /// The revision of the last configuration change applied (what is reported as live).
+    applied: i64,
+}
+
 impl EtcdSource {
     fn origin(&self, endpoint: &str) -> String {
         format!("etcd at {endpoint}")
     }
 
     /// Follows the prefix until `shutdown`. While no member can be reached, the last routes from
-    /// etcd keep serving; on reconnection the prefix is read again, so nothing is missed.
+    /// etcd keep serving.
     pub async fn run(self, updates: mpsc::Sender<Update>, shutdown: CancellationToken) {
+        let metrics = self.metrics.clone().unwrap_or_else(EtcdMetrics::unregistered);
+        let mut view: Option<View> = None;
         let mut i = 0usize;
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         loop {
             let endpoint = self.endpoints[i % self.endpoints.len()].clone();
             let started = Instant::now();
-            match self.session(&endpoint, &updates, &shutdown).await {
+            match self
+                .session(&endpoint, &mut view, &metrics, &updates, &shutdown)
+                .await
+            {
                 Stop::Shutdown => return,
                 Stop::Failed(why) => {
+                    metrics.reconnects.inc();
                     let report = Report::Unreachable(format!("{}: {why}", self.origin(&endpoint)));
                     let u = Update {
                         source: SourceId::Etcd,
                         origin: self.origin(&endpoint),
                         report,
                         revision: None,
+                        origins: Default::default(),
                     };
                     if updates.send(u).await.is_err() {
                         return;
@@ -76,16 +141,10 @@ impl EtcdSource {
                 }
             }
             i += 1;
-            if started.elapsed() > BACKOFF_MAX {
-                backoff = BACKOFF_MIN;
-            }
+            backoff.session_lasted(started.elapsed());
             // Every member tried once without luck: wait before the next round.
-            if i.is_multiple_of(self.endpoints.len()) {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+            if i.is_multiple_of(self.endpoints.len()) && !backoff.wait(&shutdown).await {
+                return;
             }
         }
     }
@@ -93,6 +152,8 @@ impl EtcdSource {
     async fn session(
         &self,
         endpoint: &str,
+        view: &mut Option<View>,
+        metrics: &EtcdMetrics,
         updates: &mpsc::Sender<Update>,
         shutdown: &CancellationToken,
     ) -> Stop {
@@ -100,42 +161,52 @@ impl EtcdSource {
             Ok(c) => c,
             Err(e) => return Stop::Failed(e),
         };
+        let mut reason = "start";
         loop {
-            // Read everything, then watch from the next revision.
-            let resp = match tokio::time::timeout(
-                STALL_AFTER,
-                client.get(self.prefix.as_str(), Some(GetOptions::new().with_prefix())),
-            )
-            .await
-            {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => return Stop::Failed(format!("reading {}: {e}", self.prefix)),
-                Err(_) => return Stop::Failed(format!("reading {} timed out", self.prefix)),
-            };
-            let revision = resp.header().map_or(0, |h| h.revision());
-            let mut layout = Layout::from_kvs(
-                &self.prefix,
-                resp.kvs().iter().filter_map(|kv| {
-                    Some((
-                        kv.key_str().ok()?,
-                        Entry {
-                            value: kv.value().to_vec(),
-                            mod_revision: kv.mod_revision(),
-                        },
-                    ))
-                }),
-            );
-            info!(%endpoint, keys = resp.kvs().len(), revision, "etcd: read the prefix");
-            let report = Report::Valid {
-                state: layout.desired(),
-                warnings: layout.warnings(),
-            };
-            if let Err(e) = self.send(endpoint, report, revision, updates).await {
-                return e;
+            if view.is_none() {
+                {
+                    // Read everything, then watch from the next revision.
+                    let read = client.get(self.prefix.as_str(), Some(GetOptions::new().with_prefix()));
+                    let resp = match tokio::time::timeout(STALL_AFTER, read).await {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(e)) => return Stop::Failed(format!("reading {}: {e}", self.prefix)),
+                        Err(_) => return Stop::Failed(format!("reading {} timed out", self.prefix)),
+                    };
+                    let revision = resp.header().map_or(0, |h| h.revision());
+                    let layout = Layout::from_kvs(
+                        &self.prefix,
+                        resp.kvs().iter().filter_map(|kv| {
+                            Some((
+                                kv.key_str().ok()?,
+                                Entry {
+                                    value: kv.value().to_vec(),
+                                    mod_revision: kv.mod_revision(),
+                                },
+                            ))
+                        }),
+                    );
+                    metrics.reads.with_label_values(&[reason]).inc();
+                    info!(%endpoint, keys = resp.kvs().len(), revision, reason, "etcd: read the prefix");
+                    let state = layout.desired();
+                    let origins = layout.origins(state.routers.keys(), state.services.keys());
+                    let report = Report::Valid {
+                        state,
+                        warnings: layout.warnings(),
+                    };
+                    if let Err(e) = self.send(endpoint, report, revision, origins, updates).await {
+                        return e;
+                    }
+                    *view = Some(View {
+                        layout,
+                        seen: revision,
+                        applied: revision,
+                    });
+                }
             }
+            let Some(v) = view.as_mut() else { continue };
             let opts = WatchOptions::new()
                 .with_prefix()
-                .with_start_revision(revision + 1)
+                .with_start_revision(v.seen + 1)
                 .with_progress_notify();
             let mut watch = match client.watch(self.prefix.as_str(), Some(opts)).await {
                 Ok(w) => w,
@@ -165,40 +236,59 @@ impl EtcdSource {
                         last_heard = Instant::now();
                         if resp.canceled() {
                             if resp.compact_revision() > 0 {
-                                info!(compacted = resp.compact_revision(), "etcd: watched revision was compacted; reading again");
+                                info!(compacted = resp.compact_revision(), resume = v.seen + 1, "etcd: the revision to resume from was compacted; reading again");
+                                reason = "compacted";
                                 break;
                             }
                             return Stop::Failed(format!("the watch was canceled: {}", resp.cancel_reason()));
                         }
+                        if resp.created() {
+                            // Watching again: tell the reconciler the source is back.
+                            let report = Report::Changed { changes: Default::default(), warnings: v.layout.warnings() };
+                            if let Err(e) = self.send(endpoint, report, v.applied, Default::default(), updates).await {
+                                return e;
+                            }
+                            continue;
+                        }
                         if resp.events().is_empty() {
-                            continue; // created, or a progress notification
+                            // A progress notification: everything up to its revision was sent.
+                            if let Some(h) = resp.header() {
+                                v.seen = v.seen.max(h.revision());
+                            }
+                            continue;
                         }
                         // Every event of one response (one transaction) in one update; the
                         // instances' own records are not configuration.
-                        let mut revision = None;
-                        let events: Vec<(&str, Option<Entry>)> = resp
-                            .events()
-                            .iter()
-                            .filter_map(|ev| {
-                                let kv = ev.kv()?;
-                                let key = kv.key_str().ok().filter(|k| is_config(&self.prefix, k))?;
-                                revision = revision.max(Some(kv.mod_revision()));
-                                Some(match ev.event_type() {
-                                    EventType::Put => (key, Some(Entry { value: kv.value().to_vec(), mod_revision: kv.mod_revision() })),
-                                    EventType::Delete => (key, None),
-                                })
-                            })
-                            .collect();
-                        let Some(revision) = revision else { continue };
+                        let mut config_rev = None;
+                        let mut events = Vec::new();
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            v.seen = v.seen.max(kv.mod_revision());
+                            let Ok(key) = kv.key_str() else { continue };
+                            if !is_config(&self.prefix, key) {
+                                continue;
+                            }
+                            config_rev = config_rev.max(Some(kv.mod_revision()));
+                            events.push(match ev.event_type() {
+                                EventType::Put => (key, Some(Entry { value: kv.value().to_vec(), mod_revision: kv.mod_revision() })),
+                                EventType::Delete => (key, None),
+                            });
+                        }
+                        let Some(revision) = config_rev else { continue };
+                        metrics.changes.inc();
                         debug!(revision, events = events.len(), "etcd: change");
-                        let changes = layout.apply(events);
-                        let report = Report::Changed { changes, warnings: layout.warnings() };
-                        if let Err(e) = self.send(endpoint, report, revision, updates).await {
+                        let changes = v.layout.apply(events);
+                        v.applied = revision;
+                        let origins = v.layout.origins(changes.routers.keys(), changes.services.keys());
+                        let report = Report::Changed { changes, warnings: v.layout.warnings() };
+                        if let Err(e) = self.send(endpoint, report, revision, origins, updates).await {
                             return e;
                         }
                     }
                 }
             }
+            // Compacted: read again.
+            *view = None;
         }
     }
 
@@ -207,6 +297,7 @@ impl EtcdSource {
         endpoint: &str,
         report: Report,
         revision: i64,
+        origins: std::collections::BTreeMap<String, String>,
         updates: &mpsc::Sender<Update>,
     ) -> Result<(), Stop> {
         let u = Update {
@@ -214,6 +305,7 @@ impl EtcdSource {
             origin: self.origin(endpoint),
             report,
             revision: Some(revision),
+            origins,
         };
         updates.send(u).await.map_err(|_| Stop::Shutdown)
     }

@@ -1,0 +1,301 @@
+//! Gantry in a fleet sharing one etcd: each instance's own record under `<prefix>instances/`,
+//! and `gantry register`, which keeps a workload that is not a container registered.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gantry_config::Errors;
+use gantry_config::file::{FileBackend, check_name, validate_backend};
+use gantry_discovery::docker::labels::compact_route;
+use gantry_discovery::docker::state::route_service_name;
+use gantry_discovery::etcd::lease::{Keep, keep};
+use gantry_discovery::etcd::normalize_prefix;
+use gantry_discovery::etcd::source::connect;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::status::Status;
+
+/// How long an instance record outlives its instance.
+pub const INSTANCE_TTL: Duration = Duration::from_secs(10);
+
+/// `--etcd`, `--etcd-prefix`, `--instance-id`.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// Default: `<host name>-<admin port>`.
+    pub instance_id: Option<String>,
+}
+
+pub fn hostname() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What an instance says about itself: the etcd revision its live table was built from, so
+/// that the platform can tell when a change has reached every instance.
+fn record(
+    id: &str,
+    status: &Status,
+    entrypoints: &[(String, SocketAddr)],
+    admin: SocketAddr,
+    started: u64,
+) -> String {
+    json!({
+        "id": id,
+        "revision": status.etcd_revision(),
+        "generation": status.generation(),
+        "ready": status.is_ready() && !status.is_draining(),
+        "entrypoints": entrypoints.iter().map(|(n, a)| (n.clone(), json!(a.to_string()))).collect::<serde_json::Map<_, _>>(),
+        "admin": admin.to_string(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_unix": started,
+    })
+    .to_string()
+}
+
+/// Keeps this instance's record under `<prefix>instances/<id>` up to date until `shutdown`,
+/// then removes it.
+pub async fn publish_instance(
+    opts: EtcdOptions,
+    status: Arc<Status>,
+    entrypoints: Vec<(String, SocketAddr)>,
+    admin: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let id = opts
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname(), admin.port()));
+    let key = format!("{}instances/{id}", normalize_prefix(&opts.prefix));
+    let started = now_unix();
+    let value = || vec![(key.clone(), record(&id, &status, &entrypoints, admin, started))];
+    let (tx, rx) = watch::channel(value());
+    let mut changed = status.subscribe();
+    let follow = async {
+        while changed.changed().await.is_ok() {
+            tx.send_replace(value());
+        }
+    };
+    info!(%key, "etcd: publishing this instance's record");
+    let k = Keep {
+        endpoints: opts.endpoints.clone(),
+        ttl: INSTANCE_TTL,
+        values: rx,
+        ensure: Vec::new(),
+    };
+    tokio::select! {
+        _ = keep(k, shutdown.clone()) => {}
+        _ = follow => {}
+    }
+}
+
+/// `gantry register`.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub service: String,
+    pub url: String,
+    pub route: Option<String>,
+    pub version: Option<String>,
+    pub weight: Option<u32>,
+    pub ttl: Duration,
+}
+
+/// A key and its value.
+type Kv = (String, String);
+
+/// The keys a registration writes: the backend (leased) and its routes (created if absent).
+fn keys(r: &Registration) -> Result<(Kv, Vec<Kv>), Errors> {
+    let mut errs = Errors::new();
+    check_name(&mut errs, "gantry register", "--service", &r.service);
+    let backend = FileBackend {
+        url: r.url.clone(),
+        weight: r.weight.map(i64::from),
+        version: r.version.clone(),
+    };
+    let parsed = validate_backend(backend.clone(), "gantry register", "--url", &mut errs);
+    let mut routes = Vec::new();
+    for item in r
+        .route
+        .iter()
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+    {
+        match compact_route(item) {
+            Ok(route) => {
+                let name = route_service_name(&route.host, route.path.as_deref());
+                let value = json!({
+                    "hosts": [route.host],
+                    "path_prefix": route.path,
+                    "redirect_https": route.https,
+                    "service": r.service,
+                });
+                routes.push((format!("{}routers/{name}", r.prefix), value.to_string()));
+            }
+            Err(e) => errs.push("gantry register", "--route", format!("{item:?}: {e}")),
+        }
+    }
+    let Some(parsed) = parsed.filter(|_| errs.is_empty()) else {
+        return Err(errs);
+    };
+    // One key per address: registering the same address twice is one backend.
+    let id = format!("{}:{}", parsed.url.host, parsed.url.port);
+    let value = json!({"url": r.url, "weight": r.weight, "version": r.version});
+    Ok((
+        (
+            format!("{}backends/{}/{id}", r.prefix, r.service),
+            value.to_string(),
+        ),
+        routes,
+    ))
+}
+
+/// Registers until SIGTERM or SIGINT, then removes the backend (and the routes it created, if
+/// it was the service's last backend).
+pub async fn register(mut r: Registration) -> ExitCode {
+    r.prefix = normalize_prefix(&r.prefix);
+    let (backend, routes) = match keys(&r) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("gantry register: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "gantry register: {} as a backend of {} at {} (lease TTL {}s){}",
+        r.url,
+        r.service,
+        backend.0,
+        r.ttl.as_secs().max(1),
+        routes
+            .iter()
+            .map(|(k, _)| format!(", route {k}"))
+            .collect::<String>()
+    );
+    let (_tx, rx) = watch::channel(vec![backend.clone()]);
+    let stop = CancellationToken::new();
+    let k = Keep {
+        endpoints: r.endpoints.clone(),
+        ttl: r.ttl,
+        values: rx,
+        ensure: routes.clone(),
+    };
+    let keeper = tokio::spawn(keep(k, stop.clone()));
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            eprintln!("gantry register: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    }
+    stop.cancel();
+    let _ = keeper.await;
+    if !routes.is_empty() {
+        remove_routes_if_last(&r, &routes).await;
+    }
+    ExitCode::SUCCESS
+}
+
+/// Deletes the routes this registration created when no backend of the service is left, unless
+/// someone changed them meanwhile.
+async fn remove_routes_if_last(r: &Registration, routes: &[(String, String)]) {
+    use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+    for endpoint in &r.endpoints {
+        let Ok(mut client) = connect(endpoint).await else {
+            continue;
+        };
+        let prefix = format!("{}backends/{}/", r.prefix, r.service);
+        let left = match client
+            .get(
+                prefix.as_str(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+        {
+            Ok(resp) => resp.count(),
+            Err(e) => {
+                warn!(%endpoint, error = %e, "etcd: cannot count the service's backends");
+                continue;
+            }
+        };
+        if left > 0 {
+            return;
+        }
+        for (k, v) in routes {
+            let txn = Txn::new()
+                .when([Compare::value(k.as_str(), CompareOp::Equal, v.as_str())])
+                .and_then([TxnOp::delete(k.as_str(), None)]);
+            if let Ok(resp) = client.txn(txn).await
+                && resp.succeeded()
+            {
+                info!(key = %k, "etcd: the service's last backend left; route removed");
+            }
+        }
+        return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(url: &str, route: Option<&str>) -> Registration {
+        Registration {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/gantry/".into(),
+            service: "blog".into(),
+            url: url.into(),
+            route: route.map(Into::into),
+            version: Some("v2".into()),
+            weight: Some(3),
+            ttl: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn a_registration_is_one_backend_key_and_its_routes() {
+        let ((k, v), routes) = keys(&reg(
+            "http://10.0.0.5:2368",
+            Some("http://blog.test; https://www.test/blog/"),
+        ))
+        .unwrap();
+        assert_eq!(k, "/gantry/backends/blog/10.0.0.5:2368");
+        assert_eq!(v, r#"{"url":"http://10.0.0.5:2368","version":"v2","weight":3}"#);
+        assert_eq!(routes[0].0, "/gantry/routers/blog.test");
+        assert_eq!(
+            routes[0].1,
+            r#"{"hosts":["blog.test"],"path_prefix":null,"redirect_https":false,"service":"blog"}"#
+        );
+        assert_eq!(routes[1].0, "/gantry/routers/www.test_blog");
+        assert!(
+            routes[1].1.contains(r#""path_prefix":"/blog""#)
+                && routes[1].1.contains(r#""redirect_https":true"#)
+        );
+    }
+
+    #[test]
+    fn bad_flags_are_reported_by_name() {
+        let e = keys(&reg("ftp://x", Some("bad host!"))).unwrap_err().to_string();
+        assert!(e.contains("gantry register: --url"), "{e}");
+        assert!(e.contains("gantry register: --route: \"bad host!\""), "{e}");
+    }
+}

@@ -1,0 +1,241 @@
+//! A real etcd for the tests: Debian's `etcd` binary on free loopback ports with a temporary data
+//! dir, one member or a cluster, stopped and killed by PID.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+
+/// etcd tests share two cores with everything else: one etcd (or cluster) at a time keeps
+/// elections and deadlines honest.
+pub static ETCD_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Member {
+    pub name: String,
+    pub client_url: String,
+    child: Option<Child>,
+}
+
+pub struct Etcd {
+    pub members: Vec<Member>,
+    dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// One member.
+    pub async fn start() -> Self {
+        Self::cluster(1).await
+    }
+
+    /// `n` members on loopback, all healthy.
+    pub async fn cluster(n: usize) -> Self {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        Self::start_on(&ports).await
+    }
+
+    /// Members on these (client, peer) ports.
+    pub async fn start_on(ports: &[(u16, u16)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let name = format!("m{i}");
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+            let child = Command::new("etcd")
+                .args(["--name", &name])
+                .arg("--data-dir")
+                .arg(dir.path().join(&name))
+                .args([
+                    "--listen-client-urls",
+                    &client_url,
+                    "--advertise-client-urls",
+                    &client_url,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer_url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                ])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--initial-cluster-token", "gantry-test"])
+                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("etcd must be installed (Debian's etcd-server)");
+            members.push(Member {
+                name,
+                client_url,
+                child: Some(child),
+            });
+        }
+        let etcd = Etcd { members, dir };
+        for m in &etcd.members {
+            etcd.wait_healthy(&m.client_url).await;
+        }
+        etcd
+    }
+
+    async fn wait_healthy(&self, url: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut c) = etcd_client::Client::connect([url], None).await
+                && c.get("health-probe", None).await.is_ok()
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .members
+                    .iter()
+                    .map(|m| {
+                        std::fs::read_to_string(self.dir.path().join(format!("{}.log", m.name)))
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                panic!(
+                    "etcd at {url} did not become healthy; logs:\n{}",
+                    logs.join("\n---\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// A client of every member that is still running.
+    pub async fn client(&self) -> etcd_client::Client {
+        let live: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.client_url.clone())
+            .collect();
+        etcd_client::Client::connect(live, None).await.unwrap()
+    }
+
+    /// A client of one member.
+    pub async fn client_of(&self, i: usize) -> etcd_client::Client {
+        etcd_client::Client::connect([self.members[i].client_url.clone()], None)
+            .await
+            .unwrap()
+    }
+
+    /// Runs `etcdctl ARGS` against `endpoint` and returns its output; panics if it fails.
+    pub fn etcdctl(endpoint: &str, args: &[&str]) -> String {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", endpoint, "--command-timeout", "10s"])
+            .args(args)
+            .output()
+            .expect("etcdctl must be installed (Debian's etcd-client)");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Moves the cluster's leadership away from member `i`, so that stopping `i` costs no
+    /// election (writes right after it do not wait for one).
+    pub async fn ensure_not_leader(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut c = self.client_of(i).await;
+            let status = c.status().await.unwrap();
+            let (me, leader) = (status.header().unwrap().member_id(), status.leader());
+            if me != leader {
+                return;
+            }
+            let other = self
+                .client_of((i + 1) % self.members.len())
+                .await
+                .status()
+                .await
+                .unwrap();
+            let target = other.header().unwrap().member_id();
+            if let Err(e) = c.move_leader(target).await {
+                assert!(Instant::now() < deadline, "cannot move the leadership: {e}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn index_of(&self, url: &str) -> usize {
+        self.members
+            .iter()
+            .position(|m| m.client_url == url)
+            .unwrap_or_else(|| panic!("no member at {url}"))
+    }
+
+    pub fn signal(&self, i: usize, sig: Signal) {
+        let child = self.members[i].child.as_ref().unwrap();
+        kill_process(Pid::from_raw(child.id() as i32).unwrap(), sig).unwrap();
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Puts a key and returns the revision it was written at. Retries for a while when the cluster
+/// has no leader (a test may have just stopped it).
+pub async fn put(c: &mut etcd_client::Client, key: &str, value: &str) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match c.put(key, value, None).await {
+            Ok(r) => return r.header().unwrap().revision(),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("put {key}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("put {key}: {e}"),
+        }
+    }
+}
+
+/// Deletes a key and returns the revision of the deletion, retrying like [`put`].
+pub async fn delete(c: &mut etcd_client::Client, key: &str) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match c.delete(key, None).await {
+            Ok(r) => return r.header().unwrap().revision(),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("delete {key}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("delete {key}: {e}"),
+        }
+    }
+}
