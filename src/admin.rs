@@ -1,15 +1,19 @@
 //! The admin listener: metrics, health, readiness, and the JSON API under `/api/v1/`.
 //!
-//! It listens on loopback by default. It is read-only here; a listener on a non-loopback address
-//! is logged as a warning at start.
+//! It listens on loopback by default; a listener on a non-loopback address is logged as a warning
+//! at start. Reads are open to whoever reaches the listener; writes (weights, drain, rollouts)
+//! need `Authorization: Bearer <token>`, and without a configured token they are refused.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use gantry_config::model::MAX_WEIGHT;
+use gantry_config::rollout::RolloutSpec;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -17,7 +21,9 @@ use hyper_util::rt::TokioIo;
 use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tracing::debug;
+use tracing::{debug, info};
+
+use crate::rollout::{Command, Refused, Rollouts};
 
 use crate::status::Status;
 use gantry_proxy::{Proxy, Shutdown};
@@ -27,6 +33,18 @@ pub struct Admin {
     pub proxy: Arc<Proxy>,
     pub status: Arc<Status>,
     pub registry: Registry,
+    pub rollouts: Arc<Rollouts>,
+    /// The bearer token of writes; `None`: writes are refused.
+    pub token: Option<String>,
+}
+
+/// Admin request bodies are small JSON documents.
+const MAX_BODY: usize = 64 * 1024;
+
+type Answer = Response<Full<Bytes>>;
+
+fn error(status: StatusCode, message: impl Into<String>) -> Answer {
+    json_response(status, &json!({"error": message.into()}))
 }
 
 impl Admin {
@@ -48,7 +66,7 @@ impl Admin {
             tracker.spawn(async move {
                 let svc = service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(req)) }
+                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
                 });
                 let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
                 tokio::pin!(conn);
@@ -65,14 +83,11 @@ impl Admin {
         tracker.wait().await;
     }
 
-    fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let path = req.uri().path();
+    async fn handle(&self, req: Request<Incoming>) -> Answer {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return json_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &json!({"error": "only GET is supported here"}),
-            );
+            return self.write(req).await;
         }
+        let path = req.uri().path();
         match path {
             "/metrics" => {
                 let mut buf = Vec::new();
@@ -108,13 +123,241 @@ impl Admin {
             }
             "/api/v1/routes" => json_response(StatusCode::OK, &self.routes()),
             "/api/v1/status" => json_response(StatusCode::OK, &self.status_json()),
+            "/api/v1/versions" => json_response(StatusCode::OK, &self.versions()),
+            "/api/v1/rollouts" => json_response(StatusCode::OK, &self.rollouts.view()),
             _ => json_response(
                 StatusCode::NOT_FOUND,
                 &json!({"error": format!("no such endpoint {path:?}"), "endpoints": [
-                    "/metrics", "/healthz", "/readyz", "/api/v1/routes", "/api/v1/status"
+                    "/metrics", "/healthz", "/readyz", "/api/v1/routes", "/api/v1/status",
+                    "/api/v1/versions", "/api/v1/rollouts"
                 ]}),
             ),
         }
+    }
+
+    /// Writes: authenticated, validated in full before anything changes.
+    async fn write(&self, req: Request<Incoming>) -> Answer {
+        let Some(token) = &self.token else {
+            return error(
+                StatusCode::FORBIDDEN,
+                "admin writes are disabled: set GANTRY_ADMIN_TOKEN or [admin] token_file",
+            );
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same(g.trim().as_bytes(), token.as_bytes())) {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "admin writes need Authorization: Bearer <token>",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}")),
+        };
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (method, parts.as_slice()) {
+            (Method::PUT, ["api", "v1", "services", svc, "weights"]) => self.set_weights(svc, &body).await,
+            (Method::DELETE, ["api", "v1", "services", svc, "weights"]) => {
+                if self.proxy.snapshot().services().all(|s| &*s.name != *svc) {
+                    return error(StatusCode::NOT_FOUND, format!("no service {svc:?}"));
+                }
+                match self.rollouts.set_weights(svc, None).await {
+                    Ok(revision) => json_response(
+                        StatusCode::OK,
+                        &json!({"service": svc, "weights": null, "etcd_revision": revision}),
+                    ),
+                    Err(Refused(code, why)) => error(status(code), why),
+                }
+            }
+            (Method::POST, ["api", "v1", "services", svc, "drain"]) => self.drain(svc, &body),
+            (Method::POST, ["api", "v1", "rollouts", svc]) => {
+                let svc = svc.to_string();
+                let spec = match RolloutSpec::from_json(&svc, &body, "admin API") {
+                    Ok(s) => s,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string().trim_end()),
+                };
+                if let Some(why) = self.check_versions(&svc, [spec.stable.as_str(), spec.canary.as_str()]) {
+                    return why;
+                }
+                match self.rollouts.start(spec).await {
+                    Ok(()) => json_response(StatusCode::ACCEPTED, &json!({"service": svc, "started": true})),
+                    Err(Refused(code, why)) => error(status(code), why),
+                }
+            }
+            (Method::POST, ["api", "v1", "rollouts", svc, cmd]) => {
+                let cmd = match *cmd {
+                    "pause" => Command::Pause,
+                    "resume" => Command::Resume,
+                    "abort" => Command::Abort,
+                    other => {
+                        return error(
+                            StatusCode::NOT_FOUND,
+                            format!("no rollout command {other:?}: use pause, resume or abort"),
+                        );
+                    }
+                };
+                match self.rollouts.command(svc, cmd).await {
+                    Ok(state) => {
+                        json_response(StatusCode::OK, &serde_json::to_value(state).unwrap_or_default())
+                    }
+                    Err(Refused(code, why)) => error(status(code), why),
+                }
+            }
+            (m, _) => error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no such endpoint: {m} {path} (writes: PUT|DELETE /api/v1/services/<name>/weights, POST /api/v1/services/<name>/drain, POST /api/v1/rollouts/<service>[/pause|/resume|/abort])"
+                ),
+            ),
+        }
+    }
+
+    /// Whether the backends of `service` carry each version `wanted`; else the answer that
+    /// refuses the request.
+    fn check_versions<'a>(&self, service: &str, wanted: impl IntoIterator<Item = &'a str>) -> Option<Answer> {
+        let snap = self.proxy.snapshot();
+        let Some(svc) = snap.services().find(|s| &*s.name == service) else {
+            return Some(error(StatusCode::NOT_FOUND, format!("no service {service:?}")));
+        };
+        let known: std::collections::BTreeSet<&str> = svc
+            .spec
+            .backends
+            .iter()
+            .filter_map(|b| b.version.as_deref())
+            .collect();
+        for v in wanted {
+            if !known.contains(v) {
+                return Some(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{v:?} is not a version of {service} (its backends carry {known:?})"),
+                ));
+            }
+        }
+        None
+    }
+
+    async fn set_weights(&self, service: &str, body: &[u8]) -> Answer {
+        let raw: serde_json::Map<String, Value> = match serde_json::from_slice(body) {
+            Ok(m) => m,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "body: {e}; expected an object of version weights, e.g. {{\"v1\": 95, \"v2\": 5}}"
+                    ),
+                );
+            }
+        };
+        let mut weights = BTreeMap::new();
+        for (v, w) in &raw {
+            match w.as_u64() {
+                Some(n) if n <= u64::from(MAX_WEIGHT) => {
+                    weights.insert(v.clone(), n as u32);
+                }
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("weights.{v}: {w} is not a whole number in 0..={MAX_WEIGHT}"),
+                    );
+                }
+            }
+        }
+        if weights.values().all(|&w| w == 0) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "weights: at least one version needs a weight above 0",
+            );
+        }
+        if let Some(refusal) = self.check_versions(service, weights.keys().map(String::as_str)) {
+            return refusal;
+        }
+        match self.rollouts.set_weights(service, Some(weights.clone())).await {
+            Ok(revision) => {
+                info!(%service, ?weights, "weights set through the admin API");
+                json_response(
+                    StatusCode::OK,
+                    &json!({"service": service, "weights": weights, "etcd_revision": revision}),
+                )
+            }
+            Err(Refused(code, why)) => error(status(code), why),
+        }
+    }
+
+    fn drain(&self, service: &str, body: &[u8]) -> Answer {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Drain {
+            url: String,
+        }
+        let d: Drain = match serde_json::from_slice(body) {
+            Ok(d) => d,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("body: {e}; expected {{\"url\": \"http://host:port\"}}"),
+                );
+            }
+        };
+        let snap = self.proxy.snapshot();
+        let Some(svc) = snap.services().find(|s| &*s.name == service) else {
+            return error(StatusCode::NOT_FOUND, format!("no service {service:?}"));
+        };
+        let wanted = d.url.trim_end_matches('/');
+        let Some(b) = svc.backends.iter().find(|b| b.key.url.to_string() == wanted) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("{wanted:?} is not a backend of {service}"),
+            );
+        };
+        b.drain("drained through the admin API");
+        info!(%service, backend = %wanted, "backend drained through the admin API");
+        json_response(
+            StatusCode::OK,
+            &json!({"service": service, "backend": wanted, "state": "draining"}),
+        )
+    }
+
+    /// Each service with versions: its weights and each version's figures since start.
+    fn versions(&self) -> Value {
+        let snap = self.proxy.snapshot();
+        let services: serde_json::Map<String, Value> = snap
+            .services()
+            .filter(|s| s.versions().next().is_some())
+            .map(|s| {
+                let versions: serde_json::Map<String, Value> = s
+                    .versions()
+                    .map(|(v, w)| {
+                        let f = self.proxy.version_stats(&s.name, v);
+                        (
+                            v.to_string(),
+                            json!({
+                                "weight": w,
+                                "requests": f.requests,
+                                "errors": f.errors,
+                                "error_rate": f.error_rate(),
+                                "p99_ms": f.quantile(0.99).map(|q| q * 1000.0),
+                            }),
+                        )
+                    })
+                    .collect();
+                (
+                    s.name.to_string(),
+                    json!({"versions": versions, "canary": s.spec.canary}),
+                )
+            })
+            .collect();
+        json!({"generation": snap.generation, "services": services})
     }
 
     /// The live routing table: routers in evaluation order per entrypoint is implied by their
@@ -166,6 +409,16 @@ impl Admin {
             "last_error": inner.last_error,
         })
     }
+}
+
+/// Compares without stopping at the first difference (the time does not tell a guesser how
+/// much of the token was right).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -107,6 +107,9 @@ pub async fn backends_and_config(shutdown: CancellationToken) -> std::io::Result
     let api1 = spawn("api-1", "v1", 0).await?;
     let api2 = spawn("api-2", "v1", 50).await?;
     let blog = spawn("blog-1", "v1", 0).await?;
+    let shop1 = spawn("shop-1", "v1", 0).await?;
+    let shop2 = spawn("shop-2", "v1", 0).await?;
+    let shop3 = spawn("shop-3", "v2", 0).await?;
     let text = format!(
         r#"
 [entrypoints.web]
@@ -135,6 +138,29 @@ service = "api"
 [routers.sticky]
 path_prefix = "/sticky"
 service = "sticky"
+
+# A canary: shop v2 takes 5% of the traffic. A user (cookie uid) stays on the version they got;
+# `X-Canary: always` or the cookie `version=v2` reaches v2 whatever the weights.
+[routers.shop]
+hosts = ["127.0.0.1", "localhost"]
+path_prefix = "/shop"
+service = "shop"
+
+[services.shop]
+versions = {{ v1 = 95, v2 = 5 }}
+backends = [
+  {{ url = "http://{shop1}", version = "v1" }},
+  {{ url = "http://{shop2}", version = "v1" }},
+  {{ url = "http://{shop3}", version = "v2" }},
+]
+
+[services.shop.canary]
+stable = "v1"
+sticky = "cookie:uid"
+overrides = [
+  {{ on = "header:X-Canary", value = "always", version = "v2" }},
+  {{ on = "cookie:version" }},
+]
 
 [services.web]
 backends = [

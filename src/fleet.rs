@@ -32,6 +32,13 @@ pub struct EtcdOptions {
     pub instance_id: Option<String>,
 }
 
+/// This instance's id in the fleet: `--instance-id`, or `<host name>-<admin port>`.
+pub fn instance_id(opts: &EtcdOptions, admin: SocketAddr) -> String {
+    opts.instance_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname(), admin.port()))
+}
+
 pub fn hostname() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()
 }
@@ -73,10 +80,7 @@ pub async fn publish_instance(
     admin: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let id = opts
-        .instance_id
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}", hostname(), admin.port()));
+    let id = instance_id(&opts, admin);
     let key = format!("{}instances/{id}", normalize_prefix(&opts.prefix));
     let started = now_unix();
     let value = || vec![(key.clone(), record(&id, &status, &entrypoints, admin, started))];

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod demo;
 pub mod fleet;
+pub mod rollout;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -44,6 +45,14 @@ pub struct Options {
     pub docker: Option<DockerFlags>,
     /// Follow an etcd prefix shared by a fleet of instances, and publish this instance there.
     pub etcd: Option<fleet::EtcdOptions>,
+    /// The bearer token admin writes require; default: `GANTRY_ADMIN_TOKEN`, then the file
+    /// named by `[admin] token_file`. Without one, admin writes are refused.
+    pub admin_token: Option<String>,
+    /// How often rollouts are judged (default 1 s).
+    pub rollout_tick: Option<Duration>,
+    /// With etcd: how long a dead driver keeps its rollouts before another instance takes
+    /// them over (default 5 s).
+    pub driver_ttl: Option<Duration>,
 }
 
 /// The `--docker*` flags; each one set overrides the config file's `[docker]` section.
@@ -265,7 +274,53 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         info!(endpoints = %e.endpoints.join(","), prefix = %source.prefix, "following etcd");
         tokio::spawn(source.run(updates_tx.clone(), shutdown.token()));
     }
+    let instance = match &opts.etcd {
+        Some(e) => fleet::instance_id(e, static_config.admin),
+        None => fleet::hostname(),
+    };
+    let backing = match &opts.etcd {
+        Some(e) => rollout::Backing::Etcd {
+            endpoints: e.endpoints.clone(),
+            prefix: gantry_discovery::etcd::normalize_prefix(&e.prefix),
+            lease_ttl: opts.driver_ttl.unwrap_or(Duration::from_secs(5)),
+        },
+        // The admin API's and rollouts' weights: the reconciler lives as long as they do.
+        None => rollout::Backing::Local(updates_tx.clone()),
+    };
     drop(updates_tx);
+    let rollouts = rollout::Rollouts::new(
+        proxy.clone(),
+        instance,
+        backing,
+        opts.rollout_tick.unwrap_or(Duration::from_secs(1)),
+        &registry,
+    )
+    .map_err(StartError::Metrics)?;
+    tokio::spawn(rollouts.clone().run(shutdown.token()));
+    for spec in static_config.rollouts.clone() {
+        let r = rollouts.clone();
+        tokio::spawn(async move {
+            let service = spec.service.clone();
+            if let Err(rollout::Refused(_, why)) = r.declare(spec).await {
+                warn!(%service, "rollout from the config file not started: {why}");
+            }
+        });
+    }
+    let admin_token = opts
+        .admin_token
+        .clone()
+        .or_else(|| std::env::var("GANTRY_ADMIN_TOKEN").ok())
+        .or_else(|| {
+            let f = static_config.admin_token_file.as_ref()?;
+            match std::fs::read_to_string(f) {
+                Ok(t) => Some(t.trim().to_string()),
+                Err(e) => {
+                    warn!(file = %f.display(), error = %e, "cannot read the admin token; admin writes are refused");
+                    None
+                }
+            }
+        })
+        .filter(|t| !t.is_empty());
 
     let mut entrypoints = Vec::new();
     for (i, (name, l)) in listeners.iter().enumerate() {
@@ -301,6 +356,8 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         proxy: proxy.clone(),
         status: status.clone(),
         registry,
+        rollouts,
+        token: admin_token,
     });
     tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
     if let Some(e) = opts.etcd.clone() {

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -65,6 +66,10 @@ enum Command {
         /// This instance's name under <prefix>instances/ (default: <host name>-<admin port>).
         #[arg(long)]
         instance_id: Option<String>,
+        /// With etcd: seconds a dead instance keeps driving its rollouts before another takes
+        /// them over.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        driver_ttl: u64,
     },
     /// Register a backend that is not a container in etcd, under a lease kept alive until this
     /// command is stopped (SIGTERM, SIGINT): then the backend is removed at once; if this
@@ -181,6 +186,17 @@ fn main() -> ExitCode {
     runtime.block_on(async_main(cli.command))
 }
 
+/// 128 random bits from the kernel, in hex.
+fn random_token() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
+        error!("cannot read /dev/urandom for the admin token: {e}");
+        std::process::exit(1);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 async fn async_main(command: Command) -> ExitCode {
     let backends_stop = CancellationToken::new();
     let (opts, demo) = match command {
@@ -192,10 +208,18 @@ async fn async_main(command: Command) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            // Writes through the demo's admin API (weights, rollouts) need a token: the one in
+            // GANTRY_ADMIN_TOKEN, or a fresh one shown here.
+            let token = std::env::var("GANTRY_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(random_token);
+            info!("admin writes: curl -H 'Authorization: Bearer {token}' ...");
             let opts = gantry::Options {
                 embedded: Some((embedded.static_config, embedded.state)),
                 listen: Some(listen),
                 admin: Some(admin),
+                admin_token: Some(token),
                 ..Default::default()
             };
             (opts, true)
@@ -210,6 +234,7 @@ async fn async_main(command: Command) -> ExitCode {
             etcd,
             etcd_prefix,
             instance_id,
+            driver_ttl,
         } => {
             let docker =
                 (docker.is_some() || docker_address.is_some() || docker_network.is_some()).then(|| {
@@ -230,6 +255,7 @@ async fn async_main(command: Command) -> ExitCode {
                         prefix: etcd_prefix,
                         instance_id,
                     }),
+                    driver_ttl: Some(Duration::from_secs(driver_ttl)),
                     ..Default::default()
                 },
                 false,

@@ -67,6 +67,16 @@ pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::E
     s.serialize_str(&format(*d))
 }
 
+/// `#[serde(with = "crate::duration::text")]`: a duration as users write it, both ways.
+pub mod text {
+    pub use super::serialize;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        super::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

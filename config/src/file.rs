@@ -13,10 +13,10 @@ use serde::Deserialize;
 
 use crate::error::Errors;
 use crate::model::{
-    Backend, BackendUrl, DEFAULT_ADMIN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_ENTRYPOINT, DEFAULT_LISTEN,
+    Backend, BackendUrl, Canary, DEFAULT_ADMIN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_ENTRYPOINT, DEFAULT_LISTEN,
     DEFAULT_MAX_BODY_BYTES, DesiredState, Entrypoint, EntrypointTls, HashOn, HeaderMatch, HealthCheck,
-    HostPattern, Limits, ListenerLimits, MAX_WEIGHT, Match, Outlier, PathMatch, Policy, Retries, Router,
-    Scheme, Service, StaticConfig, Timeouts, TlsVersion,
+    HostPattern, Limits, ListenerLimits, MAX_WEIGHT, Match, Outlier, Override, PathMatch, Policy, Retries,
+    Router, Scheme, Service, StaticConfig, Timeouts, TlsVersion,
 };
 use crate::size::FileSize;
 use crate::tls::{Certificate, TlsCertificates};
@@ -47,6 +47,8 @@ pub struct FileConfig {
     pub routers: BTreeMap<String, FileRouter>,
     #[serde(default)]
     pub services: BTreeMap<String, FileService>,
+    #[serde(default)]
+    pub rollouts: BTreeMap<String, crate::rollout::FileRollout>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +143,8 @@ pub struct FileCert {
 #[serde(deny_unknown_fields)]
 pub struct FileAdmin {
     pub address: Option<String>,
+    /// A file holding the bearer token that admin writes require.
+    pub token_file: Option<String>,
 }
 
 /// A router as written. Either `rule` (Traefik-style expression) or the structured fields.
@@ -176,6 +180,24 @@ pub struct FileService {
     pub slow_start: Option<String>,
     pub retries: Option<FileRetries>,
     pub versions: Option<BTreeMap<String, i64>>,
+    pub canary: Option<FileCanary>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCanary {
+    pub stable: Option<String>,
+    pub sticky: Option<String>,
+    #[serde(default)]
+    pub overrides: Vec<FileOverride>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOverride {
+    pub on: Option<String>,
+    pub value: Option<String>,
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -371,6 +393,17 @@ impl FileConfig {
             }
         };
 
+        let admin_token_file = self
+            .admin
+            .as_ref()
+            .and_then(|a| a.token_file.clone())
+            .map(std::path::PathBuf::from);
+        let mut rollouts = Vec::new();
+        for (service, r) in self.rollouts {
+            let field = format!("rollouts.{service}");
+            check_name(&mut errs, origin, &field, &service);
+            rollouts.extend(r.validate(&service, origin, &field, &mut errs));
+        }
         let mut state = match validate_state(self.routers, self.services, origin) {
             Ok(s) => s,
             Err(e) => {
@@ -385,6 +418,8 @@ impl FileConfig {
                 admin,
                 drain_timeout,
                 docker,
+                admin_token_file,
+                rollouts,
             },
             state,
         })
@@ -874,6 +909,9 @@ pub fn validate_service(
             Err(e) => errs.push(origin, format!("{field}.slow_start"), e),
         }
     }
+    if let Some(c) = s.canary {
+        service.canary = validate_canary(c, &service.versions, origin, &format!("{field}.canary"), errs);
+    }
     (errs.0.len() == before).then_some(service)
 }
 
@@ -917,6 +955,77 @@ pub fn validate_backend(b: FileBackend, origin: &str, field: &str, errs: &mut Er
         }),
         _ => None,
     }
+}
+
+/// The `canary` table of a service. Versions named here must be among `versions` when the
+/// service declares them (weights set from elsewhere may bring others).
+pub fn validate_canary(
+    c: FileCanary,
+    versions: &BTreeMap<String, u32>,
+    origin: &str,
+    field: &str,
+    errs: &mut Errors,
+) -> Canary {
+    let known = |v: &str, f: String, errs: &mut Errors| {
+        if let Err(e) = check_version(v) {
+            errs.push(origin, f, e);
+        } else if !versions.is_empty() && !versions.contains_key(v) {
+            errs.push(
+                origin,
+                f,
+                format!(
+                    "{v:?} is not one of the versions {:?}",
+                    versions.keys().collect::<Vec<_>>()
+                ),
+            );
+        }
+    };
+    let mut canary = Canary::default();
+    if let Some(v) = c.stable {
+        known(&v, format!("{field}.stable"), errs);
+        canary.stable = Some(v);
+    }
+    if let Some(s) = c.sticky {
+        match parse_hash_on(&s) {
+            Ok(on) => canary.sticky = Some(on),
+            Err(e) => errs.push(origin, format!("{field}.sticky"), e),
+        }
+    }
+    for (i, o) in c.overrides.into_iter().enumerate() {
+        let f = format!("{field}.overrides[{i}]");
+        let on = match o.on.as_deref().map(parse_hash_on) {
+            Some(Ok(HashOn::ClientIp)) => {
+                errs.push(
+                    origin,
+                    format!("{f}.on"),
+                    "an override matches \"header:NAME\" or \"cookie:NAME\"",
+                );
+                continue;
+            }
+            Some(Ok(on)) => on,
+            Some(Err(e)) => {
+                errs.push(origin, format!("{f}.on"), e);
+                continue;
+            }
+            None => {
+                errs.push(
+                    origin,
+                    format!("{f}.on"),
+                    "missing: \"header:NAME\" or \"cookie:NAME\"",
+                );
+                continue;
+            }
+        };
+        if let Some(v) = &o.version {
+            known(v, format!("{f}.version"), errs);
+        }
+        canary.overrides.push(Override {
+            on,
+            value: o.value,
+            version: o.version,
+        });
+    }
+    canary
 }
 
 pub fn check_version(v: &str) -> Result<(), String> {

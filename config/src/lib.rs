@@ -19,6 +19,7 @@ pub mod duration;
 pub mod error;
 pub mod file;
 pub mod model;
+pub mod rollout;
 pub mod routing;
 pub mod rule;
 pub mod size;
@@ -27,9 +28,9 @@ pub mod tls;
 
 pub use error::{ConfigError, Errors};
 pub use model::{
-    Backend, BackendUrl, DesiredState, DockerConfig, Entrypoint, EntrypointTls, HashOn, HeaderMatch,
-    HealthCheck, HostPattern, Limits, ListenerLimits, Match, Outlier, PathMatch, Policy, Retries, Router,
-    Scheme, Service, StaticConfig, Timeouts, TlsVersion,
+    Backend, BackendUrl, Canary, DesiredState, DockerConfig, Entrypoint, EntrypointTls, HashOn, HeaderMatch,
+    HealthCheck, HostPattern, Limits, ListenerLimits, Match, Outlier, Override, PathMatch, Policy, Retries,
+    Router, Scheme, Service, StaticConfig, Timeouts, TlsVersion,
 };
 pub use routing::{RequestView, Route, RoutingTable};
 pub use store::Store;

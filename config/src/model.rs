@@ -24,6 +24,12 @@ pub struct StaticConfig {
     /// The Docker source, when enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerConfig>,
+    /// The bearer token admin writes require is read from this file (or `GANTRY_ADMIN_TOKEN`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+    /// Rollouts declared in the file, started when Gantry starts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<crate::rollout::RolloutSpec>,
 }
 
 /// How Gantry follows a Docker engine.
@@ -78,6 +84,8 @@ impl Default for StaticConfig {
             admin: default_addr(DEFAULT_ADMIN),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             docker: None,
+            admin_token_file: None,
+            rollouts: Vec::new(),
         }
     }
 }
@@ -173,6 +181,10 @@ pub struct DesiredState {
     pub routers: BTreeMap<String, Router>,
     pub services: BTreeMap<String, Service>,
     pub tls: crate::tls::TlsCertificates,
+    /// Version weights set over a service whichever source declares it (etcd `weights/` keys,
+    /// the admin API, a rollout): service -> version -> weight. They replace the service's own
+    /// `versions` while set.
+    pub weights: BTreeMap<String, BTreeMap<String, u32>>,
 }
 
 /// A change to a desired state, by name: `Some` is the new value, `None` a removal. Sources that
@@ -184,11 +196,12 @@ pub struct Changes {
     pub services: BTreeMap<String, Option<Service>>,
     /// The new certificates, when they changed.
     pub tls: Option<crate::tls::TlsCertificates>,
+    pub weights: BTreeMap<String, Option<BTreeMap<String, u32>>>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.routers.is_empty() && self.services.is_empty() && self.tls.is_none()
+        self.routers.is_empty() && self.services.is_empty() && self.tls.is_none() && self.weights.is_empty()
     }
 
     /// Everything in `state`, as additions.
@@ -205,6 +218,11 @@ impl Changes {
                 .map(|(k, v)| (k.clone(), Some(v.clone())))
                 .collect(),
             tls: (state.tls != Default::default()).then(|| state.tls.clone()),
+            weights: state
+                .weights
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect(),
         }
     }
 
@@ -214,6 +232,7 @@ impl Changes {
             routers: diff(&old.routers, &new.routers),
             services: diff(&old.services, &new.services),
             tls: (old.tls != new.tls).then(|| new.tls.clone()),
+            weights: diff(&old.weights, &new.weights),
         }
     }
 
@@ -221,6 +240,7 @@ impl Changes {
     pub fn apply_to(&self, state: &mut DesiredState) {
         patch(&mut state.routers, &self.routers);
         patch(&mut state.services, &self.services);
+        patch(&mut state.weights, &self.weights);
         if let Some(tls) = &self.tls {
             state.tls = tls.clone();
         }
@@ -369,6 +389,48 @@ pub struct Service {
     /// and a backend's weight is its share within its version.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub versions: BTreeMap<String, u32>,
+    /// How requests are placed between versions beyond their weights.
+    #[serde(skip_serializing_if = "Canary::is_empty")]
+    pub canary: Canary,
+}
+
+/// How a service with versions places a request (see `docs/canary.md`).
+///
+/// Sticky assignment hashes a user key to a bucket in `0..10_000`; the versions own consecutive
+/// bucket ranges in a fixed order (every version but the stable one by name, newest name
+/// first, from bucket 0; the stable version last), each as wide as its share of the weight. A
+/// user is in the canary exactly when their bucket is below the canary's share, so raising the
+/// canary's weight only moves users from stable to canary, and every instance places a user the
+/// same way.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Canary {
+    /// The stable version (takes the top buckets); default: the first version by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stable: Option<String>,
+    /// The user key of sticky assignment; none: every request is placed by weight alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<HashOn>,
+    /// Rules that pin a request to a version, tried in order, before weights and stickiness.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<Override>,
+}
+
+impl Canary {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A request whose header or cookie `on` is present (and equals `value`, when set) goes to
+/// `version`; without `version`, the header's or cookie's value names the version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Override {
+    /// A header or a cookie (never `client_ip`).
+    pub on: HashOn,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 impl Service {
@@ -385,6 +447,7 @@ impl Service {
             slow_start: Duration::ZERO,
             retries: Retries::default(),
             versions: BTreeMap::new(),
+            canary: Canary::default(),
         }
     }
 }

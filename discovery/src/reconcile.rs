@@ -13,6 +13,9 @@ use tracing::{info, warn};
 /// router or service of the same name, the earlier one wins and the conflict is reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SourceId {
+    /// Weights set through the admin API or by a rollout on an instance without etcd. It only
+    /// ever sets weights (with etcd, those go to etcd instead, for the whole fleet).
+    Admin,
     /// The operator's file: wins every conflict.
     File,
     /// The fleet's shared configuration.
@@ -24,6 +27,7 @@ pub enum SourceId {
 impl SourceId {
     pub fn as_str(self) -> &'static str {
         match self {
+            SourceId::Admin => "admin",
             SourceId::File => "file",
             SourceId::Etcd => "etcd",
             SourceId::Docker => "docker",
@@ -216,7 +220,13 @@ impl Reconciler {
             .map(str::to_string)
             .collect();
         let routers: BTreeSet<&String> = changes.routers.keys().chain(&retry_routers).collect();
-        let services: BTreeSet<&String> = changes.services.keys().chain(&retry_services).collect();
+        // New weights change the service they apply to, whoever declares it.
+        let services: BTreeSet<&String> = changes
+            .services
+            .keys()
+            .chain(&retry_services)
+            .chain(changes.weights.keys())
+            .collect();
         for name in routers {
             let field = format!("routers.{name}");
             let (winner, value) = self.winner(
@@ -245,6 +255,12 @@ impl Reconciler {
                 &mut shadowed,
             );
             owners.insert(field, winner);
+            let value = value.map(|mut service| {
+                if let Some(w) = self.weights_of(src, &changes.weights, name) {
+                    service.versions = w.clone();
+                }
+                service
+            });
             if self.live.services.get(name.as_str()) != value.as_ref() {
                 merged.services.insert(name.clone(), value);
             }
@@ -389,6 +405,21 @@ impl Reconciler {
         self.report_warnings();
         self.sink.accepted(src, &update.origin, update.revision);
         outcome
+    }
+
+    /// The weights set over service `name`: the first source in precedence order that sets any,
+    /// counting the pending change of `src`.
+    fn weights_of<'a>(
+        &'a self,
+        src: SourceId,
+        pending: &'a BTreeMap<String, Option<BTreeMap<String, u32>>>,
+        name: &str,
+    ) -> Option<&'a BTreeMap<String, u32>> {
+        static NONE: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+        self.precedence(src).into_iter().find_map(|s| {
+            let own = self.sources.get(&s).map_or(&NONE, |st| &st.state.weights);
+            declared(own, (s == src).then_some(pending), name)
+        })
     }
 
     /// The sources in precedence order, counting `src` even before its first update.

@@ -204,7 +204,13 @@ impl BackendState {
     /// Requests already in flight finish on their connections, which are then closed.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
-        self.health.drain("removed from the routing table");
+        self.drain("removed from the routing table");
+    }
+
+    /// Sends no new requests to the backend and closes its idle connections; requests in flight
+    /// finish.
+    pub fn drain(&self, why: &str) {
+        self.health.drain(why);
         if let Ok(mut idle) = self.idle.lock() {
             idle.clear();
         }

@@ -133,6 +133,7 @@ impl Proxy {
 
         let pick_ctx = PickContext {
             hash: service.hash_of(req.headers(), conn.client_ip),
+            placement: service.place(req.headers(), conn.client_ip),
             now: start,
         };
         let Some(mut pick) = service.pick(&pick_ctx, &[]) else {
@@ -225,7 +226,9 @@ impl Proxy {
                         backend.observe_latency(now - attempt_start, now);
                         let status = resp.status().as_u16();
                         counters.inc(status);
-                        route_rt.histogram.observe((now - start).as_secs_f64());
+                        let elapsed = (now - start).as_secs_f64();
+                        route_rt.histogram.observe(elapsed);
+                        service.observe_version(backend_idx, status, elapsed);
                         if status >= 500 {
                             self.backend_failed(backend, service);
                         } else {
@@ -294,7 +297,8 @@ impl Proxy {
                     pick = p;
                 }
                 _ => {
-                    route_rt.histogram.observe(start.elapsed().as_secs_f64());
+                    let elapsed = start.elapsed().as_secs_f64();
+                    route_rt.histogram.observe(elapsed);
                     // With every backend unhealthy (panic), or every backend tried unreachable, the
                     // service is down: that is a 503, not one backend's bad answer.
                     let unreachable = only_connect_failures && attempts > 1;
@@ -303,6 +307,7 @@ impl Proxy {
                     } else {
                         failure.error
                     };
+                    service.observe_version(pick.index, error.status().as_u16(), elapsed);
                     return self.fail(&error, request_id);
                 }
             }

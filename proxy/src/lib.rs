@@ -100,6 +100,18 @@ impl Proxy {
         self.checkers
             .update(&d.old_services, &d.new_services, &self.metrics);
         let services: HashSet<&str> = d.new_services.iter().map(|s| &*s.name).collect();
+        let versions: HashSet<(&str, &str)> = d
+            .new_services
+            .iter()
+            .flat_map(|s| s.versions().map(|(v, _)| (&*s.name, v)))
+            .collect();
+        for s in &d.old_services {
+            for (v, _) in s.versions() {
+                if !versions.contains(&(&*s.name, v)) {
+                    self.metrics.forget_version(&s.name, v);
+                }
+            }
+        }
         self.services.forget(
             d.old_services
                 .iter()
@@ -147,6 +159,11 @@ impl Proxy {
 
     pub fn entrypoint_name(&self, i: usize) -> &str {
         self.entrypoints.get(i).map_or("", String::as_str)
+    }
+
+    /// What one version of a service has answered so far (for rollout gates and the admin API).
+    pub fn version_stats(&self, service: &str, version: &str) -> metrics::VersionStats {
+        self.metrics.version_stats(service, version)
     }
 
     pub fn backends(&self) -> Vec<Arc<BackendState>> {

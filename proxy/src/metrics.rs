@@ -23,7 +23,17 @@ pub struct Metrics {
     pub ejections: IntCounterVec,
     pub retries: IntCounterVec,
     pub circuit_breaker: IntCounterVec,
+    /// Per service and version: what rollouts gate on.
+    pub version_requests: IntCounterVec,
+    pub version_duration: HistogramVec,
 }
+
+/// Latency buckets of the per-version histogram: fine below 100 ms, where canary gates compare
+/// p99s.
+pub const VERSION_BUCKETS: [f64; 22] = [
+    0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.035, 0.05,
+    0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
+];
 
 impl Metrics {
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
@@ -108,6 +118,23 @@ impl Metrics {
             ),
             &["service", "scope"],
         )?;
+        let version_requests = IntCounterVec::new(
+            Opts::new(
+                "gantry_version_requests_total",
+                "Requests answered by each version of a service, by status class (5xx includes Gantry's own 502/503/504).",
+            ),
+            &["service", "version", "code"],
+        )?;
+        let version_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gantry_version_request_duration_seconds",
+                "Time from a request's arrival to its response head, by service and version.",
+            )
+            .buckets(VERSION_BUCKETS.to_vec()),
+            &["service", "version"],
+        )?;
+        registry.register(Box::new(version_requests.clone()))?;
+        registry.register(Box::new(version_duration.clone()))?;
         for c in [&health_checks, &ejections, &retries, &circuit_breaker] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -132,7 +159,44 @@ impl Metrics {
             ejections,
             retries,
             circuit_breaker,
+            version_requests,
+            version_duration,
         })
+    }
+
+    pub fn version(&self, service: &str, version: &str) -> VersionMetrics {
+        VersionMetrics {
+            requests: ClassCounters(
+                CLASSES.map(|c| self.version_requests.with_label_values(&[service, version, c])),
+            ),
+            latency: self.version_duration.with_label_values(&[service, version]),
+        }
+    }
+
+    /// What one version of a service has answered since Gantry started.
+    pub fn version_stats(&self, service: &str, version: &str) -> VersionStats {
+        let m = self.version(service, version);
+        let class = |i: usize| m.requests.0[i].get();
+        let requests = (0..CLASSES.len()).map(class).sum();
+        let h = prometheus::core::Metric::metric(&m.latency);
+        let buckets = h
+            .get_histogram()
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .collect();
+        VersionStats {
+            requests,
+            errors: class(4),
+            buckets,
+        }
+    }
+
+    pub fn forget_version(&self, service: &str, version: &str) {
+        for c in CLASSES {
+            let _ = self.version_requests.remove_label_values(&[service, version, c]);
+        }
+        let _ = self.version_duration.remove_label_values(&[service, version]);
     }
 
     pub fn class_counters(&self, router: &str, service: &str, backend: &str) -> ClassCounters {
@@ -179,6 +243,79 @@ impl Metrics {
 /// One counter per status class for one (router, service, backend).
 #[derive(Clone, Debug)]
 pub struct ClassCounters([IntCounter; 5]);
+
+/// The metric handles of one version of a service.
+#[derive(Clone, Debug)]
+pub struct VersionMetrics {
+    pub requests: ClassCounters,
+    pub latency: Histogram,
+}
+
+impl VersionMetrics {
+    pub fn observe(&self, status: u16, seconds: f64) {
+        self.requests.inc(status);
+        self.latency.observe(seconds);
+    }
+}
+
+/// Counters of one version at one moment; two of them make a window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VersionStats {
+    pub requests: u64,
+    /// Answers with a 5xx status (the backend's, or Gantry's 502/503/504).
+    pub errors: u64,
+    /// Cumulative latency buckets: (upper bound in seconds, requests at or below it).
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl VersionStats {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &VersionStats) -> VersionStats {
+        VersionStats {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            buckets: self
+                .buckets
+                .iter()
+                .enumerate()
+                .map(|(i, &(le, n))| (le, n.saturating_sub(earlier.buckets.get(i).map_or(0, |b| b.1))))
+                .collect(),
+        }
+    }
+
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+
+    /// The `q` quantile of latency in seconds, interpolated within its bucket as Prometheus'
+    /// `histogram_quantile` does; `None` without observations.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.buckets.last()?.1;
+        if total == 0 {
+            return None;
+        }
+        let rank = q * total as f64;
+        let mut lower = (0.0, 0u64);
+        for &(le, n) in &self.buckets {
+            if n as f64 >= rank {
+                let within = (n - lower.1) as f64;
+                let frac = if within > 0.0 {
+                    (rank - lower.1 as f64) / within
+                } else {
+                    1.0
+                };
+                return Some(lower.0 + (le - lower.0) * frac.clamp(0.0, 1.0));
+            }
+            lower = (le, n);
+        }
+        // Above the last bucket: report its bound (the histogram cannot say more).
+        Some(lower.0)
+    }
+}
 
 impl ClassCounters {
     #[inline]

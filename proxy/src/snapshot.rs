@@ -13,7 +13,7 @@ use prometheus::Histogram;
 
 use crate::backend::{BackendKey, BackendRegistry, BackendState};
 use crate::balance::{self, Ring, SmoothWrr};
-use crate::metrics::{ClassCounters, Metrics};
+use crate::metrics::{ClassCounters, Metrics, VersionMetrics};
 use crate::service::{ServiceRegistry, ServiceState};
 
 /// Per-route and per-service runtime state, by the ids of the table (persistent vectors: the
@@ -50,6 +50,26 @@ pub struct ServiceRuntime {
     groups: Vec<Group>,
     /// Chooses the version, by version weight.
     version_rr: SmoothWrr,
+    /// The group of each backend (same order as `backends`).
+    group_of: Vec<usize>,
+    /// Sticky assignment: the bucket ranges of the groups, as (end, group), in bucket order.
+    cuts: Vec<(u32, usize)>,
+}
+
+/// Sticky assignment hashes a user into one of this many buckets.
+pub const BUCKETS: u32 = 10_000;
+
+/// Where a request goes between the versions of a service, decided once per request (retries
+/// stay with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// By version weight, request by request.
+    Weighted,
+    /// An override pinned the request to this group: no other version takes it.
+    Pinned(usize),
+    /// The user's bucket falls in this group; when it has no backend to take the request, the
+    /// request is placed by weight instead.
+    Sticky(usize),
 }
 
 /// The backends of one version and how to balance among them.
@@ -60,6 +80,8 @@ struct Group {
     /// Indexes into `backends`.
     members: Vec<usize>,
     lb: Lb,
+    /// Per-version metric handles (only when the service has versions).
+    metrics: Option<VersionMetrics>,
 }
 
 #[derive(Debug)]
@@ -74,6 +96,7 @@ enum Lb {
 pub struct PickContext {
     /// The hash of the request's key, for hash policies (see [`ServiceRuntime::hash_of`]).
     pub hash: Option<u64>,
+    pub placement: Placement,
     pub now: Instant,
 }
 
@@ -130,6 +153,7 @@ impl ServiceRuntime {
                 )),
             };
             Group {
+                metrics: version.as_deref().map(|v| metrics.version(&name, v)),
                 version,
                 weight,
                 members,
@@ -154,6 +178,13 @@ impl ServiceRuntime {
             _ => None,
         };
         let version_rr = SmoothWrr::new(groups.len());
+        let mut group_of = vec![0; backends.len()];
+        for (g, group) in groups.iter().enumerate() {
+            for &i in &group.members {
+                group_of[i] = g;
+            }
+        }
+        let cuts = sticky_cuts(&groups, spec.canary.stable.as_deref());
         Self {
             name,
             spec,
@@ -162,6 +193,67 @@ impl ServiceRuntime {
             hash_on,
             groups,
             version_rr,
+            group_of,
+            cuts,
+        }
+    }
+
+    /// Where a request goes between versions: the first override that matches pins it; else
+    /// the user's sticky bucket places it; else weights do, request by request.
+    pub fn place(&self, headers: &HeaderMap, client_ip: IpAddr) -> Placement {
+        if self.groups.len() < 2 {
+            return Placement::Weighted;
+        }
+        let canary = &self.spec.canary;
+        for o in &canary.overrides {
+            let found = match &o.on {
+                HashOn::Header(h) => headers.get(h).map(|v| v.as_bytes()),
+                HashOn::Cookie(c) => cookie(headers, c),
+                HashOn::ClientIp => None,
+            };
+            let Some(found) = found else { continue };
+            if o.value.as_ref().is_some_and(|v| v.as_bytes() != found) {
+                continue;
+            }
+            let wanted = o.version.as_ref().map_or(found, |v| v.as_bytes());
+            if let Some(g) = self
+                .groups
+                .iter()
+                .position(|g| g.version.as_deref().map(str::as_bytes) == Some(wanted))
+            {
+                return Placement::Pinned(g);
+            }
+        }
+        match canary
+            .sticky
+            .as_ref()
+            .and_then(|on| hash_input(on, headers, client_ip))
+        {
+            Some(h) => self
+                .sticky_group(bucket(h))
+                .map_or(Placement::Weighted, Placement::Sticky),
+            None => Placement::Weighted,
+        }
+    }
+
+    /// The group owning sticky bucket `b`.
+    pub fn sticky_group(&self, b: u32) -> Option<usize> {
+        self.cuts.iter().find(|(end, _)| b < *end).map(|&(_, g)| g)
+    }
+
+    /// The version of group `g`.
+    pub fn version_name(&self, g: usize) -> Option<&str> {
+        self.groups.get(g).and_then(|g| g.version.as_deref())
+    }
+
+    /// Counts a request's answer against the version of the backend that gave it.
+    pub fn observe_version(&self, backend: usize, status: u16, seconds: f64) {
+        if let Some(m) = self
+            .group_of
+            .get(backend)
+            .and_then(|&g| self.groups[g].metrics.as_ref())
+        {
+            m.observe(status, seconds);
         }
     }
 
@@ -207,17 +299,15 @@ impl ServiceRuntime {
             }
             ((f64::from(w) * WEIGHT_SCALE * b.health.weight_factor(now)) as u32).max(1)
         };
-        let group = match self.groups.len() {
-            1 => &self.groups[0],
+        let available = |g: usize| self.groups[g].members.iter().any(|&i| weight(i) > 0);
+        let group = match (self.groups.len(), ctx.placement) {
+            (1, _) => &self.groups[0],
+            (_, Placement::Pinned(g)) => self.groups.get(g)?,
+            (_, Placement::Sticky(g)) if g < self.groups.len() && available(g) => &self.groups[g],
             _ => {
-                let g = self.version_rr.pick(|g| {
-                    let grp = &self.groups[g];
-                    if grp.members.iter().any(|&i| weight(i) > 0) {
-                        grp.weight
-                    } else {
-                        0
-                    }
-                })?;
+                let g = self
+                    .version_rr
+                    .pick(|g| if available(g) { self.groups[g].weight } else { 0 })?;
                 &self.groups[g]
             }
         };
@@ -251,6 +341,33 @@ impl ServiceRuntime {
             panic,
         })
     }
+}
+
+/// A user's sticky bucket.
+pub fn bucket(hash: u64) -> u32 {
+    (hash % u64::from(BUCKETS)) as u32
+}
+
+/// The sticky bucket ranges: every version but the stable one, newest name first, from bucket
+/// 0, each as wide as its share of the weight; the stable version (named, or else the first by
+/// name) takes the rest. The order does not depend on weights, so raising a canary's weight
+/// only widens its range into stable's.
+fn sticky_cuts(groups: &[Group], stable: Option<&str>) -> Vec<(u32, usize)> {
+    let total: u64 = groups.iter().map(|g| u64::from(g.weight)).sum();
+    if groups.len() < 2 || total == 0 {
+        return Vec::new();
+    }
+    let stable = stable
+        .and_then(|s| groups.iter().position(|g| g.version.as_deref() == Some(s)))
+        .unwrap_or(0);
+    let mut cuts = Vec::with_capacity(groups.len());
+    let mut acc = 0u64;
+    for g in (0..groups.len()).rev().filter(|&g| g != stable) {
+        acc += u64::from(groups[g].weight);
+        cuts.push(((acc * u64::from(BUCKETS) / total) as u32, g));
+    }
+    cuts.push((BUCKETS, stable));
+    cuts
 }
 
 fn hash_input(on: &HashOn, headers: &HeaderMap, client_ip: IpAddr) -> Option<u64> {
@@ -426,5 +543,54 @@ mod tests {
         assert_eq!(cookie(&h, "sid"), Some(&b"abc"[..]));
         assert_eq!(cookie(&h, "other"), Some(&b"3"[..]));
         assert_eq!(cookie(&h, "id"), None);
+    }
+
+    fn groups(weights: &[(&str, u32)]) -> Vec<Group> {
+        weights
+            .iter()
+            .map(|&(v, w)| Group {
+                version: Some(Arc::from(v)),
+                weight: w,
+                members: Vec::new(),
+                lb: Lb::LeastRequest,
+                metrics: None,
+            })
+            .collect()
+    }
+
+    fn owner(cuts: &[(u32, usize)], b: u32) -> usize {
+        cuts.iter().find(|(end, _)| b < *end).unwrap().1
+    }
+
+    #[test]
+    fn raising_the_canary_only_moves_users_from_stable_to_canary() {
+        let users: Vec<u32> = (0..10_000u32)
+            .map(|u| bucket(balance::hash_key(&u.to_le_bytes())))
+            .collect();
+        let mut was: Option<Vec<usize>> = None;
+        for canary in [0, 10, 25, 50, 90, 100] {
+            let cuts = sticky_cuts(&groups(&[("v1", 100 - canary), ("v2", canary)]), None);
+            let now: Vec<usize> = users.iter().map(|&b| owner(&cuts, b)).collect();
+            let share = now.iter().filter(|&&g| g == 1).count() as f64 / users.len() as f64;
+            assert!(
+                (share - f64::from(canary) / 100.0).abs() < 0.02,
+                "{canary}%: {share}"
+            );
+            if let Some(was) = &was {
+                assert!(
+                    was.iter().zip(&now).all(|(&a, &b)| !(a == 1 && b == 0)),
+                    "a user left the canary at {canary}%"
+                );
+            }
+            was = Some(now);
+        }
+    }
+
+    #[test]
+    fn the_stable_version_takes_the_top_buckets_whatever_its_name() {
+        let cuts = sticky_cuts(&groups(&[("blue", 90), ("green", 10)]), Some("green"));
+        assert_eq!(cuts, vec![(9_000, 0), (BUCKETS, 1)]);
+        let cuts = sticky_cuts(&groups(&[("a", 50), ("b", 25), ("c", 25)]), None);
+        assert_eq!(cuts, vec![(2_500, 2), (5_000, 1), (BUCKETS, 0)]);
     }
 }

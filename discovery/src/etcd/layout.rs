@@ -10,8 +10,9 @@
 //! <prefix>rollouts/..., scaling/... reserved for rollouts and scaling decisions
 //! ```
 //!
-//! A service exists when it has a `services/` key, a backend, weights, or a router naming it;
-//! without a `services/` key it has the defaults. A bad key (invalid JSON, an unknown field, a
+//! A service exists when it has a `services/` key, a backend, or a router naming it; without a
+//! `services/` key it has the defaults. `weights/<service>` applies to the service whichever
+//! source declares it (the file, Docker or etcd): it is how a fleet moves a canary's weight. A bad key (invalid JSON, an unknown field, a
 //! value out of range, a key outside this layout) is reported with its key and revision; a bad
 //! value put on a key that had a good one leaves the good one in place, so that a typo never
 //! takes anything down. Every other key still counts.
@@ -128,10 +129,21 @@ impl Layout {
     pub fn apply<'a>(&mut self, events: impl IntoIterator<Item = (&'a str, Option<Entry>)>) -> Changes {
         let mut routers = BTreeSet::new();
         let mut services = BTreeSet::new();
+        let mut weights = BTreeSet::new();
         for (key, entry) in events {
-            self.set(key, entry.as_ref(), &mut routers, &mut services);
+            self.set(key, entry.as_ref(), &mut routers, &mut services, &mut weights);
         }
         let mut changes = Changes::default();
+        for name in weights {
+            let new = self.weights.get(&name).map(|(w, _)| w);
+            if self.state.weights.get(&name) != new {
+                changes.weights.insert(name.clone(), new.cloned());
+                match new {
+                    Some(w) => self.state.weights.insert(name, w.clone()),
+                    None => self.state.weights.remove(&name),
+                };
+            }
+        }
         for name in routers {
             let new = self.routers.get(&name);
             if self.state.routers.get(&name) != new {
@@ -161,6 +173,7 @@ impl Layout {
         entry: Option<&Entry>,
         routers: &mut BTreeSet<String>,
         services: &mut BTreeSet<String>,
+        weights: &mut BTreeSet<String>,
     ) {
         let kind = kind(&self.prefix, key);
         if kind == Kind::Ignored {
@@ -241,7 +254,7 @@ impl Layout {
                         self.weights.insert(service.clone(), (versions, o));
                     }
                 }
-                services.insert(service);
+                weights.insert(service);
             }
             (Kind::Stray, Some(_)) => problems.push(
                 &o,
@@ -278,9 +291,8 @@ impl Layout {
     /// Service `name` from its keys, or `None` when nothing declares or names it.
     fn assemble(&mut self, name: &str) -> Option<Service> {
         let backends = self.backends.get(name);
-        let weights = self.weights.get(name);
         let settings = self.settings.get(name);
-        if settings.is_none() && backends.is_none() && weights.is_none() && !self.named.contains_key(name) {
+        if settings.is_none() && backends.is_none() && !self.named.contains_key(name) {
             self.service_problems.remove(name);
             return None;
         }
@@ -289,9 +301,6 @@ impl Layout {
             Some((s, _)) => s.clone(),
             None => validate_service(FileService::default(), "", "", name, &mut problems)?,
         };
-        if let Some((w, _)) = weights {
-            service.versions = w.clone();
-        }
         // In URL order, so that the result does not depend on the ids.
         let mut registered: Vec<&(Backend, String)> = backends.into_iter().flat_map(|m| m.values()).collect();
         registered.sort_by(|a, b| a.0.url.cmp(&b.0.url));
@@ -442,8 +451,10 @@ mod tests {
         assert!(problems.is_empty(), "{problems}");
         let api = &s.services["api"];
         assert_eq!(api.backends.len(), 2);
+        // Weights are set over the service, whichever source declares it.
+        assert!(api.versions.is_empty());
         assert_eq!(
-            api.versions,
+            s.weights["api"],
             [("v1".to_string(), 95), ("v2".to_string(), 5)].into()
         );
         assert_eq!(api.timeouts.connect, std::time::Duration::from_secs(1));
@@ -559,8 +570,8 @@ mod tests {
         );
         assert_eq!(l.desired().services["a"].backends[0].weight, 5);
         assert!(l.warnings().is_empty());
-        // Weights name versions the backends must have.
-        put(&mut l, "/g/weights/a", r#"{"v1": 100}"#, 5);
+        // Versions declared with the service are versions its backends must have.
+        put(&mut l, "/g/services/a", r#"{"versions": {"v1": 100}}"#, 5);
         assert!(l.desired().services["a"].backends.is_empty());
         assert!(
             l.warnings()

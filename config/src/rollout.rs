@@ -1,0 +1,194 @@
+//! Progressive rollouts as declared: in the file (`[rollouts.<service>]`), in etcd
+//! (`<prefix>rollouts/<service>/spec`) or through the admin API. One raw type for all three, so
+//! the same mistakes get the same messages wherever they are made.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Errors;
+use crate::file::check_version;
+
+/// A rollout as written (TOML or JSON).
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRollout {
+    pub stable: Option<String>,
+    pub canary: Option<String>,
+    /// Canary shares in percent, increasing; the last is normally 100.
+    pub steps: Option<Vec<i64>>,
+    pub step_time: Option<String>,
+    pub min_requests: Option<i64>,
+    /// The canary's highest acceptable error rate (5xx and failed requests / requests), 0..=1.
+    pub max_error_rate: Option<f64>,
+    /// The canary's p99 latency may be at most this many times stable's...
+    pub max_p99_ratio: Option<f64>,
+    /// ...plus this much (so that sub-millisecond noise does not fail a gate).
+    pub p99_slack: Option<String>,
+}
+
+/// A validated rollout: move `service` from `stable` to `canary` step by step while the canary's
+/// figures, as Gantry measures them, hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutSpec {
+    pub service: String,
+    pub stable: String,
+    pub canary: String,
+    pub steps: Vec<u32>,
+    #[serde(with = "crate::duration::text")]
+    pub step_time: Duration,
+    pub min_requests: u64,
+    pub max_error_rate: f64,
+    pub max_p99_ratio: f64,
+    #[serde(with = "crate::duration::text")]
+    pub p99_slack: Duration,
+}
+
+// Validation keeps the rates finite (never NaN), so equality is an equivalence.
+impl Eq for RolloutSpec {}
+
+pub const DEFAULT_STEPS: [u32; 5] = [5, 10, 25, 50, 100];
+
+impl FileRollout {
+    /// Validates a rollout of `service`; errors name `origin` and `field.<name>`.
+    pub fn validate(
+        self,
+        service: &str,
+        origin: &str,
+        field: &str,
+        errs: &mut Errors,
+    ) -> Option<RolloutSpec> {
+        let before = errs.0.len();
+        let mut version = |v: Option<String>, name: &str| match v {
+            Some(v) => {
+                if let Err(e) = check_version(&v) {
+                    errs.push(origin, format!("{field}.{name}"), e);
+                }
+                v
+            }
+            None => {
+                errs.push(origin, format!("{field}.{name}"), "missing: the version's name");
+                String::new()
+            }
+        };
+        let stable = version(self.stable, "stable");
+        let canary = version(self.canary, "canary");
+        if !stable.is_empty() && stable == canary {
+            errs.push(origin, format!("{field}.canary"), "must differ from stable");
+        }
+        let steps: Vec<u32> = match self.steps {
+            None => DEFAULT_STEPS.to_vec(),
+            Some(s) => {
+                let mut out = Vec::new();
+                for (i, p) in s.into_iter().enumerate() {
+                    match u32::try_from(p) {
+                        Ok(p) if (1..=100).contains(&p) && out.last().is_none_or(|&l| p > l) => out.push(p),
+                        _ => errs.push(
+                            origin,
+                            format!("{field}.steps[{i}]"),
+                            format!("{p}: steps are percentages 1..=100, each above the one before"),
+                        ),
+                    }
+                }
+                if out.is_empty() && errs.0.len() == before {
+                    errs.push(origin, format!("{field}.steps"), "needs at least one step");
+                }
+                out
+            }
+        };
+        let mut duration = |v: Option<String>, name: &str, default: Duration| match v {
+            None => default,
+            Some(t) => crate::duration::parse(&t).unwrap_or_else(|e| {
+                errs.push(origin, format!("{field}.{name}"), e);
+                default
+            }),
+        };
+        let step_time = duration(self.step_time, "step_time", Duration::from_secs(60));
+        let p99_slack = duration(self.p99_slack, "p99_slack", Duration::from_millis(5));
+        if step_time.is_zero() {
+            errs.push(origin, format!("{field}.step_time"), "must be above zero");
+        }
+        let min_requests = match self.min_requests {
+            None => 100,
+            Some(n) => u64::try_from(n).unwrap_or_else(|_| {
+                errs.push(
+                    origin,
+                    format!("{field}.min_requests"),
+                    format!("{n} is negative"),
+                );
+                0
+            }),
+        };
+        let max_error_rate = self.max_error_rate.unwrap_or(0.01);
+        if !(0.0..=1.0).contains(&max_error_rate) {
+            errs.push(
+                origin,
+                format!("{field}.max_error_rate"),
+                format!("{max_error_rate} is not a rate in 0..=1"),
+            );
+        }
+        let max_p99_ratio = self.max_p99_ratio.unwrap_or(1.5);
+        if !(max_p99_ratio.is_finite() && max_p99_ratio >= 1.0) {
+            errs.push(
+                origin,
+                format!("{field}.max_p99_ratio"),
+                format!("{max_p99_ratio} must be at least 1"),
+            );
+        }
+        (errs.0.len() == before).then(|| RolloutSpec {
+            service: service.to_string(),
+            stable,
+            canary,
+            steps,
+            step_time,
+            min_requests,
+            max_error_rate,
+            max_p99_ratio,
+            p99_slack,
+        })
+    }
+}
+
+impl RolloutSpec {
+    /// Parses a JSON rollout (etcd, admin API).
+    pub fn from_json(service: &str, bytes: &[u8], origin: &str) -> Result<Self, Errors> {
+        let mut errs = Errors::new();
+        let raw: FileRollout = match serde_json::from_slice(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                errs.push(origin, "body", e.to_string());
+                return Err(errs);
+            }
+        };
+        match raw.validate(service, origin, "rollout", &mut errs) {
+            Some(s) if errs.is_empty() => Ok(s),
+            _ => Err(errs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors_name_the_field() {
+        let ok = RolloutSpec::from_json("web", br#"{"stable": "v1", "canary": "v2"}"#, "test").unwrap();
+        assert_eq!(ok.steps, DEFAULT_STEPS);
+        assert_eq!(ok.step_time, Duration::from_secs(60));
+        let e = RolloutSpec::from_json(
+            "web",
+            br#"{"stable": "v1", "canary": "v1", "steps": [10, 5], "max_error_rate": 2}"#,
+            "test",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rollout.canary"), "{e}");
+        assert!(e.contains("rollout.steps[1]"), "{e}");
+        assert!(e.contains("rollout.max_error_rate"), "{e}");
+        let e = RolloutSpec::from_json("web", br#"{"stable": "v1", "canary": "v2", "speed": 3}"#, "test")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `speed`"), "{e}");
+    }
+}
