@@ -201,6 +201,15 @@ Try:
   curl -s -H 'X-User: alice' http://{proxy}/sticky
   # no route for this host -> 404 from Gantry
   curl -s -H 'Host: nowhere.invalid' http://{proxy}/
+  # a canary: /shop is 95% v1, 5% v2; a tester pins v2, a user (cookie uid) stays put
+  for i in $(seq 20); do curl -s http://{proxy}/shop/; done | sort | uniq -c
+  curl -s -H 'X-Canary: always' http://{proxy}/shop/
+  curl -s -b uid=alice http://{proxy}/shop/
+  # a progressive rollout of v2, gated on Gantry's own figures (token: see the log line above)
+  curl -s -H "Authorization: Bearer $TOKEN" -X POST http://{admin}/api/v1/rollouts/shop \
+       -d '{{"stable": "v1", "canary": "v2", "steps": [10, 50, 100], "step_time": "5s", "min_requests": 20}}'
+  for i in $(seq 400); do curl -s http://{proxy}/shop/ >/dev/null; sleep 0.05; done
+  curl -s http://{admin}/api/v1/rollouts
   # the live routing table and metrics
   curl -s http://{admin}/api/v1/routes
   curl -s http://{admin}/metrics | grep gantry_requests_total

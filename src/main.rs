@@ -214,7 +214,7 @@ async fn async_main(command: Command) -> ExitCode {
                 .ok()
                 .filter(|t| !t.is_empty())
                 .unwrap_or_else(random_token);
-            info!("admin writes: curl -H 'Authorization: Bearer {token}' ...");
+            info!("admin writes: TOKEN={token}; curl -H \"Authorization: Bearer $TOKEN\" ...");
             let opts = gantry::Options {
                 embedded: Some((embedded.static_config, embedded.state)),
                 listen: Some(listen),

@@ -596,6 +596,52 @@ mod tests {
         assert_eq!(rec.published.lock().unwrap().len(), 1);
     }
 
+    #[test]
+    fn weights_apply_over_the_service_whoever_declares_it_and_admin_wins_over_etcd() {
+        let rec = Arc::new(Recorder::default());
+        let mut r = Reconciler::new(vec!["web".into()], rec.clone());
+        let v = "[routers.r]\npath = \"/a\"\nservice = \"s\"\n[services.s]\nversions = { v1 = 90, v2 = 10 }\nbackends = [{ url = \"http://127.0.0.1:1\", version = \"v1\" }, { url = \"http://127.0.0.1:2\", version = \"v2\" }]\n";
+        r.apply(from(SourceId::Docker, "docker", v));
+        let versions = |rec: &Recorder| {
+            let p = rec.published.lock().unwrap();
+            let t = p.last().unwrap();
+            t.services()
+                .find(|s| &*s.name == "s")
+                .unwrap()
+                .spec
+                .versions
+                .clone()
+        };
+        let w = |a: u32, b: u32| BTreeMap::from([("v1".to_string(), a), ("v2".to_string(), b)]);
+        assert_eq!(versions(&rec), w(90, 10));
+        let mut etcd = Changes::default();
+        etcd.weights.insert("s".into(), Some(w(50, 50)));
+        assert!(matches!(
+            r.apply(changed(SourceId::Etcd, etcd)),
+            Outcome::Published(_)
+        ));
+        assert_eq!(versions(&rec), w(50, 50));
+        let mut admin = Changes::default();
+        admin.weights.insert("s".into(), Some(w(0, 100)));
+        r.apply(changed(SourceId::Admin, admin.clone()));
+        assert_eq!(versions(&rec), w(0, 100));
+        // The service changes underneath: the weights stay over it.
+        r.apply(from(
+            SourceId::Docker,
+            "docker",
+            &v.replace("path = \"/a\"", "path = \"/b\""),
+        ));
+        assert_eq!(versions(&rec), w(0, 100));
+        // Lifted weights give way to the next source's, then to the declared ones.
+        admin.weights.insert("s".into(), None);
+        r.apply(changed(SourceId::Admin, admin));
+        assert_eq!(versions(&rec), w(50, 50));
+        let mut etcd = Changes::default();
+        etcd.weights.insert("s".into(), None);
+        r.apply(changed(SourceId::Etcd, etcd));
+        assert_eq!(versions(&rec), w(90, 10));
+    }
+
     const SVC_T: &str = "[services.t]\nbackends = [{ url = \"http://127.0.0.1:2\" }]\n";
 
     #[test]

@@ -13,6 +13,7 @@ mod support;
 
 mod admin_api;
 mod balancing;
+mod canary;
 mod cli;
 mod docker;
 mod errors;

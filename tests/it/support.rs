@@ -56,6 +56,8 @@ pub enum Behavior {
     Stream(u64),
     /// Answers with this status.
     Status(u16),
+    /// Answers 500 to every n-th request, 200 with its name to the others.
+    FailOneIn(u64),
     /// Reads the whole request body, then drops the connection without answering (a backend
     /// that dies mid-request).
     CloseAfterBody,
@@ -180,6 +182,13 @@ impl Backend {
             }
             Behavior::Stream(n) => Response::new(TestBody::zeros(n)),
             Behavior::CloseAfterBody => unreachable!("handled in serve"),
+            Behavior::FailOneIn(n) => {
+                let mut r = Response::new(TestBody::full(self.name.clone()));
+                if self.requests() % n == 0 {
+                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                r
+            }
             Behavior::Status(s) => {
                 let mut r = Response::new(TestBody::full(self.name.clone()));
                 *r.status_mut() = StatusCode::from_u16(s).unwrap();
