@@ -371,34 +371,37 @@ impl Rollouts {
         }
     }
 
-    fn decide(&self, state: &RolloutState, action: Action) -> Decision {
-        let w = self
-            .inner()
-            .windows
-            .get(&state.spec.service)
-            .map(|w| (w.canary.clone(), w.stable.clone()));
-        let (canary, stable) = match w {
-            Some((c, s)) => (
-                self.proxy
-                    .version_stats(&state.spec.service, &state.spec.canary)
-                    .since(&c),
-                self.proxy
-                    .version_stats(&state.spec.service, &state.spec.stable)
-                    .since(&s),
-            ),
-            None => Default::default(),
-        };
+    /// A decision about `state`, with the figures it was made on.
+    fn decide(
+        &self,
+        state: &RolloutState,
+        action: Action,
+        canary: &VersionStats,
+        stable: &VersionStats,
+    ) -> Decision {
         Decision {
             service: state.spec.service.clone(),
             action,
             step: state.step,
             weight: state.weight,
             reason: state.reason.clone(),
-            canary: Figures::of(&canary),
-            stable: Figures::of(&stable),
+            canary: Figures::of(canary),
+            stable: Figures::of(stable),
             at_ms: now_ms(),
             instance: self.instance.clone(),
         }
+    }
+
+    /// A decision made outside a judgement (an admin command): with the current step's figures.
+    fn decide_now(&self, state: &RolloutState, action: Action) -> Decision {
+        let (canary, stable) = {
+            let inner = self.inner();
+            match inner.windows.get(&state.spec.service) {
+                Some(w) => self.figures(&state.spec, Some(w)),
+                None => Default::default(),
+            }
+        };
+        self.decide(state, action, &canary, &stable)
     }
 
     /// Logs, counts and keeps a decision.
@@ -460,9 +463,7 @@ impl Rollouts {
         let elapsed = Duration::from_millis(now_ms().saturating_sub(state.step_started_ms));
         let verdict = judge(&state.spec, &canary, &stable, elapsed);
         let (next, action) = advance(state, &verdict, now_ms())?;
-        let mut d = self.decide(&next, action);
-        d.canary = Figures::of(&canary);
-        d.stable = Figures::of(&stable);
+        let d = self.decide(&next, action, &canary, &stable);
         Some((next, d))
     }
 
@@ -513,7 +514,12 @@ impl Rollouts {
                     ));
                 }
                 let state = started(spec, 0);
-                let d = self.decide(&state, Action::Start);
+                let d = self.decide(
+                    &state,
+                    Action::Start,
+                    &VersionStats::default(),
+                    &VersionStats::default(),
+                );
                 self.record(&d);
                 let w = weights(&state);
                 self.inner().windows.remove(&service);
@@ -647,7 +653,7 @@ impl Rollouts {
                     .state(service)
                     .ok_or_else(|| Refused(404, format!("no rollout of {service}")))?;
                 let (next, action) = change(&current)?;
-                let d = self.decide(&next, action);
+                let d = self.decide_now(&next, action);
                 self.record(&d);
                 self.inner().states.insert(service.to_string(), next.clone());
                 if action == Action::Abort {
@@ -671,7 +677,7 @@ impl Rollouts {
                 let current: RolloutState = serde_json::from_slice(kv.value())
                     .map_err(|e| Refused(500, format!("{key} holds no rollout state: {e}")))?;
                 let (next, action) = change(&current)?;
-                let d = self.decide(&next, action);
+                let d = self.decide_now(&next, action);
                 let mut ops = vec![
                     TxnOp::put(
                         key.as_str(),
@@ -851,7 +857,12 @@ impl Rollouts {
             let (next, d) = match (fresh, spec, state) {
                 (true, Some((spec, rev)), _) => {
                     let st = started(spec, rev);
-                    let d = self.decide(&st, Action::Start);
+                    let d = self.decide(
+                        &st,
+                        Action::Start,
+                        &VersionStats::default(),
+                        &VersionStats::default(),
+                    );
                     (st, d)
                 }
                 (_, _, Some((st, _))) => match self.step(&st) {
