@@ -311,8 +311,13 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         .clone()
         .or_else(|| std::env::var("GANTRY_ADMIN_TOKEN").ok())
         .or_else(|| {
-            let f = static_config.admin_token_file.as_ref()?;
-            match std::fs::read_to_string(f) {
+            let named = static_config.admin_token_file.as_ref()?;
+            // Relative to the config file, like certificate paths.
+            let f = match opts.config.as_ref().and_then(|c| c.parent()) {
+                Some(dir) if named.is_relative() => dir.join(named),
+                _ => named.clone(),
+            };
+            match std::fs::read_to_string(&f) {
                 Ok(t) => Some(t.trim().to_string()),
                 Err(e) => {
                     warn!(file = %f.display(), error = %e, "cannot read the admin token; admin writes are refused");

@@ -437,6 +437,28 @@ async fn admin_writes_need_the_token_and_bad_requests_change_nothing() {
     )
     .await;
     assert_eq!(r.status, 403, "{}", r.body);
+    // The token from a file named in the config, next to it.
+    let from_file = Gantry::start_with_files(
+        &format!("[admin]\ntoken_file = \"admin.token\"\n{config}"),
+        &[("admin.token", "file-token-77\n")],
+    )
+    .await;
+    let admin = from_file.running.admin_addr;
+    let r = admin_write(
+        admin,
+        "PUT",
+        weights,
+        Some("file-token-77"),
+        r#"{"v1": 1, "v2": 1}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        admin_write(admin, "PUT", weights, Some(TOKEN), r#"{"v1": 1}"#)
+            .await
+            .status,
+        401
+    );
 }
 
 async fn value_of(c: &mut etcd_client::Client, key: &str) -> Option<Value> {
@@ -576,4 +598,73 @@ async fn with_etcd_one_instance_drives_and_another_takes_over_from_the_stored_st
         version_of(&get(&c, instances[&survivor].addr, "app.test", "/").await),
         "v2"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_can_be_paused_resumed_and_aborted_back_to_stable() {
+    let v1 = Backend::start("v1-a", Behavior::Name).await;
+    let v2 = Backend::start("v2-a", Behavior::Name).await;
+    let g = Gantry::start_with(
+        &canary_config(&[&v1, &v2], "{ v1 = 100, v2 = 0 }", ""),
+        with_token(),
+    )
+    .await;
+    let admin = g.running.admin_addr;
+    let start = |body: &'static str| admin_write(admin, "POST", "/api/v1/rollouts/web", Some(TOKEN), body);
+    let spec = r#"{"stable": "v1", "canary": "v2", "steps": [50, 100], "step_time": "1h"}"#;
+    assert_eq!(start(spec).await.status, 202);
+    assert_eq!(start(spec).await.status, 409, "a second rollout of a running one");
+    let weight_of_v2 = || async {
+        admin_json(admin, "/api/v1/versions").await["services"]["web"]["versions"]["v2"]["weight"].as_u64()
+    };
+    eventually(Duration::from_secs(5), "the first step's weights", || async {
+        (weight_of_v2().await == Some(50)).then_some(())
+    })
+    .await;
+    let cmd = |c: &'static str| async move {
+        let path = format!("/api/v1/rollouts/web/{c}");
+        admin_write(admin, "POST", &path, Some(TOKEN), "").await
+    };
+    let r = cmd("resume").await;
+    assert_eq!(r.status, 409, "resume of a running rollout: {}", r.body);
+    let r = cmd("pause").await;
+    assert_eq!(
+        (
+            r.status,
+            serde_json::from_str::<Value>(&r.body).unwrap()["phase"].clone()
+        ),
+        (200, "paused".into())
+    );
+    assert_eq!(weight_of_v2().await, Some(50), "pausing keeps the weights");
+    let r = cmd("resume").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.body).unwrap()["phase"],
+        "running"
+    );
+    let r = cmd("abort").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.body).unwrap()["phase"],
+        "aborted"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the canary's weight back to 0",
+        || async { (weight_of_v2().await == Some(0)).then_some(()) },
+    )
+    .await;
+    let before = v2.requests();
+    let c = client();
+    for _ in 0..100 {
+        assert_eq!(version_of(&get(&c, g.addr(), "app.test", "/").await), "v1");
+    }
+    assert_eq!(v2.requests(), before);
+    assert_eq!(cmd("pause").await.status, 409, "an aborted rollout is over");
+    assert_eq!(cmd("jump").await.status, 404);
+    let actions: Vec<String> = rollout(&g).await["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(actions, ["start", "pause", "resume", "abort"]);
 }
