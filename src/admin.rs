@@ -169,7 +169,7 @@ impl Admin {
         match (method, parts.as_slice()) {
             (Method::PUT, ["api", "v1", "services", svc, "weights"]) => self.set_weights(svc, &body).await,
             (Method::DELETE, ["api", "v1", "services", svc, "weights"]) => {
-                if self.proxy.snapshot().services().all(|s| &*s.name != *svc) {
+                if self.proxy.snapshot().service_named(svc).is_none() {
                     return error(StatusCode::NOT_FOUND, format!("no service {svc:?}"));
                 }
                 match self.rollouts.set_weights(svc, None).await {
@@ -227,7 +227,7 @@ impl Admin {
     /// refuses the request.
     fn check_versions<'a>(&self, service: &str, wanted: impl IntoIterator<Item = &'a str>) -> Option<Answer> {
         let snap = self.proxy.snapshot();
-        let Some(svc) = snap.services().find(|s| &*s.name == service) else {
+        let Some(svc) = snap.service_named(service) else {
             return Some(error(StatusCode::NOT_FOUND, format!("no service {service:?}")));
         };
         let known: std::collections::BTreeSet<&str> = svc
@@ -310,7 +310,7 @@ impl Admin {
             }
         };
         let snap = self.proxy.snapshot();
-        let Some(svc) = snap.services().find(|s| &*s.name == service) else {
+        let Some(svc) = snap.service_named(service) else {
             return error(StatusCode::NOT_FOUND, format!("no service {service:?}"));
         };
         let wanted = d.url.trim_end_matches('/');

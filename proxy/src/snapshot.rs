@@ -432,6 +432,11 @@ impl Snapshot {
         self.services.get(id as usize).and_then(Option::as_ref)
     }
 
+    /// A service by name (the table's index, not a scan).
+    pub fn service_named(&self, name: &str) -> Option<&Arc<ServiceRuntime>> {
+        self.service(self.table.service_named(name)?.id)
+    }
+
     #[inline]
     pub fn route(&self, id: Id) -> Option<&Arc<RouteRuntime>> {
         self.routes.get(id as usize).and_then(Option::as_ref)
