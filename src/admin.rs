@@ -34,6 +34,8 @@ pub struct Admin {
     pub status: Arc<Status>,
     pub registry: Registry,
     pub rollouts: Arc<Rollouts>,
+    pub scaling: Arc<crate::scaling::Scaling>,
+    pub scaler: Option<Arc<crate::scaler::Scaler>>,
     /// The bearer token of writes; `None`: writes are refused.
     pub token: Option<String>,
 }
@@ -125,11 +127,12 @@ impl Admin {
             "/api/v1/status" => json_response(StatusCode::OK, &self.status_json()),
             "/api/v1/versions" => json_response(StatusCode::OK, &self.versions()),
             "/api/v1/rollouts" => json_response(StatusCode::OK, &self.rollouts.view()),
+            "/api/v1/scaling" => json_response(StatusCode::OK, &self.scaling_view()),
             _ => json_response(
                 StatusCode::NOT_FOUND,
                 &json!({"error": format!("no such endpoint {path:?}"), "endpoints": [
                     "/metrics", "/healthz", "/readyz", "/api/v1/routes", "/api/v1/status",
-                    "/api/v1/versions", "/api/v1/rollouts"
+                    "/api/v1/versions", "/api/v1/rollouts", "/api/v1/scaling"
                 ]}),
             ),
         }
@@ -329,6 +332,16 @@ impl Admin {
     }
 
     /// Each service with versions: its weights and each version's figures since start.
+    /// Every scaled service's recommendation with its inputs, and what the Docker scaler did.
+    fn scaling_view(&self) -> Value {
+        let services: Vec<_> = self.scaling.recommendations().into_values().collect();
+        let scaler = match &self.scaler {
+            None => json!({"enabled": false}),
+            Some(s) => json!({"enabled": true, "busy": s.busy(), "actions": s.history()}),
+        };
+        json!({"services": services, "scaler": scaler})
+    }
+
     fn versions(&self) -> Value {
         let snap = self.proxy.snapshot();
         let services: serde_json::Map<String, Value> = snap

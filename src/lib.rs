@@ -7,6 +7,8 @@ pub mod admin;
 pub mod demo;
 pub mod fleet;
 pub mod rollout;
+pub mod scaler;
+pub mod scaling;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -53,6 +55,10 @@ pub struct Options {
     /// With etcd: how long a dead driver keeps its rollouts before another instance takes
     /// them over (default 5 s).
     pub driver_ttl: Option<Duration>,
+    /// How often scaled services' concurrency is sampled (default 100 ms) and recommendations
+    /// made (default 1 s).
+    pub scale_sample: Option<Duration>,
+    pub scale_tick: Option<Duration>,
 }
 
 /// The `--docker*` flags; each one set overrides the config file's `[docker]` section.
@@ -61,6 +67,8 @@ pub struct DockerFlags {
     pub endpoint: Option<String>,
     pub published: Option<bool>,
     pub network: Option<String>,
+    /// `--docker-scale`: act on scaling recommendations.
+    pub scale: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -241,11 +249,36 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
                 cfg.endpoint = f.endpoint.clone().or(cfg.endpoint);
                 cfg.published = f.published.unwrap_or(cfg.published);
                 cfg.network = f.network.clone().or(cfg.network);
+                cfg.scale = f.scale.unwrap_or(cfg.scale);
             }
             Some(cfg)
         }
     };
+    let scaling = scaling::Scaling::new(
+        proxy.clone(),
+        opts.scale_sample.unwrap_or(Duration::from_millis(100)),
+        opts.scale_tick.unwrap_or(Duration::from_secs(1)),
+        &registry,
+    )
+    .map_err(StartError::Metrics)?;
+    tokio::spawn(scaling.clone().run(shutdown.token()));
+    let mut scaler = None;
     if let Some(cfg) = docker {
+        if cfg.scale {
+            match scaler::Scaler::new(
+                cfg.endpoint.as_deref(),
+                proxy.clone(),
+                cfg.exposed_by_default,
+                &registry,
+            ) {
+                Ok(s) => {
+                    info!("docker scaler on: replicas follow the scaling recommendations");
+                    tokio::spawn(s.clone().run(scaling.clone(), shutdown.token()));
+                    scaler = Some(s);
+                }
+                Err(e) => warn!(error = %e, "docker scaler not started"),
+            }
+        }
         let source = gantry_discovery::DockerSource {
             endpoint: cfg.endpoint.clone(),
             options: gantry_discovery::docker::DockerOptions {
@@ -278,6 +311,16 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         Some(e) => fleet::instance_id(e, static_config.admin),
         None => fleet::hostname(),
     };
+    if let Some(e) = &opts.etcd {
+        tokio::spawn(scaling::publish_to_etcd(
+            scaling.clone(),
+            e.endpoints.clone(),
+            gantry_discovery::etcd::normalize_prefix(&e.prefix),
+            instance.clone(),
+            Duration::from_secs(10),
+            shutdown.token(),
+        ));
+    }
     let backing = match &opts.etcd {
         Some(e) => rollout::Backing::Etcd {
             endpoints: e.endpoints.clone(),
@@ -362,6 +405,8 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         status: status.clone(),
         registry,
         rollouts,
+        scaling,
+        scaler,
         token: admin_token,
     });
     tokio::spawn(admin.serve(admin_listener, shutdown.clone()));

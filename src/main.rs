@@ -56,6 +56,10 @@ enum Command {
         /// gantry.docker.network label says otherwise).
         #[arg(long)]
         docker_network: Option<String>,
+        /// Act on scaling recommendations: add and remove replicas of compose services whose
+        /// containers carry scaling labels (gantry.scale.*, aliyun.scale).
+        #[arg(long)]
+        docker_scale: bool,
         /// Follow the configuration a fleet shares in etcd (members, comma-separated), and
         /// publish this instance under <prefix>instances/.
         #[arg(long, value_name = "URL,...", value_delimiter = ',')]
@@ -110,6 +114,10 @@ enum Command {
         /// `GET /health` answers 503 for this long after start (e.g. "5s").
         #[arg(long)]
         unhealthy_for: Option<String>,
+        /// Every answer (but `/health`) waits this long first, e.g. "100ms" (default: $DELAY,
+        /// or none).
+        #[arg(long)]
+        delay: Option<String>,
     },
     /// Exit 0 if URL answers 2xx or 3xx within 2 s, 1 otherwise (a Docker HEALTHCHECK command).
     Probe { url: String },
@@ -231,19 +239,20 @@ async fn async_main(command: Command) -> ExitCode {
             docker,
             docker_address,
             docker_network,
+            docker_scale,
             etcd,
             etcd_prefix,
             instance_id,
             driver_ttl,
         } => {
             let docker =
-                (docker.is_some() || docker_address.is_some() || docker_network.is_some()).then(|| {
-                    gantry::DockerFlags {
+                (docker.is_some() || docker_address.is_some() || docker_network.is_some() || docker_scale)
+                    .then(|| gantry::DockerFlags {
                         endpoint: docker.filter(|e| !e.is_empty()),
                         published: docker_address.map(|a| a == "published"),
                         network: docker_network,
-                    }
-                });
+                        scale: docker_scale.then_some(true),
+                    });
             (
                 gantry::Options {
                     config,
@@ -265,7 +274,8 @@ async fn async_main(command: Command) -> ExitCode {
             listen,
             version,
             unhealthy_for,
-        } => return backend(listen, version, unhealthy_for).await,
+            delay,
+        } => return backend(listen, version, unhealthy_for, delay).await,
         Command::Register {
             etcd,
             etcd_prefix,
@@ -326,6 +336,7 @@ async fn backend(
     listen: Option<SocketAddr>,
     version: Option<String>,
     unhealthy_for: Option<String>,
+    delay: Option<String>,
 ) -> ExitCode {
     let port = std::env::var("PORT")
         .ok()
@@ -343,6 +354,18 @@ async fn backend(
             return ExitCode::FAILURE;
         }
     };
+    let delay = match delay
+        .or_else(|| std::env::var("DELAY").ok())
+        .as_deref()
+        .map(gantry_config::duration::parse)
+    {
+        None => std::time::Duration::ZERO,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            eprintln!("gantry backend: --delay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
@@ -355,7 +378,7 @@ async fn backend(
     let b = gantry::demo::DemoBackend {
         name,
         version,
-        delay: std::time::Duration::ZERO,
+        delay,
         unhealthy_until,
     };
     if let Err(e) = b.serve(listener, stop.clone()) {

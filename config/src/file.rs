@@ -15,8 +15,8 @@ use crate::error::Errors;
 use crate::model::{
     Backend, BackendUrl, Canary, DEFAULT_ADMIN, DEFAULT_DRAIN_TIMEOUT, DEFAULT_ENTRYPOINT, DEFAULT_LISTEN,
     DEFAULT_MAX_BODY_BYTES, DesiredState, Entrypoint, EntrypointTls, HashOn, HeaderMatch, HealthCheck,
-    HostPattern, Limits, ListenerLimits, MAX_WEIGHT, Match, Outlier, Override, PathMatch, Policy, Retries,
-    Router, Scheme, Service, StaticConfig, Timeouts, TlsVersion,
+    HostPattern, Limits, ListenerLimits, MAX_WEIGHT, Match, Milli, Outlier, Override, PathMatch, Policy,
+    Retries, Router, Scale, Scheme, Service, StaticConfig, Timeouts, TlsVersion,
 };
 use crate::size::FileSize;
 use crate::tls::{Certificate, TlsCertificates};
@@ -94,6 +94,8 @@ pub struct FileDocker {
     pub exposed_by_default: Option<bool>,
     pub grace: Option<String>,
     pub reserved_hosts: Option<Vec<String>>,
+    /// Act on scaling recommendations (create and remove replicas).
+    pub scale: Option<bool>,
 }
 
 fn validate_docker(d: &FileDocker, origin: &str, errs: &mut Errors) -> crate::model::DockerConfig {
@@ -114,6 +116,7 @@ fn validate_docker(d: &FileDocker, origin: &str, errs: &mut Errors) -> crate::mo
     if let Some(e) = d.exposed_by_default {
         out.exposed_by_default = e;
     }
+    out.scale = d.scale.unwrap_or(false);
     out.grace = duration_or(&d.grace, out.grace, origin, "docker.grace".into(), errs);
     for (i, h) in d.reserved_hosts.iter().flatten().enumerate() {
         match parse_host_pattern(h) {
@@ -181,6 +184,19 @@ pub struct FileService {
     pub retries: Option<FileRetries>,
     pub versions: Option<BTreeMap<String, i64>>,
     pub canary: Option<FileCanary>,
+    pub scale: Option<FileScale>,
+}
+
+/// `[services.<name>.scale]`, and the `gantry.scale.*` labels.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileScale {
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+    pub target: Option<f64>,
+    pub utilization: Option<f64>,
+    pub window: Option<String>,
+    pub burst_window: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -912,6 +928,9 @@ pub fn validate_service(
     if let Some(c) = s.canary {
         service.canary = validate_canary(c, &service.versions, origin, &format!("{field}.canary"), errs);
     }
+    if let Some(sc) = s.scale {
+        service.scale = Some(validate_scale(sc, origin, &format!("{field}.scale"), errs));
+    }
     (errs.0.len() == before).then_some(service)
 }
 
@@ -954,6 +973,85 @@ pub fn validate_backend(b: FileBackend, origin: &str, field: &str, errs: &mut Er
             source_healthy: false,
         }),
         _ => None,
+    }
+}
+
+/// The `scale` table of a service. Scaling to zero is not supported (a request would have
+/// nowhere to wait for a replica), so `min` is at least 1.
+pub fn validate_scale(s: FileScale, origin: &str, field: &str, errs: &mut Errors) -> Scale {
+    let d = Scale::default();
+    let min = bounded(s.min, d.min, 1, 1000, origin, format!("{field}.min"), errs);
+    let max = bounded(
+        s.max,
+        d.max.max(min),
+        1,
+        1000,
+        origin,
+        format!("{field}.max"),
+        errs,
+    );
+    if min > max {
+        errs.push(
+            origin,
+            format!("{field}.min"),
+            format!("{min} is above {field}.max {max}"),
+        );
+    }
+    let mut real = |v: Option<f64>, default: f64, lo: f64, hi: f64, name: &str| match v {
+        None => Milli::from_f64(default),
+        Some(v) if v.is_finite() && (lo..=hi).contains(&v) => Milli::from_f64(v),
+        Some(v) => {
+            errs.push(
+                origin,
+                format!("{field}.{name}"),
+                format!("{v} is out of range {lo}..={hi}"),
+            );
+            Milli::from_f64(default)
+        }
+    };
+    let target = real(s.target, Scale::DEFAULT_TARGET, 0.01, 1e6, "target");
+    let utilization = real(
+        s.utilization,
+        Scale::DEFAULT_UTILIZATION,
+        0.01,
+        1.0,
+        "utilization",
+    );
+    let window = duration_or(&s.window, d.window, origin, format!("{field}.window"), errs);
+    if !(Duration::from_secs(2)..=Duration::from_secs(3600)).contains(&window) {
+        errs.push(
+            origin,
+            format!("{field}.window"),
+            format!("{} is out of range 2s..=1h", duration::format(window)),
+        );
+    }
+    // Knative's default: a tenth of the window, at least a second.
+    let burst_default = (window / 10).max(Duration::from_secs(1)).min(window);
+    let burst_window = duration_or(
+        &s.burst_window,
+        burst_default,
+        origin,
+        format!("{field}.burst_window"),
+        errs,
+    );
+    if burst_window.is_zero() || burst_window > window {
+        errs.push(
+            origin,
+            format!("{field}.burst_window"),
+            format!(
+                "{} must be above zero and at most the window ({})",
+                duration::format(burst_window),
+                duration::format(window)
+            ),
+        );
+    }
+    Scale {
+        min,
+        max,
+        target,
+        utilization,
+        window,
+        burst_window,
     }
 }
 

@@ -30,7 +30,7 @@ pub use error::{ConfigError, Errors};
 pub use model::{
     Backend, BackendUrl, Canary, DesiredState, DockerConfig, Entrypoint, EntrypointTls, HashOn, HeaderMatch,
     HealthCheck, HostPattern, Limits, ListenerLimits, Match, Outlier, Override, PathMatch, Policy, Retries,
-    Router, Scheme, Service, StaticConfig, Timeouts, TlsVersion,
+    Router, Scale, Scheme, Service, StaticConfig, Timeouts, TlsVersion,
 };
 pub use routing::{RequestView, Route, RoutingTable};
 pub use store::Store;

@@ -51,6 +51,9 @@ pub struct DockerConfig {
     pub grace: Duration,
     /// Hosts no container may claim.
     pub reserved_hosts: Vec<String>,
+    /// The scaler: create and remove replicas of compose services that carry scaling labels,
+    /// following Gantry's recommendations. Off unless asked for.
+    pub scale: bool,
 }
 
 impl Default for DockerConfig {
@@ -62,6 +65,7 @@ impl Default for DockerConfig {
             exposed_by_default: true,
             grace: Duration::from_secs(30),
             reserved_hosts: Vec::new(),
+            scale: false,
         }
     }
 }
@@ -392,6 +396,76 @@ pub struct Service {
     /// How requests are placed between versions beyond their weights.
     #[serde(skip_serializing_if = "Canary::is_empty")]
     pub canary: Canary,
+    /// Replica recommendations (and, with the Docker scaler, replicas) for this service; none:
+    /// Gantry does not recommend a replica count for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<Scale>,
+}
+
+/// How many replicas a service should have, from the concurrency Gantry sees (see
+/// `docs/scaling.md`): `ceil(average concurrency / (target x utilization))` over `window`, or over
+/// `burst_window` when that asks for at least twice the ready replicas; bounded by `min` and
+/// `max`; down only once the whole window agrees.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Scale {
+    pub min: u32,
+    pub max: u32,
+    /// Concurrent requests one replica is meant to hold.
+    pub target: Milli,
+    /// The share of `target` aimed at, leaving headroom for bursts (0-1).
+    pub utilization: Milli,
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub window: Duration,
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub burst_window: Duration,
+}
+
+impl Scale {
+    /// Knative's defaults: 100 concurrent requests per replica at 70%, a 60 s window and a burst
+    /// window a tenth of it.
+    pub const DEFAULT_TARGET: f64 = 100.0;
+    pub const DEFAULT_UTILIZATION: f64 = 0.7;
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+    /// Without an explicit `max`, a recommendation never exceeds this.
+    pub const DEFAULT_MAX: u32 = 10;
+
+    /// Concurrent requests one replica should hold on average.
+    pub fn per_replica(&self) -> f64 {
+        self.target.get() * self.utilization.get()
+    }
+}
+
+impl Default for Scale {
+    fn default() -> Self {
+        Self {
+            min: 1,
+            max: Self::DEFAULT_MAX,
+            target: Milli::from_f64(Self::DEFAULT_TARGET),
+            utilization: Milli::from_f64(Self::DEFAULT_UTILIZATION),
+            window: Self::DEFAULT_WINDOW,
+            burst_window: Self::DEFAULT_WINDOW / 10,
+        }
+    }
+}
+
+/// A non-negative real number kept in thousandths, so that settings stay `Eq`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Milli(pub u64);
+
+impl Milli {
+    pub fn from_f64(v: f64) -> Self {
+        Self((v.max(0.0) * 1000.0).round() as u64)
+    }
+
+    pub fn get(self) -> f64 {
+        self.0 as f64 / 1000.0
+    }
+}
+
+impl Serialize for Milli {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.get())
+    }
 }
 
 /// How a service with versions places a request (see `docs/canary.md`).
@@ -448,6 +522,7 @@ impl Service {
             retries: Retries::default(),
             versions: BTreeMap::new(),
             canary: Canary::default(),
+            scale: None,
         }
     }
 }

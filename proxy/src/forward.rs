@@ -138,7 +138,9 @@ impl Proxy {
         };
         let Some(mut pick) = service.pick(&pick_ctx, &[]) else {
             route_rt.no_backend.inc(503);
-            route_rt.histogram.observe(start.elapsed().as_secs_f64());
+            let elapsed = start.elapsed().as_secs_f64();
+            route_rt.histogram.observe(elapsed);
+            service.state.record(503, elapsed);
             return self.fail(&ProxyError::NoBackend, request_id);
         };
         let scheme = service.backends[pick.index].key.url.scheme;

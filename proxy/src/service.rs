@@ -12,6 +12,11 @@ use crate::metrics::Metrics;
 #[derive(Debug)]
 pub struct ServiceState {
     in_flight: AtomicU32,
+    /// Requests answered, 5xx among them, and the time they took: the demand the scaling
+    /// recommender reads (next to `in_flight`, on the cache line the request already touches).
+    answered: AtomicU64,
+    errors: AtomicU64,
+    busy_micros: AtomicU64,
     /// Retry tokens in thousandths: every request deposits `budget_percent` tenths, a retry
     /// withdraws a thousand, and `min_per_second` whole tokens trickle in per second.
     tokens: AtomicI64,
@@ -20,6 +25,17 @@ pub struct ServiceState {
     pub(crate) retries_refused: IntCounter,
     pub(crate) breaker_service: IntCounter,
     pub(crate) breaker_backend: IntCounter,
+}
+
+/// A service's demand counters at one moment: requests in flight now, and totals since the
+/// service appeared (two readings make a window).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Demand {
+    pub in_flight: u32,
+    pub answered: u64,
+    pub errors: u64,
+    /// The sum of answered requests' durations, in microseconds.
+    pub busy_micros: u64,
 }
 
 /// Counts a request against its service until dropped.
@@ -36,6 +52,9 @@ impl ServiceState {
     fn new(name: &str, metrics: &Metrics) -> Self {
         Self {
             in_flight: AtomicU32::new(0),
+            answered: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            busy_micros: AtomicU64::new(0),
             // A second's worth of the default floor, so that a service can retry from the start.
             tokens: AtomicI64::new(10_000),
             refilled_at: AtomicU64::new(crate::backend::nanos_since_epoch(std::time::Instant::now())),
@@ -48,6 +67,27 @@ impl ServiceState {
 
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// A request of this service was answered with `status` after `seconds`.
+    #[inline]
+    pub fn record(&self, status: u16, seconds: f64) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.busy_micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// The demand counters now.
+    pub fn demand(&self) -> Demand {
+        Demand {
+            in_flight: self.in_flight(),
+            answered: self.answered.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            busy_micros: self.busy_micros.load(Ordering::Relaxed),
+        }
     }
 
     /// Counts a new request, unless the service already has `limit` in flight.

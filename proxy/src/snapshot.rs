@@ -248,6 +248,7 @@ impl ServiceRuntime {
 
     /// Counts a request's answer against the version of the backend that gave it.
     pub fn observe_version(&self, backend: usize, status: u16, seconds: f64) {
+        self.state.record(status, seconds);
         if let Some(m) = self
             .group_of
             .get(backend)

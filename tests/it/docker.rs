@@ -14,7 +14,7 @@ use crate::docker_support::*;
 use crate::support::*;
 
 /// Docker tests run one at a time: they share one engine (and two cores).
-async fn lock() -> tokio::sync::MutexGuard<'static, ()> {
+pub(crate) async fn lock() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
 }
@@ -25,6 +25,7 @@ async fn gantry_on_docker(config: &str, endpoint: Option<String>) -> Gantry {
             endpoint,
             published: Some(true),
             network: None,
+            scale: None,
         }),
         ..Default::default()
     };

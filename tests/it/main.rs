@@ -24,6 +24,7 @@ mod health;
 mod hygiene;
 mod reload;
 mod routing;
+mod scaling;
 mod shutdown;
 mod streaming;
 mod tls;

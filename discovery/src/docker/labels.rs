@@ -9,7 +9,7 @@
 //! gantry.http.services.<name>.port | scheme | policy | hash_on | slow_start
 //!                           | health_check.* | timeouts.* | outlier.* | retries.* | limits.*
 //! gantry.enable  gantry.version  gantry.weight  gantry.docker.network  gantry.port
-//! aliyun.scale  gantry.scale.min | max | target | utilization                (kept for scaling)
+//! aliyun.scale  gantry.scale.min | max | target | utilization | window | burst_window
 //! ```
 
 use std::collections::BTreeMap;
@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use gantry_config::Errors;
 use gantry_config::file::{
-    FileRouter, FileService, check_name, check_path, check_version, parse_host_pattern,
+    FileRouter, FileScale, FileService, check_name, check_path, check_version, parse_host_pattern,
 };
 use gantry_config::model::MAX_WEIGHT;
 use serde::de::DeserializeOwned;
@@ -67,7 +67,7 @@ pub struct ServiceDecl {
     pub settings: FileService,
 }
 
-/// Scaling labels, read now, acted on by the scaler.
+/// Scaling labels: the service's replica recommendation (and the scaler's bounds).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ScaleDecl {
     /// `aliyun.scale`: the initial and minimum replica count.
@@ -78,6 +78,26 @@ pub struct ScaleDecl {
     pub target: Option<f64>,
     /// Target utilisation of that concurrency (0-1).
     pub utilization: Option<f64>,
+    pub window: Option<String>,
+    pub burst_window: Option<String>,
+}
+
+impl ScaleDecl {
+    /// The service's `scale` settings, when the container carries any scaling label.
+    /// `aliyun.scale` is the minimum unless `gantry.scale.min` says otherwise.
+    pub fn settings(&self) -> Option<FileScale> {
+        if *self == Self::default() {
+            return None;
+        }
+        Some(FileScale {
+            min: self.min.or(self.initial).map(i64::from),
+            max: self.max.map(i64::from),
+            target: self.target,
+            utilization: self.utilization,
+            window: self.window.clone(),
+            burst_window: self.burst_window.clone(),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -127,7 +147,7 @@ pub fn parse(f: &ContainerFacts, exposed_by_default: bool) -> (ContainerDecl, Er
                 if let Some(p) = r.strip_prefix("routing.port_") {
                     routes(&mut d, &mut errs, &o, key, p, value);
                 } else if r == "scale" {
-                    d.scale.initial = number(&mut errs, &o, key, value, 0, 1000);
+                    d.scale.initial = number(&mut errs, &o, key, value, 1, 1000);
                 }
                 continue;
             }
@@ -146,10 +166,12 @@ pub fn parse(f: &ContainerFacts, exposed_by_default: bool) -> (ContainerDecl, Er
             "weight" => d.weight = number(&mut errs, &o, key, value, 0, MAX_WEIGHT).unwrap_or(1),
             "docker.network" => d.network = Some(value.trim().to_string()),
             "port" => d.default_port = port(&mut errs, &o, key, value),
-            "scale.min" => d.scale.min = number(&mut errs, &o, key, value, 0, 1000),
+            "scale.min" => d.scale.min = number(&mut errs, &o, key, value, 1, 1000),
             "scale.max" => d.scale.max = number(&mut errs, &o, key, value, 1, 1000),
             "scale.target" => d.scale.target = float(&mut errs, &o, key, value, 0.01, 1e6),
             "scale.utilization" => d.scale.utilization = float(&mut errs, &o, key, value, 0.01, 1.0),
+            "scale.window" => d.scale.window = duration(&mut errs, &o, key, value, 2.0, 3600.0),
+            "scale.burst_window" => d.scale.burst_window = duration(&mut errs, &o, key, value, 0.1, 3600.0),
             r if r.starts_with("routing.port_") => {
                 routes(&mut d, &mut errs, &o, key, &r["routing.port_".len()..], value)
             }
@@ -373,6 +395,21 @@ fn float(errs: &mut Errors, o: &str, key: &str, value: &str, min: f64, max: f64)
                 label(key),
                 format!("{value:?} is not a number in {min}..={max}"),
             );
+            None
+        }
+    }
+}
+
+/// A duration label (`8s`, `1m`) within `min..=max` seconds, kept as written.
+fn duration(errs: &mut Errors, o: &str, key: &str, value: &str, min: f64, max: f64) -> Option<String> {
+    match gantry_config::duration::parse(value) {
+        Ok(d) if (min..=max).contains(&d.as_secs_f64()) => Some(value.trim().to_string()),
+        Ok(_) => {
+            errs.push(o, label(key), format!("{value:?} is not within {min}s..={max}s"));
+            None
+        }
+        Err(e) => {
+            errs.push(o, label(key), e);
             None
         }
     }

@@ -312,7 +312,8 @@ async fn inspect(docker: &Docker, id: &str) -> Option<ContainerFacts> {
     facts(c)
 }
 
-fn facts(c: ContainerInspectResponse) -> Option<ContainerFacts> {
+/// What Gantry reads from an inspected container; `None` unless it is running.
+pub fn facts(c: ContainerInspectResponse) -> Option<ContainerFacts> {
     let state = c.state.as_ref()?;
     let running = state.running.unwrap_or(false)
         || matches!(

@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use gantry_config::file::{FileRouter, FileService, validate_router, validate_service};
+use gantry_config::file::{FileRouter, FileScale, FileService, validate_router, validate_service};
 use gantry_config::{Backend, BackendUrl, DesiredState, Errors, Scheme};
 
 use super::labels::{self, ContainerDecl, ContainerFacts, DockerHealth, origin};
@@ -87,6 +87,8 @@ struct RouteGroup {
     https: bool,
     port_owner: String,
     members: Vec<Contribution>,
+    /// The scaling labels of the first container (by name) that declares the route.
+    scale: Option<FileScale>,
 }
 
 struct FullService {
@@ -130,11 +132,13 @@ pub fn desired(containers: &BTreeMap<String, Observed>, opts: &DockerOptions) ->
                 continue;
             }
             let key = (r.host.clone(), r.path.clone());
+            let scale = decl.scale.settings();
             let group = routes.entry(key).or_insert_with(|| RouteGroup {
                 project: decl.project.clone(),
                 https: r.https,
                 port_owner: c.facts.name.clone(),
                 members: Vec::new(),
+                scale: scale.clone(),
             });
             if group.project != decl.project {
                 problems.push(
@@ -153,6 +157,16 @@ pub fn desired(containers: &BTreeMap<String, Observed>, opts: &DockerOptions) ->
                 );
                 continue;
             }
+            if group.scale != scale {
+                problems.push(
+                    &o,
+                    "label gantry.scale",
+                    format!(
+                        "the scaling labels differ from those of container {}; using theirs",
+                        group.port_owner
+                    ),
+                );
+            }
             if live {
                 match address(&c.facts, &decl, r.port, opts) {
                     Ok(addr) => {
@@ -165,14 +179,19 @@ pub fn desired(containers: &BTreeMap<String, Observed>, opts: &DockerOptions) ->
             }
         }
         for (name, svc) in &decl.services {
+            // `gantry.scale.*` on the container scale its services that say nothing themselves.
+            let mut settings = svc.settings.clone();
+            if settings.scale.is_none() {
+                settings.scale = decl.scale.settings();
+            }
             let entry = services.entry(name.clone()).or_insert_with(|| FullService {
                 project: decl.project.clone(),
                 owner: c.facts.name.clone(),
-                settings: svc.settings.clone(),
+                settings: settings.clone(),
                 h2c: svc.h2c,
                 members: Vec::new(),
             });
-            if entry.settings != svc.settings || entry.h2c != svc.h2c || entry.project != decl.project {
+            if entry.settings != settings || entry.h2c != svc.h2c || entry.project != decl.project {
                 problems.push(
                     &o,
                     format!("label gantry.http.services.{name}"),
@@ -236,7 +255,11 @@ pub fn desired(containers: &BTreeMap<String, Observed>, opts: &DockerOptions) ->
         if let Some(r) = validate_router(router, &o, &format!("routers.{name}"), &name, &mut problems) {
             state.routers.insert(name.clone(), r);
         }
-        if let Some(s) = build_service(&name, FileService::default(), group.members, &o, &mut problems) {
+        let settings = FileService {
+            scale: group.scale,
+            ..Default::default()
+        };
+        if let Some(s) = build_service(&name, settings, group.members, &o, &mut problems) {
             state.services.insert(name, s);
         }
     }

@@ -1,0 +1,312 @@
+//! Scaling recommendations from real traffic: published in /metrics, the admin API and etcd;
+//! and the Docker scaler growing and shrinking a real compose service under load.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::docker_support::*;
+use crate::etcd_support::*;
+use crate::support::*;
+
+/// `workers` clients sending POSTs (never replayed by Gantry, so a request cut by a stopping
+/// replica would show) until `stop`, at most `max_each` each. Returns (ok, failures).
+fn posts(
+    addr: SocketAddr,
+    host: String,
+    workers: usize,
+    max_each: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..workers {
+            let (stop, host) = (stop.clone(), host.clone());
+            tasks.push(tokio::spawn(async move {
+                let c = client();
+                let (mut ok, mut failed) = (0, Vec::new());
+                for _ in 0..max_each {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match send(&c, addr, "POST", &host, "/", &[]).await {
+                        Ok(a) if a.status == 200 => ok += 1,
+                        Ok(a) => failed.push(format!("{} {}", a.status, a.body.trim())),
+                        Err(e) => failed.push(e),
+                    }
+                }
+                (ok, failed)
+            }));
+        }
+        let (mut ok, mut failed) = (0, Vec::new());
+        for t in tasks {
+            let (o, f) = t.await.unwrap();
+            ok += o;
+            failed.extend(f);
+        }
+        (ok, failed)
+    })
+}
+
+fn recommendation(view: &serde_json::Value, service: &str) -> Option<serde_json::Value> {
+    view["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["service"] == service)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recommendations_follow_the_load_into_metrics_the_admin_api_and_etcd() {
+    let etcd = Etcd::start().await;
+    // Every answer takes 50 ms; 8 clients keep about 8 requests in flight.
+    let b = Backend::start("slow", Behavior::Delay(Duration::from_millis(50))).await;
+    let config = format!(
+        r#"
+[routers.api]
+hosts = ["api.test"]
+service = "api"
+
+[services.api]
+backends = [{{ url = "{}" }}]
+scale = {{ min = 1, max = 6, target = 2, utilization = 1.0, window = "4s" }}
+"#,
+        b.url()
+    );
+    let opts = gantry::Options {
+        etcd: Some(gantry::fleet::EtcdOptions {
+            endpoints: etcd.endpoints(),
+            prefix: "/gantry/".into(),
+            instance_id: Some("scaling-test".into()),
+        }),
+        ..Default::default()
+    };
+    let g = Gantry::start_with(&config, opts).await;
+    let admin = g.running.admin_addr;
+
+    // No traffic: the minimum, with its inputs.
+    let idle = eventually(Duration::from_secs(10), "a first recommendation", || async {
+        recommendation(&admin_json(admin, "/api/v1/scaling").await, "api")
+    })
+    .await;
+    assert_eq!(idle["replicas"], 1, "{idle}");
+    assert_eq!(idle["ready"], 1, "{idle}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = posts(g.addr(), "api.test".into(), 8, 2000, stop.clone());
+    // 8 in flight at 2 per replica: 4 replicas, reached through the burst window.
+    let busy = eventually(Duration::from_secs(15), "a recommendation of 4", || async {
+        recommendation(&admin_json(admin, "/api/v1/scaling").await, "api").filter(|r| r["replicas"] == 4)
+    })
+    .await;
+    assert_eq!(busy["mode"], "burst", "{busy}");
+    let burst = &busy["burst"];
+    assert!(burst["concurrency"].as_f64().unwrap() > 6.0, "{busy}");
+    assert!(burst["requests_per_second"].as_f64().unwrap() > 50.0, "{busy}");
+    let latency = burst["mean_latency_ms"].as_f64().unwrap();
+    assert!((50.0..500.0).contains(&latency), "{busy}");
+    assert_eq!(burst["error_rate"], 0.0, "{busy}");
+
+    // The same figure in /metrics...
+    let metrics = admin_get(admin, "/metrics").await.body;
+    assert!(
+        metrics.contains("gantry_scale_recommended_replicas{service=\"api\"} 4"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("gantry_scale"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // ...and in etcd, with the inputs that led to it.
+    let c = etcd.client().await;
+    let stored = eventually(Duration::from_secs(10), "the recommendation in etcd", || {
+        let mut c = c.clone();
+        async move {
+            let r = c.get("/gantry/scaling/api", None).await.ok()?;
+            let v: serde_json::Value = serde_json::from_slice(r.kvs().first()?.value()).ok()?;
+            (v["recommendation"]["replicas"] == 4).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(stored["instance"], "scaling-test", "{stored}");
+    assert!(stored["recommendation"]["burst"]["concurrency"].as_f64().unwrap() > 6.0);
+    assert!(!stored["recommendation"]["reason"].as_str().unwrap().is_empty());
+
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok,
+        &failed[..failed.len().min(3)]
+    );
+
+    // Without traffic it comes back to the minimum once the 4 s window agrees, and etcd follows.
+    eventually(
+        Duration::from_secs(30),
+        "the recommendation back at 1 in etcd",
+        || {
+            let mut c = c.clone();
+            async move {
+                let r = c.get("/gantry/scaling/api", None).await.ok()?;
+                let v: serde_json::Value = serde_json::from_slice(r.kvs().first()?.value()).ok()?;
+                (v["recommendation"]["replicas"] == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    g.running.shutdown().await;
+}
+
+/// Running containers of a compose service.
+fn running(project: &str, service: &str) -> BTreeSet<String> {
+    docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        &format!("label=com.docker.compose.service={service}"),
+    ])
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docker_scaler_grows_a_compose_service_under_load_and_shrinks_it_after() {
+    let _lock = crate::docker::lock().await;
+    let mut cleanup = Cleanup::default();
+    let host = format!("{}.test", unique("api"));
+    let compose = Compose::new(
+        "examples/compose-scale/docker-compose.yml",
+        &[
+            ("API_IMAGE", test_image()),
+            ("API_HOST", &host),
+            ("SCALE_WINDOW", "6s"),
+        ],
+        &mut cleanup,
+    );
+    let opts = gantry::Options {
+        docker: Some(gantry::DockerFlags {
+            published: Some(true),
+            scale: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let g = Gantry::start_with("", opts).await;
+    let admin = g.running.admin_addr;
+    compose.run(&["up", "-d"]);
+    eventually(
+        Duration::from_secs(30),
+        "the first replica to be ready",
+        || async {
+            recommendation(&admin_json(admin, "/api/v1/scaling").await, &host).filter(|r| r["ready"] == 1)
+        },
+    )
+    .await;
+    assert_eq!(running(&compose.project, "api").len(), 1);
+
+    // The curve: every 500 ms, what Gantry saw and recommended, and the containers running.
+    let t0 = Instant::now();
+    let record = Arc::new(AtomicBool::new(false));
+    let curve = {
+        let (record, host, project) = (record.clone(), host.clone(), compose.project.clone());
+        tokio::spawn(async move {
+            let mut rows: Vec<(f64, f64, f64, u64, u64, usize)> = Vec::new();
+            for _ in 0..400 {
+                let last = record.load(Ordering::Relaxed);
+                if let Some(r) = recommendation(&admin_json(admin, "/api/v1/scaling").await, &host) {
+                    rows.push((
+                        t0.elapsed().as_secs_f64(),
+                        r["stable"]["concurrency"].as_f64().unwrap_or(0.0),
+                        r["burst"]["concurrency"].as_f64().unwrap_or(0.0),
+                        r["replicas"].as_u64().unwrap_or(0),
+                        r["ready"].as_u64().unwrap_or(0),
+                        running(&project, "api").len(),
+                    ));
+                }
+                if last {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            rows
+        })
+    };
+
+    // About three replicas' worth: 6 clients, 100 ms per answer, at 2 in flight per replica.
+    let stop = Arc::new(AtomicBool::new(false));
+    let heavy = posts(g.addr(), host.clone(), 6, 400, stop.clone());
+    eventually(Duration::from_secs(40), "three ready replicas", || async {
+        recommendation(&admin_json(admin, "/api/v1/scaling").await, &host).filter(|r| r["ready"] == 3)
+    })
+    .await;
+    // Hold the load a little longer: the count must stay put.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let under_load = running(&compose.project, "api").len();
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = heavy.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed while scaling up: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!((2..=4).contains(&under_load), "{under_load} replicas under load");
+
+    // One client keeps going while the scaler drains and removes the surplus replicas.
+    let stop = Arc::new(AtomicBool::new(false));
+    let light = posts(g.addr(), host.clone(), 1, 2000, stop.clone());
+    eventually(Duration::from_secs(60), "one replica again", || async {
+        (running(&compose.project, "api").len() == 1).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = light.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed while scaling down: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    record.store(true, Ordering::Relaxed);
+    let rows = curve.await.unwrap();
+    eprintln!("t_s  stable_conc  burst_conc  recommended  ready  containers");
+    for (t, s, b, r, ready, c) in &rows {
+        eprintln!("{t:5.1}  {s:5.2}  {b:5.2}  {r}  {ready}  {c}");
+    }
+    assert!(
+        rows.iter().all(|r| (1..=4).contains(&r.3)),
+        "outside min..=max: {rows:?}"
+    );
+
+    // Every action is on record: the adds and the drained removals, all successful.
+    let view = admin_json(admin, "/api/v1/scaling").await;
+    let actions = view["scaler"]["actions"].as_array().unwrap();
+    let count = |dir: &str| -> u64 {
+        actions
+            .iter()
+            .filter(|a| a["action"] == dir && a["service"] == host.as_str())
+            .map(|a| a["containers"].as_array().unwrap().len() as u64)
+            .sum()
+    };
+    assert!(actions.iter().all(|a| a["result"] == "ok"), "{actions:?}");
+    assert!(count("up") >= under_load as u64 - 1, "{actions:?}");
+    assert_eq!(count("down"), count("up"), "{actions:?}");
+    let metrics = admin_get(admin, "/metrics").await.body;
+    assert!(
+        metrics.contains(&format!(
+            "gantry_scaler_actions_total{{action=\"down\",result=\"ok\",service=\"{host}\"}}"
+        )),
+        "{metrics}"
+    );
+    g.running.shutdown().await;
+}
