@@ -110,6 +110,7 @@ pub async fn backends_and_config(shutdown: CancellationToken) -> std::io::Result
     let shop1 = spawn("shop-1", "v1", 0).await?;
     let shop2 = spawn("shop-2", "v1", 0).await?;
     let shop3 = spawn("shop-3", "v2", 0).await?;
+    let slow = spawn("slow-1", "v1", 100).await?;
     let text = format!(
         r#"
 [entrypoints.web]
@@ -176,6 +177,17 @@ backends = [{{ url = "http://{blog}" }}]
 policy = "least_request"
 backends = [{{ url = "http://{api1}" }}, {{ url = "http://{api2}" }}]
 
+# A replica recommendation from the concurrency Gantry sees (slow-1 answers after 100 ms): 2 in
+# flight per replica, between 1 and 8, over a 20 s window.
+[routers.slow]
+hosts = ["127.0.0.1", "localhost"]
+path_prefix = "/slow"
+service = "slow"
+
+[services.slow]
+backends = [{{ url = "http://{slow}" }}]
+scale = {{ min = 1, max = 8, target = 2, utilization = 1.0, window = "20s" }}
+
 [services.sticky]
 policy = "hash"
 hash_on = "header:X-User"
@@ -210,6 +222,10 @@ Try:
        -d '{{"stable": "v1", "canary": "v2", "steps": [10, 50, 100], "step_time": "5s", "min_requests": 20}}'
   for i in $(seq 400); do curl -s http://{proxy}/shop/ >/dev/null; sleep 0.05; done
   curl -s http://{admin}/api/v1/rollouts
+  # scaling: 8 clients at once on /slow (100 ms answers); the recommendation rises to 4 within
+  # seconds, and comes back down once a whole 20 s window agrees
+  for c in $(seq 8); do (for i in $(seq 100); do curl -s http://{proxy}/slow >/dev/null; done) & done
+  curl -s http://{admin}/api/v1/scaling
   # the live routing table and metrics
   curl -s http://{admin}/api/v1/routes
   curl -s http://{admin}/metrics | grep gantry_requests_total

@@ -222,7 +222,7 @@ impl Recommender {
                 .max()
                 .unwrap_or(stable.replicas);
             let whole_window = now.duration_since(self.since) >= spec.window;
-            if agreed < current && !whole_window {
+            if agreed.max(spec.min) < current && !whole_window {
                 (
                     current,
                     Mode::Stable,

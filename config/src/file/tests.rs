@@ -188,3 +188,34 @@ fn an_empty_file_gets_the_default_entrypoint_and_loopback_admin() {
     assert_eq!(v.static_config, StaticConfig::default());
     assert!(v.static_config.admin.ip().is_loopback());
 }
+
+#[test]
+fn scale_settings_default_like_knative_and_bad_ones_name_their_field() {
+    let ok = r#"
+[services.api]
+scale = { min = 2, target = 10 }
+"#;
+    let v = load(ok, "gantry.toml").unwrap();
+    let s = v.state.services["api"].scale.clone().unwrap();
+    assert_eq!((s.min, s.max), (2, Scale::DEFAULT_MAX));
+    assert!((s.per_replica() - 7.0).abs() < 1e-9);
+    assert_eq!(s.window, Duration::from_secs(60));
+    assert_eq!(s.burst_window, Duration::from_secs(6));
+
+    let bad = r#"
+[services.api]
+scale = { min = 5, max = 3, utilization = 1.5, window = "1s", burst_window = "2m" }
+[services.zero]
+scale = { min = 0 }
+"#;
+    let text = load(bad, "gantry.toml").unwrap_err().to_string();
+    for want in [
+        "gantry.toml: services.api.scale.min: 5 is above services.api.scale.max 3",
+        "gantry.toml: services.api.scale.utilization: 1.5 is out of range 0.01..=1",
+        "gantry.toml: services.api.scale.window: 1s is out of range 2s..=1h",
+        "gantry.toml: services.api.scale.burst_window: 2m must be above zero and at most the window (1s)",
+        "gantry.toml: services.zero.scale.min: 0 is out of range 1..=1000",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}

@@ -720,4 +720,44 @@ mod tests {
         );
         assert!(!s.routers.contains_key("bad"));
     }
+
+    #[test]
+    fn scaling_labels_become_the_service_scale_and_replicas_that_disagree_are_reported() {
+        let mut cs = BTreeMap::new();
+        for i in 1..=2 {
+            cs.extend([container(
+                &format!("api-{i}"),
+                "p",
+                "api",
+                &format!("10.0.0.{i}"),
+                &[
+                    ("gantry.routing.port_80", "api.test"),
+                    ("aliyun.scale", "2"),
+                    ("gantry.scale.max", "6"),
+                    ("gantry.scale.target", "20"),
+                    ("gantry.scale.window", "30s"),
+                ],
+            )]);
+        }
+        cs.extend([container(
+            "api-3",
+            "p",
+            "api",
+            "10.0.0.3",
+            &[("gantry.routing.port_80", "api.test"), ("gantry.scale.max", "9")],
+        )]);
+        let (s, problems) = desired(&cs, &DockerOptions::default());
+        let scale = s.services["api.test"].scale.clone().unwrap();
+        assert_eq!((scale.min, scale.max), (2, 6));
+        assert!((scale.target.get() - 20.0).abs() < 1e-9);
+        assert_eq!(scale.window, std::time::Duration::from_secs(30));
+        assert_eq!(scale.burst_window, std::time::Duration::from_secs(3));
+        assert!(
+            problems.to_string().contains(
+                "docker container api-3: label gantry.scale: the scaling labels differ from those of container api-1; using theirs"
+            ),
+            "{problems}"
+        );
+        assert_eq!(s.services["api.test"].backends.len(), 3);
+    }
 }
