@@ -260,6 +260,7 @@ async fn the_docker_scaler_grows_a_compose_service_under_load_and_shrinks_it_aft
         &failed[..failed.len().min(3)]
     );
     assert!((2..=4).contains(&under_load), "{under_load} replicas under load");
+    eprintln!("under load: {ok} POSTs, all 200; {under_load} replicas");
 
     // One client keeps going while the scaler drains and removes the surplus replicas.
     let stop = Arc::new(AtomicBool::new(false));
@@ -277,6 +278,7 @@ async fn the_docker_scaler_grows_a_compose_service_under_load_and_shrinks_it_aft
         ok + failed.len(),
         &failed[..failed.len().min(3)]
     );
+    eprintln!("scaling down: {ok} POSTs, all 200");
     record.store(true, Ordering::Relaxed);
     let rows = curve.await.unwrap();
     eprintln!("t_s  stable_conc  burst_conc  recommended  ready  containers");
