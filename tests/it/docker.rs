@@ -53,34 +53,7 @@ fn load(
     workers: usize,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
-    tokio::spawn(async move {
-        let mut tasks = Vec::new();
-        for _ in 0..workers {
-            let (stop, host) = (stop.clone(), host.clone());
-            tasks.push(tokio::spawn(async move {
-                let c = client();
-                let (mut ok, mut failed) = (0, Vec::new());
-                for _ in 0..100_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    match send(&c, addr, "GET", &host, "/", &[]).await {
-                        Ok(a) if a.status == 200 => ok += 1,
-                        Ok(a) => failed.push(format!("{} {}", a.status, a.body.trim())),
-                        Err(e) => failed.push(e),
-                    }
-                }
-                (ok, failed)
-            }));
-        }
-        let (mut ok, mut failed) = (0, Vec::new());
-        for t in tasks {
-            let (o, f) = t.await.unwrap();
-            ok += o;
-            failed.extend(f);
-        }
-        (ok, failed)
-    })
+    clients(addr, "GET", host, workers, 100_000, stop)
 }
 
 /// The backend URLs Gantry has for a service.

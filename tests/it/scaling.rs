@@ -2,7 +2,6 @@
 //! and the Docker scaler growing and shrinking a real compose service under load.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -10,45 +9,6 @@ use std::time::{Duration, Instant};
 use crate::docker_support::*;
 use crate::etcd_support::*;
 use crate::support::*;
-
-/// `workers` clients sending POSTs (never replayed by Gantry, so a request cut by a stopping
-/// replica would show) until `stop`, at most `max_each` each. Returns (ok, failures).
-fn posts(
-    addr: SocketAddr,
-    host: String,
-    workers: usize,
-    max_each: usize,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
-    tokio::spawn(async move {
-        let mut tasks = Vec::new();
-        for _ in 0..workers {
-            let (stop, host) = (stop.clone(), host.clone());
-            tasks.push(tokio::spawn(async move {
-                let c = client();
-                let (mut ok, mut failed) = (0, Vec::new());
-                for _ in 0..max_each {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    match send(&c, addr, "POST", &host, "/", &[]).await {
-                        Ok(a) if a.status == 200 => ok += 1,
-                        Ok(a) => failed.push(format!("{} {}", a.status, a.body.trim())),
-                        Err(e) => failed.push(e),
-                    }
-                }
-                (ok, failed)
-            }));
-        }
-        let (mut ok, mut failed) = (0, Vec::new());
-        for t in tasks {
-            let (o, f) = t.await.unwrap();
-            ok += o;
-            failed.extend(f);
-        }
-        (ok, failed)
-    })
-}
 
 fn recommendation(view: &serde_json::Value, service: &str) -> Option<serde_json::Value> {
     view["services"]
@@ -95,7 +55,7 @@ scale = {{ min = 1, max = 6, target = 2, utilization = 1.0, window = "4s" }}
     assert_eq!(idle["ready"], 1, "{idle}");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let load = posts(g.addr(), "api.test".into(), 8, 2000, stop.clone());
+    let load = clients(g.addr(), "POST", "api.test".into(), 8, 2000, stop.clone());
     // 8 in flight at 2 per replica: 4 replicas, reached through the burst window.
     let busy = eventually(Duration::from_secs(15), "a recommendation of 4", || async {
         recommendation(&admin_json(admin, "/api/v1/scaling").await, "api").filter(|r| r["replicas"] == 4)
@@ -242,7 +202,7 @@ async fn the_docker_scaler_grows_a_compose_service_under_load_and_shrinks_it_aft
 
     // About three replicas' worth: 6 clients, 100 ms per answer, at 2 in flight per replica.
     let stop = Arc::new(AtomicBool::new(false));
-    let heavy = posts(g.addr(), host.clone(), 6, 400, stop.clone());
+    let heavy = clients(g.addr(), "POST", host.clone(), 6, 400, stop.clone());
     eventually(Duration::from_secs(40), "three ready replicas", || async {
         recommendation(&admin_json(admin, "/api/v1/scaling").await, &host).filter(|r| r["ready"] == 3)
     })
@@ -264,7 +224,7 @@ async fn the_docker_scaler_grows_a_compose_service_under_load_and_shrinks_it_aft
 
     // One client keeps going while the scaler drains and removes the surplus replicas.
     let stop = Arc::new(AtomicBool::new(false));
-    let light = posts(g.addr(), host.clone(), 1, 2000, stop.clone());
+    let light = clients(g.addr(), "POST", host.clone(), 1, 2000, stop.clone());
     eventually(Duration::from_secs(60), "one replica again", || async {
         (running(&compose.project, "api").len() == 1).then_some(())
     })

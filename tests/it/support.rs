@@ -615,3 +615,45 @@ impl TestCa {
         tokio_rustls::TlsConnector::from(Arc::new(cfg))
     }
 }
+
+/// `workers` clients sending `method` requests for `host` one after another until `stop`, at most
+/// `max_each` each. Returns (answered 200, every failure). POSTs are never replayed by Gantry,
+/// so a request cut by a stopping backend shows.
+pub fn clients(
+    addr: SocketAddr,
+    method: &'static str,
+    host: String,
+    workers: usize,
+    max_each: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..workers {
+            let (stop, host) = (stop.clone(), host.clone());
+            tasks.push(tokio::spawn(async move {
+                let c = client();
+                let (mut ok, mut failed) = (0, Vec::new());
+                for _ in 0..max_each {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match send(&c, addr, method, &host, "/", &[]).await {
+                        Ok(a) if a.status == 200 => ok += 1,
+                        Ok(a) => failed.push(format!("{} {}", a.status, a.body.trim())),
+                        Err(e) => failed.push(e),
+                    }
+                }
+                (ok, failed)
+            }));
+        }
+        let (mut ok, mut failed) = (0, Vec::new());
+        for t in tasks {
+            let (o, f) = t.await.unwrap();
+            ok += o;
+            failed.extend(f);
+        }
+        (ok, failed)
+    })
+}
