@@ -113,10 +113,6 @@ impl Recommender {
         }
     }
 
-    pub fn spec(&self) -> &Scale {
-        &self.spec
-    }
-
     /// New settings keep what has been observed.
     pub fn set_spec(&mut self, spec: &Scale) {
         if self.spec != *spec {
