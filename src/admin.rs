@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gantry_config::model::MAX_WEIGHT;
+use gantry_config::MAX_WEIGHT;
 use gantry_config::rollout::RolloutSpec;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gantry_config::Errors;
-use gantry_config::file::{FileBackend, check_name, validate_backend};
+use gantry_config::backend::{FileBackend, validate_backend};
+use gantry_config::check::check_name;
 use gantry_discovery::docker::labels::compact_route;
 use gantry_discovery::docker::state::route_service_name;
 use gantry_discovery::etcd::lease::{Keep, keep};

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_config::model::DEFAULT_ENTRYPOINT;
+use gantry_config::DEFAULT_ENTRYPOINT;
 use gantry_config::{DesiredState, Entrypoint, Errors, RoutingTable, StaticConfig};
 use gantry_discovery::{FileSource, Outcome, Reconciler, SourceId, Update};
 use gantry_proxy::{Proxy, ServerConfig, Shutdown};

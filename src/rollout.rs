@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
-use gantry_config::model::Changes;
+use gantry_config::Changes;
 use gantry_config::rollout::RolloutSpec;
 use gantry_discovery::etcd::source::connect;
 use gantry_discovery::{Report, SourceId, Update};

@@ -547,7 +547,7 @@ pub async fn publish_to_etcd(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gantry_config::model::Milli;
+    use gantry_config::Milli;
 
     fn spec(min: u32, max: u32, target: f64, window_s: u64) -> Scale {
         Scale {

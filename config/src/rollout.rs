@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Errors;
-use crate::file::check_version;
+use crate::canary::check_version;
+use crate::error::Errors;
 
 /// A rollout as written (TOML or JSON).
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]

@@ -31,8 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::{HeaderMap, Method};
 
 use crate::error::Errors;
-use crate::model::{Changes, DesiredState, HostPattern, Match, PathMatch, Router, Service};
 use crate::tls::CertStore;
+use crate::{Changes, DesiredState, HostPattern, Match, PathMatch, Router, Service};
 
 /// A route's or a service's id: stable for as long as its name is in the table, reused after.
 pub type Id = u32;

@@ -9,8 +9,9 @@
 //! them. `||` and `!` are refused with a message that says how to express the rule instead: a
 //! conjunction maps onto the host index, so every rule is looked up in constant time.
 
-use crate::file::{check_path, normalize_match, parse_header_match, parse_host_pattern, parse_method};
-use crate::model::{Match, PathMatch};
+use crate::matcher::{
+    Match, PathMatch, check_path, normalize_match, parse_header_match, parse_host_pattern, parse_method,
+};
 
 pub fn parse(text: &str) -> Result<Match, String> {
     let mut p = Parser { src: text, pos: 0 };
@@ -189,7 +190,7 @@ impl Parser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::HostPattern;
+    use crate::HostPattern;
 
     #[test]
     fn parses_a_conjunction() {

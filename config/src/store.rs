@@ -4,8 +4,7 @@
 //! store; a reader takes an `Arc` with [`Store::load`] and keeps using that one value until it is
 //! done, so a request never sees half of one table and half of the next.
 
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
-use gantry_config::model::Changes;
+use gantry_config::Changes;
 use gantry_config::{DesiredState, Errors, RoutingTable};
 use tokio::sync::mpsc;
 use tracing::{info, warn};

@@ -432,7 +432,8 @@ mod tests {
         let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
         (0..n)
             .map(|i| {
-                let url = gantry_config::file::parse_backend_url(&format!("http://10.0.0.{i}:80")).unwrap();
+                let url =
+                    gantry_config::backend::parse_backend_url(&format!("http://10.0.0.{i}:80")).unwrap();
                 Arc::new(BackendState::new(
                     BackendKey {
                         service: "s".into(),

@@ -1,4 +1,9 @@
 use super::*;
+use crate::hash::HashOn;
+use crate::matcher::HostPattern;
+use crate::scale::Scale;
+use crate::service::Policy;
+use crate::service::Timeouts;
 
 const GOOD: &str = r#"
 [entrypoints.web]

@@ -1,6 +1,6 @@
 use super::*;
 use crate::file::load;
-use crate::model::{Changes, DesiredState};
+use crate::state::{Changes, DesiredState};
 use http::HeaderValue;
 
 fn table(toml: &str) -> RoutingTable {
@@ -246,10 +246,10 @@ fn normalize_host_strips_port_and_case() {
 
 /// A random router over a small pool of hosts, wildcards, paths and priorities, so that random
 /// changes collide in buckets.
-fn random_router(rng: &mut fastrand::Rng, services: &[&str]) -> crate::model::Router {
+fn random_router(rng: &mut fastrand::Rng, services: &[&str]) -> crate::router::Router {
     let hosts = ["a.example.com", "b.example.com", "x.a.example.com", "other.org"];
     let wild = ["example.com", "a.example.com", "org"];
-    let mut m = crate::model::Match::default();
+    let mut m = crate::matcher::Match::default();
     match rng.u8(0..4) {
         0 => {}
         1 => m
@@ -275,7 +275,7 @@ fn random_router(rng: &mut fastrand::Rng, services: &[&str]) -> crate::model::Ro
     if rng.bool() {
         m.methods.push("POST".into());
     }
-    crate::model::Router {
+    crate::router::Router {
         entrypoints: if rng.u8(0..4) == 0 {
             vec!["internal".into()]
         } else {
@@ -393,7 +393,7 @@ fn a_change_names_what_it_touched_and_refuses_what_would_dangle() {
         .insert("u".into(), Some(v.state.services["s"].clone()));
     changes.routers.insert(
         "c".into(),
-        Some(crate::model::Router {
+        Some(crate::router::Router {
             service: "nope".into(),
             ..v.state.routers["b"].clone()
         }),

@@ -16,10 +16,13 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use gantry_config::Errors;
-use gantry_config::file::{
-    FileRouter, FileScale, FileService, check_name, check_path, check_version, parse_host_pattern,
-};
-use gantry_config::model::MAX_WEIGHT;
+use gantry_config::MAX_WEIGHT;
+use gantry_config::canary::check_version;
+use gantry_config::check::check_name;
+use gantry_config::matcher::{check_path, parse_host_pattern};
+use gantry_config::router::FileRouter;
+use gantry_config::scale::FileScale;
+use gantry_config::service::FileService;
 use serde::de::DeserializeOwned;
 
 /// What Docker says about a running container (from `inspect`).

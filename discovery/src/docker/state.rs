@@ -21,7 +21,9 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use gantry_config::file::{FileRouter, FileScale, FileService, validate_router, validate_service};
+use gantry_config::router::{FileRouter, validate_router};
+use gantry_config::scale::FileScale;
+use gantry_config::service::{FileService, validate_service};
 use gantry_config::{Backend, BackendUrl, DesiredState, Errors, Scheme};
 
 use super::labels::{self, ContainerDecl, ContainerFacts, DockerHealth, origin};

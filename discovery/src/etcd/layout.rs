@@ -22,11 +22,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use gantry_config::file::{
-    FileBackend, FileRouter, FileService, check_version, validate_backend, validate_router, validate_service,
-};
-use gantry_config::model::{Changes, MAX_WEIGHT};
-use gantry_config::{Backend, DesiredState, Errors, Router, Service};
+use gantry_config::backend::{FileBackend, validate_backend};
+use gantry_config::canary::check_version;
+use gantry_config::router::{FileRouter, validate_router};
+use gantry_config::service::{FileService, validate_service};
+use gantry_config::{Backend, Changes, DesiredState, Errors, MAX_WEIGHT, Router, Service};
 use serde::de::DeserializeOwned;
 
 /// One key's value and the revision it was last modified at.

@@ -1,0 +1,89 @@
+//! The `[docker]` section: how the Docker source finds the engine, addresses and networks.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::check::duration_or;
+use crate::error::Errors;
+use crate::matcher::parse_host_pattern;
+
+/// How Gantry follows a Docker engine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DockerConfig {
+    /// `unix:///var/run/docker.sock` or `tcp://host:port`; default `DOCKER_HOST`, then the socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Reach containers by their IP on a network (Gantry on that network) or by their ports
+    /// published on the host (Gantry on the host).
+    pub published: bool,
+    /// The network to reach containers on when their `gantry.docker.network` label does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Route containers without `gantry.enable`; false: only those with `gantry.enable=true`.
+    pub exposed_by_default: bool,
+    /// A service whose containers are all gone answers 503 for this long, then 404.
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub grace: Duration,
+    /// Hosts no container may claim.
+    pub reserved_hosts: Vec<String>,
+    /// The scaler: create and remove replicas of compose services that carry scaling labels,
+    /// following Gantry's recommendations. Off unless asked for.
+    pub scale: bool,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            published: false,
+            network: None,
+            exposed_by_default: true,
+            grace: Duration::from_secs(30),
+            reserved_hosts: Vec::new(),
+            scale: false,
+        }
+    }
+}
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDocker {
+    pub endpoint: Option<String>,
+    /// "ip" or "published".
+    pub address: Option<String>,
+    pub network: Option<String>,
+    pub exposed_by_default: Option<bool>,
+    pub grace: Option<String>,
+    pub reserved_hosts: Option<Vec<String>>,
+    /// Act on scaling recommendations (create and remove replicas).
+    pub scale: Option<bool>,
+}
+
+pub(crate) fn validate_docker(d: &FileDocker, origin: &str, errs: &mut Errors) -> DockerConfig {
+    let mut out = crate::DockerConfig {
+        endpoint: d.endpoint.clone(),
+        network: d.network.clone(),
+        ..Default::default()
+    };
+    match d.address.as_deref() {
+        None | Some("ip") => {}
+        Some("published") => out.published = true,
+        Some(a) => errs.push(
+            origin,
+            "docker.address",
+            format!("{a:?}: use \"ip\" or \"published\""),
+        ),
+    }
+    if let Some(e) = d.exposed_by_default {
+        out.exposed_by_default = e;
+    }
+    out.scale = d.scale.unwrap_or(false);
+    out.grace = duration_or(&d.grace, out.grace, origin, "docker.grace".into(), errs);
+    for (i, h) in d.reserved_hosts.iter().flatten().enumerate() {
+        match parse_host_pattern(h) {
+            Ok(p) => out.reserved_hosts.push(p.to_string()),
+            Err(e) => errs.push(origin, format!("docker.reserved_hosts[{i}]"), e),
+        }
+    }
+    out
+}
