@@ -384,7 +384,7 @@ impl Admin {
                 if let Some(backends) = v.get_mut("backends").and_then(Value::as_array_mut) {
                     for (b, state) in backends.iter_mut().zip(&svc.backends) {
                         if let Some(o) = b.as_object_mut() {
-                            let now = gantry_proxy::backend::nanos_since_epoch(std::time::Instant::now());
+                            let now = gantry_proxy::clock::nanos_since_epoch(std::time::Instant::now());
                             o.insert("state".into(), json!(state.health.phase(now).as_str()));
                             let reason = state.health.reason();
                             if !reason.is_empty() {

@@ -27,7 +27,7 @@ use bollard::query_parameters::{
 use gantry_discovery::docker::labels::{self, ContainerFacts};
 use gantry_discovery::docker::source::facts;
 use gantry_discovery::docker::state::route_service_name;
-use gantry_proxy::health::BackendPhase;
+use gantry_proxy::backend::BackendPhase;
 use gantry_proxy::{BackendState, Proxy};
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde::Serialize;
@@ -461,7 +461,7 @@ impl Scaler {
         let deadline = Instant::now() + self.ready_timeout;
         loop {
             let f = self.facts(id).await.ok_or("exited before it was ready")?;
-            let now = gantry_proxy::backend::nanos_since_epoch(std::time::Instant::now());
+            let now = gantry_proxy::clock::nanos_since_epoch(std::time::Instant::now());
             if self
                 .backends_of(service, &f)
                 .iter()

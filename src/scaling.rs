@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use gantry_config::Scale;
 use gantry_proxy::Proxy;
-use gantry_proxy::health::BackendPhase;
+use gantry_proxy::backend::BackendPhase;
 use gantry_proxy::service::Demand;
 use prometheus::{GaugeVec, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
@@ -387,7 +387,7 @@ impl Scaling {
 
     fn observe(&self, now: Instant) {
         let snap = self.proxy.snapshot();
-        let nanos = gantry_proxy::backend::nanos_since_epoch(std::time::Instant::now());
+        let nanos = gantry_proxy::clock::nanos_since_epoch(std::time::Instant::now());
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut seen = Vec::new();
         for svc in snap.services() {

@@ -2,16 +2,11 @@
 //! here ever collects a whole body.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-
-use crate::backend::{BackendState, InFlight};
-use crate::server::ActiveRequest;
 
 /// The body of a request sent to a backend: the client's body streamed through, with the
 /// router's size limit enforced as it streams.
@@ -137,133 +132,6 @@ impl Body for UpstreamBody {
             Inner::Incoming(b) => b.size_hint(),
             Inner::Prefixed(..) => SizeHint::default(),
             Inner::Empty => SizeHint::with_exact(0),
-        }
-    }
-}
-
-/// What keeps a backend exchange accounted for until the response body is finished: the
-/// in-flight count, and the connection, which goes back to the pool only once the backend's
-/// response has been read to its end.
-#[derive(Debug)]
-pub struct Lease {
-    pub(crate) in_flight: InFlight,
-    pub(crate) sender: Option<SendRequest<UpstreamBody>>,
-    pub(crate) max_idle: usize,
-}
-
-impl Lease {
-    fn release(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            self.backend().put_idle(sender, self.max_idle);
-        }
-    }
-
-    fn backend(&self) -> &Arc<BackendState> {
-        self.in_flight.backend()
-    }
-}
-
-/// The body of a response sent to a client.
-#[derive(Debug)]
-pub struct ResponseBody {
-    kind: Kind,
-    /// Marks the client connection busy until this body is dropped (see `server`).
-    active: Option<ActiveRequest>,
-}
-
-#[derive(Debug)]
-enum Kind {
-    Upstream { body: Incoming, lease: Option<Lease> },
-    Full(Option<Bytes>),
-}
-
-impl ResponseBody {
-    pub fn empty() -> Self {
-        Self {
-            kind: Kind::Full(None),
-            active: None,
-        }
-    }
-
-    pub fn full(bytes: Bytes) -> Self {
-        Self {
-            kind: Kind::Full(Some(bytes)),
-            active: None,
-        }
-    }
-
-    pub fn upstream(body: Incoming, lease: Lease) -> Self {
-        let mut b = Self {
-            kind: Kind::Upstream {
-                body,
-                lease: Some(lease),
-            },
-            active: None,
-        };
-        b.check_end();
-        b
-    }
-
-    pub(crate) fn set_active(&mut self, active: ActiveRequest) {
-        self.active = Some(active);
-    }
-
-    /// Returns the connection to the pool as soon as the backend's body is known to be complete.
-    #[inline]
-    fn check_end(&mut self) {
-        if let Kind::Upstream { body, lease } = &mut self.kind
-            && body.is_end_stream()
-            && let Some(mut l) = lease.take()
-        {
-            l.release();
-        }
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    #[inline]
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        match &mut this.kind {
-            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, lease } => {
-                let res = Pin::new(body).poll_frame(cx);
-                match &res {
-                    Poll::Ready(None) => {
-                        if let Some(mut l) = lease.take() {
-                            l.release();
-                        }
-                    }
-                    Poll::Ready(Some(Ok(_))) => this.check_end(),
-                    // An error leaves the connection unusable: dropping the lease drops it.
-                    Poll::Ready(Some(Err(_))) => *lease = None,
-                    Poll::Pending => {}
-                }
-                res
-            }
-        }
-    }
-
-    #[inline]
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Full(b) => b.is_none(),
-            Kind::Upstream { body, .. } => body.is_end_stream(),
-        }
-    }
-
-    #[inline]
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream { body, .. } => body.size_hint(),
         }
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::{BodyError, ResponseBody};
+use crate::backend::ConnectError;
+use crate::body::BodyError;
+use crate::response::ResponseBody;
 
 #[derive(Debug)]
 pub enum ProxyError {
@@ -55,6 +57,17 @@ fn body_error(e: &hyper::Error) -> Option<&BodyError> {
         cause = c.source();
     }
     None
+}
+
+impl From<ConnectError> for ProxyError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Limit => ProxyError::ConnectionLimit,
+            ConnectError::Timeout(d) => ProxyError::ConnectTimeout(d),
+            ConnectError::Refused(e) => ProxyError::Connect(e),
+            ConnectError::Handshake(e) => ProxyError::Upstream(e),
+        }
+    }
 }
 
 impl ProxyError {

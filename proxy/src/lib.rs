@@ -1,289 +1,52 @@
 //! Gantry's data plane.
 //!
 //! The request path only ever reads: it loads one [`Snapshot`] from the store and uses it from
-//! start to finish. The control plane (the root crate's reconciler) calls [`Proxy::publish`] with
-//! a compiled routing table; the new snapshot is built here, off the request path, reusing the
-//! state of every backend that is still there, and swapped in with one store.
+//! start to finish. The control plane (the reconciler that `gantry-discovery` runs) calls
+//! [`Proxy::publish`] with a compiled routing table; the new snapshot is built here, off the
+//! request path, reusing the state of every backend that is still there, and swapped in with one
+//! store.
+//!
+//! Modules depend one way, from the listener down to the backend:
+//!
+//! ```text
+//! server      listeners, TLS, HTTP/1.1 + HTTP/2 connections, idle and drain     (io: framing guard)
+//!   └─ forward    the request path, phase by phase: admit, route, pick, rewrite, attempt, respond
+//!        ├─ headers     what the backend sees: target, Host, X-Forwarded-*, no hop-by-hop
+//!        ├─ upstream    one attempt's exchange with a backend; replaying a body-less request
+//!        ├─ error       every failure, and the one place it becomes a status code
+//!        ├─ response    bodies sent to clients; the lease on a backend connection
+//!        ├─ plane       Proxy: snapshot store, registries, metrics, publish   (checks: active health)
+//!        │    └─ snapshot    a routing table + runtime per service and route (balance: the pickers)
+//!        ├─ backend     per-backend state: pool, in-flight, EWMA, connect    (health: passive state)
+//!        └─ service     per-service state: in-flight, demand, retry budget
+//! conn, request_id, body, clock, metrics, shutdown: leaves every layer may use
+//! ```
 //!
 //! This crate never imports `gantry-discovery`: where routes come from is not its business.
 
 pub mod backend;
 pub mod balance;
 pub mod body;
+pub mod checks;
+pub mod clock;
+pub mod conn;
 pub mod error;
 pub mod forward;
-pub mod health;
+pub mod headers;
 pub mod io;
 pub mod metrics;
+pub mod plane;
+pub mod request_id;
+pub mod response;
 pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod snapshot;
+pub mod upstream;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::time::Duration;
-
-use gantry_config::{RoutingTable, Store};
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
-use prometheus::{IntGaugeVec, Opts, Registry};
-
-pub use backend::{BackendKey, BackendRegistry, BackendState};
+pub use backend::{BackendKey, BackendRegistry, BackendState, ConnectError};
 pub use error::ProxyError;
+pub use plane::Proxy;
 pub use server::{ServerConfig, serve};
 pub use shutdown::Shutdown;
 pub use snapshot::Snapshot;
-
-use metrics::{ClassCounters, Metrics};
-use service::ServiceRegistry;
-
-/// Shared state of the data plane: the snapshot store, backend state, metrics.
-#[derive(Debug)]
-pub struct Proxy {
-    store: Store<Snapshot>,
-    registry: Arc<BackendRegistry>,
-    services: ServiceRegistry,
-    checkers: health::Checkers,
-    metrics: Metrics,
-    no_route: ClassCounters,
-    entrypoints: Vec<String>,
-    /// Upgraded connections (WebSocket tunnels), so that shutdown can wait for them.
-    tunnels: tokio_util::task::TaskTracker,
-}
-
-impl Proxy {
-    /// A proxy with an empty routing table (every request gets 404 until the first publish).
-    pub fn new(entrypoints: Vec<String>, registry: &Registry) -> Result<Arc<Self>, prometheus::Error> {
-        let metrics = Metrics::new(registry)?;
-        let backends = Arc::new(BackendRegistry::default());
-        registry.register(Box::new(BackendGauges::new(backends.clone())?))?;
-        let no_route = metrics.class_counters("", "", "");
-        let empty = Arc::new(RoutingTable::empty(&entrypoints));
-        Ok(Arc::new(Self {
-            store: Store::new(Snapshot::empty(empty)),
-            registry: backends,
-            services: ServiceRegistry::default(),
-            checkers: health::Checkers::default(),
-            metrics,
-            no_route,
-            entrypoints,
-            tunnels: tokio_util::task::TaskTracker::new(),
-        }))
-    }
-
-    /// Builds a snapshot for `table` and makes it live. Returns its generation.
-    ///
-    /// Only what the table says changed is rebuilt, then settled: health checks follow the
-    /// changed services, backends that left a service are retired (their idle connections
-    /// close, requests in flight on them finish) and the metric series of what disappeared are
-    /// dropped.
-    pub fn publish(&self, table: Arc<RoutingTable>) -> u64 {
-        let mut delta = snapshot::Delta::default();
-        let generation = self.store.publish(|generation, previous| {
-            let (snapshot, d) = Snapshot::build(
-                generation,
-                table,
-                previous,
-                &self.registry,
-                &self.services,
-                &self.metrics,
-            );
-            delta = d;
-            snapshot
-        });
-        self.settle(&delta);
-        generation
-    }
-
-    fn settle(&self, d: &snapshot::Delta) {
-        self.checkers
-            .update(&d.old_services, &d.new_services, &self.metrics);
-        let services: HashSet<&str> = d.new_services.iter().map(|s| &*s.name).collect();
-        let versions: HashSet<(&str, &str)> = d
-            .new_services
-            .iter()
-            .flat_map(|s| s.versions().map(|(v, _)| (&*s.name, v)))
-            .collect();
-        for s in &d.old_services {
-            for (v, _) in s.versions() {
-                if !versions.contains(&(&*s.name, v)) {
-                    self.metrics.forget_version(&s.name, v);
-                }
-            }
-        }
-        self.services.forget(
-            d.old_services
-                .iter()
-                .map(|s| &s.name)
-                .filter(|n| !services.contains(&***n)),
-            &self.metrics,
-        );
-        let routes: HashSet<(&str, &str)> = d.new_routes.iter().map(|r| (&*r.name, &*r.service)).collect();
-        let mut routers_of_service: HashMap<&str, Vec<&str>> = HashMap::new();
-        for r in &d.old_routes {
-            routers_of_service.entry(&r.service).or_default().push(&r.name);
-            if !routes.contains(&(&*r.name, &*r.service)) {
-                self.metrics.forget_route(&r.name, &r.service);
-            }
-        }
-        let keep: HashSet<&BackendKey> = d
-            .new_services
-            .iter()
-            .flat_map(|s| s.backends.iter().map(|b| &b.key))
-            .collect();
-        let gone: Vec<BackendKey> = d
-            .old_services
-            .iter()
-            .flat_map(|s| s.backends.iter().map(|b| &b.key))
-            .filter(|k| !keep.contains(k))
-            .cloned()
-            .collect();
-        for b in self.registry.remove(&gone) {
-            let routers = routers_of_service
-                .get(&*b.key.service)
-                .cloned()
-                .unwrap_or_default();
-            self.metrics.forget_backend(&routers, &b.key.service, &b.label);
-        }
-    }
-
-    /// The live snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.store.load()
-    }
-
-    pub fn entrypoints(&self) -> &[String] {
-        &self.entrypoints
-    }
-
-    pub fn entrypoint_name(&self, i: usize) -> &str {
-        self.entrypoints.get(i).map_or("", String::as_str)
-    }
-
-    /// What one version of a service has answered so far (for rollout gates and the admin API).
-    pub fn version_stats(&self, service: &str, version: &str) -> metrics::VersionStats {
-        self.metrics.version_stats(service, version)
-    }
-
-    pub fn backends(&self) -> Vec<Arc<BackendState>> {
-        self.registry.all()
-    }
-
-    /// Waits until every upgraded connection (WebSocket tunnel) has closed.
-    pub async fn tunnels_closed(&self) {
-        self.tunnels.close();
-        self.tunnels.wait().await;
-    }
-
-    /// Background upkeep: closes pooled connections past their idle timeout, so that idle
-    /// upstream connections go away without waiting for the next request.
-    pub async fn maintain(self: Arc<Self>, shutdown: Shutdown) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let snap = self.snapshot();
-            for svc in snap.services() {
-                for b in &svc.backends {
-                    b.evict_idle(svc.spec.timeouts.idle);
-                }
-            }
-        }
-    }
-}
-
-/// Exposes per-backend gauges read at scrape time, so the request path pays nothing for them.
-struct BackendGauges {
-    registry: Arc<BackendRegistry>,
-    in_flight: IntGaugeVec,
-    open: IntGaugeVec,
-    idle: IntGaugeVec,
-    phase: IntGaugeVec,
-}
-
-impl BackendGauges {
-    fn new(registry: Arc<BackendRegistry>) -> Result<Self, prometheus::Error> {
-        Ok(Self {
-            registry,
-            in_flight: IntGaugeVec::new(
-                Opts::new(
-                    "gantry_backend_requests_in_flight",
-                    "Requests in flight on each backend.",
-                ),
-                &["service", "backend"],
-            )?,
-            open: IntGaugeVec::new(
-                Opts::new(
-                    "gantry_backend_connections_open",
-                    "Open connections to each backend.",
-                ),
-                &["service", "backend"],
-            )?,
-            idle: IntGaugeVec::new(
-                Opts::new(
-                    "gantry_backend_connections_idle",
-                    "Idle pooled connections to each backend.",
-                ),
-                &["service", "backend"],
-            )?,
-            phase: IntGaugeVec::new(
-                Opts::new(
-                    "gantry_backend_state",
-                    "1 for each backend's current state: ready, not_ready, ejected, draining, slow_start.",
-                ),
-                &["service", "backend", "state"],
-            )?,
-        })
-    }
-}
-
-impl std::fmt::Debug for BackendGauges {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BackendGauges")
-    }
-}
-
-impl Collector for BackendGauges {
-    fn desc(&self) -> Vec<&Desc> {
-        let mut d = self.in_flight.desc();
-        d.extend(self.open.desc());
-        d.extend(self.idle.desc());
-        d.extend(self.phase.desc());
-        d
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        self.in_flight.reset();
-        self.open.reset();
-        self.idle.reset();
-        self.phase.reset();
-        let now = backend::nanos_since_epoch(std::time::Instant::now());
-        for b in self.registry.all() {
-            let current = b.health.phase(now);
-            for p in health::BackendPhase::ALL {
-                self.phase
-                    .with_label_values(&[&*b.key.service, &*b.label, p.as_str()])
-                    .set(i64::from(p == current));
-            }
-            let labels = [&*b.key.service, &*b.label];
-            self.in_flight
-                .with_label_values(&labels)
-                .set(i64::from(b.in_flight()));
-            self.open
-                .with_label_values(&labels)
-                .set(i64::from(b.open_connections()));
-            self.idle
-                .with_label_values(&labels)
-                .set(b.idle_connections() as i64);
-        }
-        let mut out = self.in_flight.collect();
-        out.extend(self.open.collect());
-        out.extend(self.idle.collect());
-        out.extend(self.phase.collect());
-        out
-    }
-}

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -26,9 +26,11 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, debug_span, warn};
 
+use crate::conn::{Activity, ConnInfo};
 use crate::error::ProxyError;
 use crate::io::{ClientIo, FramingFlag};
-use crate::{Proxy, Shutdown};
+use crate::plane::Proxy;
+use crate::shutdown::Shutdown;
 
 /// How a listener behaves: its limits, and TLS if it terminates TLS.
 #[derive(Clone, Debug, Default)]
@@ -47,40 +49,6 @@ impl ServerConfig {
             tls: ep.tls.clone(),
             https_port: None,
         }
-    }
-}
-
-/// What the request path knows about the client connection.
-#[derive(Debug)]
-pub struct ConnInfo {
-    pub entrypoint: usize,
-    pub client_ip: IpAddr,
-    /// `client_ip` as a header value, made once per connection for `X-Forwarded-For`.
-    pub client_ip_header: HeaderValue,
-    /// `X-Forwarded-Proto`: "https" on TLS listeners.
-    pub proto: &'static str,
-    pub https_port: Option<u16>,
-    /// The connection's place under the listener's connection limit. It lives as long as this
-    /// struct, so an upgraded connection (WebSocket) keeps counting after hyper lets go of it.
-    pub(crate) _permit: OwnedSemaphorePermit,
-}
-
-/// Requests started and finished on one connection. The connection is idle when both are
-/// equal and neither moved for a whole timeout period; checking two counters from one timer per
-/// connection costs far less than a timer per request.
-#[derive(Debug, Default)]
-pub(crate) struct Activity {
-    started: AtomicU64,
-    finished: AtomicU64,
-}
-
-/// Marks a request finished when its response body is dropped (sent or abandoned).
-#[derive(Debug)]
-pub struct ActiveRequest(Arc<Activity>);
-
-impl Drop for ActiveRequest {
-    fn drop(&mut self) {
-        self.0.finished.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -260,12 +228,12 @@ impl Conn {
                 let mut resp = if smuggling {
                     proxy.fail(
                         &ProxyError::BadFraming("both Content-Length and Transfer-Encoding"),
-                        crate::forward::new_request_id(),
+                        crate::request_id::new_request_id(),
                     )
                 } else {
                     proxy.handle(req, &info).await
                 };
-                resp.body_mut().set_active(ActiveRequest(act));
+                resp.body_mut().set_active(crate::conn::ActiveRequest(act));
                 Ok::<_, Infallible>(resp)
             }
         });

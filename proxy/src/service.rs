@@ -57,7 +57,7 @@ impl ServiceState {
             busy_micros: AtomicU64::new(0),
             // A second's worth of the default floor, so that a service can retry from the start.
             tokens: AtomicI64::new(10_000),
-            refilled_at: AtomicU64::new(crate::backend::nanos_since_epoch(std::time::Instant::now())),
+            refilled_at: AtomicU64::new(crate::clock::nanos_since_epoch(std::time::Instant::now())),
             retried: metrics.retries.with_label_values(&[name, "retried"]),
             retries_refused: metrics.retries.with_label_values(&[name, "budget_exhausted"]),
             breaker_service: metrics.circuit_breaker.with_label_values(&[name, "service"]),

@@ -282,7 +282,7 @@ impl ServiceRuntime {
     /// service down. With versions, the version is chosen first, by version weight among the
     /// versions that have a backend to take the request.
     pub fn pick(&self, ctx: &PickContext, exclude: &[usize]) -> Option<Pick> {
-        let now = crate::backend::nanos_since_epoch(ctx.now);
+        let now = crate::clock::nanos_since_epoch(ctx.now);
         let (mut candidates, mut eligible) = (0usize, 0usize);
         for (b, spec) in self.backends.iter().zip(&self.spec.backends) {
             if spec.weight > 0 && !b.health.is_draining() {

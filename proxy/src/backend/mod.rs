@@ -1,12 +1,23 @@
 //! Per-backend state that outlives routing-table swaps: in-flight count, latency EWMA, the
-//! keep-alive pool of upstream connections. It is keyed by backend identity (service name and
-//! URL) in a [`BackendRegistry`]; a new snapshot picks up the existing state of every backend it
-//! still has, so a weight change or an unrelated route change resets nothing.
+//! keep-alive pool of upstream connections, and its passive health (`health`). It is keyed by
+//! backend identity (service name and URL) in a [`BackendRegistry`]; a new snapshot picks up the
+//! existing state of every backend it still has, so a weight change or an unrelated route change
+//! resets nothing.
+//!
+//! This is one module tree on purpose: a backend's health and its state are one knot (ejection
+//! weighs a backend against its peers' state, the state carries its health), so `health` and this
+//! module use each other. Everything else in the crate depends on the tree one way.
+
+pub mod health;
+
+pub use health::{BackendPhase, Health};
+
+use crate::clock::nanos_since_epoch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gantry_config::BackendUrl;
@@ -18,8 +29,6 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::body::UpstreamBody;
-use crate::error::ProxyError;
-use crate::health::Health;
 use crate::metrics::Metrics;
 
 /// How long a latency observation keeps its weight in the least-request score: after this long
@@ -70,16 +79,6 @@ pub struct BackendState {
     connections_opened: IntCounter,
     pub(crate) ejections: IntCounter,
     pub health: Health,
-}
-
-/// Process-wide monotonic epoch for timestamps stored in atomics.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-pub fn nanos_since_epoch(t: Instant) -> u64 {
-    t.saturating_duration_since(epoch()).as_nanos() as u64
 }
 
 impl BackendState {
@@ -224,7 +223,7 @@ impl BackendState {
     pub async fn h2_sender(
         &self,
         connect_timeout: Duration,
-    ) -> Result<http2::SendRequest<UpstreamBody>, ProxyError> {
+    ) -> Result<http2::SendRequest<UpstreamBody>, ConnectError> {
         if let Some(s) = self
             .h2
             .lock()
@@ -246,7 +245,7 @@ impl BackendState {
         let (sender, conn) = builder
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(ProxyError::Upstream)?;
+            .map_err(ConnectError::Handshake)?;
         self.connections_opened.inc();
         self.open.fetch_add(1, Ordering::Relaxed);
         let open = self.open.clone();
@@ -262,7 +261,7 @@ impl BackendState {
         Ok(sender)
     }
 
-    pub(crate) async fn tcp(&self, connect_timeout: Duration) -> Result<TcpStream, ProxyError> {
+    pub(crate) async fn tcp(&self, connect_timeout: Duration) -> Result<TcpStream, ConnectError> {
         let connecting = async {
             match &self.target {
                 Target::Addr(a) => TcpStream::connect(*a).await,
@@ -270,8 +269,8 @@ impl BackendState {
             }
         };
         let stream = match tokio::time::timeout(connect_timeout, connecting).await {
-            Err(_) => return Err(ProxyError::ConnectTimeout(connect_timeout)),
-            Ok(Err(e)) => return Err(ProxyError::Connect(e)),
+            Err(_) => return Err(ConnectError::Timeout(connect_timeout)),
+            Ok(Err(e)) => return Err(ConnectError::Refused(e)),
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
@@ -287,16 +286,16 @@ impl BackendState {
         &self,
         connect_timeout: Duration,
         max_connections: u32,
-    ) -> Result<SendRequest<UpstreamBody>, ProxyError> {
+    ) -> Result<SendRequest<UpstreamBody>, ConnectError> {
         if self.open.fetch_add(1, Ordering::Relaxed) >= max_connections {
             self.open.fetch_sub(1, Ordering::Relaxed);
-            return Err(ProxyError::ConnectionLimit);
+            return Err(ConnectError::Limit);
         }
         match self.connect_inner(connect_timeout).await {
             Ok(sender) => Ok(sender),
             Err(e) => {
                 self.open.fetch_sub(1, Ordering::Relaxed);
-                if !matches!(e, ProxyError::Upstream(_)) {
+                if !matches!(e, ConnectError::Handshake(_)) {
                     self.connect_errors.inc();
                 }
                 debug!(backend = %self.label, error = %e, "connect failed");
@@ -308,14 +307,14 @@ impl BackendState {
     async fn connect_inner(
         &self,
         connect_timeout: Duration,
-    ) -> Result<SendRequest<UpstreamBody>, ProxyError> {
+    ) -> Result<SendRequest<UpstreamBody>, ConnectError> {
         let stream = self.tcp(connect_timeout).await?;
         // writev off: a request head and a small body go out in one write(2).
         let (sender, conn) = http1::Builder::new()
             .writev(false)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(ProxyError::Upstream)?;
+            .map_err(ConnectError::Handshake)?;
         self.connections_opened.inc();
         let open = self.open.clone();
         tokio::spawn(async move {
@@ -327,6 +326,33 @@ impl BackendState {
         Ok(sender)
     }
 }
+
+/// Why a connection to a backend could not be had. The request path turns it into a
+/// [`ProxyError`](crate::error::ProxyError) (and so a status code); health checks into a reason.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The backend is at its connection limit and has no idle connection.
+    Limit,
+    /// TCP connect did not complete in time.
+    Timeout(Duration),
+    /// TCP connect failed (refused, unreachable, reset).
+    Refused(std::io::Error),
+    /// The connection opened but the HTTP handshake failed.
+    Handshake(hyper::Error),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Limit => f.write_str("backend connection limit reached"),
+            ConnectError::Timeout(d) => write!(f, "connect timed out after {d:?}"),
+            ConnectError::Refused(e) => write!(f, "connect failed: {e}"),
+            ConnectError::Handshake(e) => write!(f, "handshake failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
 
 /// Keeps a request counted as in flight on its backend while it lives.
 #[derive(Debug)]

@@ -1,0 +1,144 @@
+//! One attempt's exchange with a backend: a pooled or new HTTP/1.1 connection, or the shared
+//! h2c connection; and what it takes to send a body-less request again.
+
+use gantry_config::Scheme;
+use http::header::HeaderMap;
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use tracing::debug;
+
+use crate::backend::BackendState;
+use crate::body::UpstreamBody;
+use crate::error::ProxyError;
+use crate::snapshot::ServiceRuntime;
+
+/// A failed attempt, with the request back when it never left Gantry (so that it can go to
+/// another backend as it is).
+pub(crate) struct SendError {
+    pub(crate) error: ProxyError,
+    pub(crate) unsent: Option<Request<UpstreamBody>>,
+}
+
+impl From<ProxyError> for SendError {
+    fn from(error: ProxyError) -> Self {
+        SendError { error, unsent: None }
+    }
+}
+
+/// Sends the request to the backend. HTTP/1.1: on a pooled connection, or a new one; a pooled
+/// connection that turns out to be closed before the request was written is replaced by a fresh
+/// one, once; a request that was written is never sent again here. h2c: on the backend's shared
+/// HTTP/2 connection.
+pub(crate) async fn send(
+    backend: &BackendState,
+    service: &ServiceRuntime,
+    mut req: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, Option<SendRequest<UpstreamBody>>), SendError> {
+    let t = &service.spec.timeouts;
+    if backend.key.url.scheme == Scheme::H2c {
+        let mut sender = match backend.h2_sender(t.connect).await {
+            Ok(s) => s,
+            Err(error) => {
+                return Err(SendError {
+                    error: error.into(),
+                    unsent: Some(req),
+                });
+            }
+        };
+        match tokio::time::timeout(t.connect, sender.ready()).await {
+            Err(_) => {
+                return Err(SendError {
+                    error: ProxyError::ConnectTimeout(t.connect),
+                    unsent: Some(req),
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(SendError {
+                    error: ProxyError::Upstream(e),
+                    unsent: Some(req),
+                });
+            }
+            Ok(Ok(())) => {}
+        }
+        return match tokio::time::timeout(t.response_header, sender.send_request(req)).await {
+            Err(_) => Err(ProxyError::ResponseTimeout(t.response_header).into()),
+            Ok(Err(e)) => Err(ProxyError::from_upstream(e).into()),
+            Ok(Ok(resp)) => Ok((resp, None)),
+        };
+    }
+    loop {
+        let (mut sender, fresh) = match backend.take_idle(t.idle).await {
+            Some(s) => (s, false),
+            None => match backend
+                .connect(t.connect, service.spec.limits.max_connections_per_backend)
+                .await
+            {
+                Ok(s) => (s, true),
+                Err(error) => {
+                    return Err(SendError {
+                        error: error.into(),
+                        unsent: Some(req),
+                    });
+                }
+            },
+        };
+        match tokio::time::timeout(t.response_header, sender.try_send_request(req)).await {
+            Err(_) => return Err(ProxyError::ResponseTimeout(t.response_header).into()),
+            Ok(Ok(resp)) => return Ok((resp, Some(sender))),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(unsent) if !fresh => {
+                    debug!(backend = %backend.label, "pooled connection was closed; retrying on a new one");
+                    req = unsent;
+                }
+                unsent => {
+                    return Err(SendError {
+                        error: ProxyError::from_upstream(e.into_error()),
+                        unsent,
+                    });
+                }
+            },
+        }
+    }
+}
+
+/// What it takes to send a body-less request again.
+pub(crate) struct Template {
+    method: http::Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Template {
+    pub(crate) fn of(req: &Request<UpstreamBody>) -> Self {
+        Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    pub(crate) fn rebuild(&self) -> Request<UpstreamBody> {
+        let mut r = Request::new(UpstreamBody::empty());
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// RFC 9110 section 9.2.2.
+pub(crate) fn is_idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
+}
