@@ -25,13 +25,13 @@ use tracing::{debug, info};
 
 use crate::rollout::{Command, Refused, Rollouts};
 
-use crate::status::Status;
+use gantry_control::publish::Publisher;
 use gantry_proxy::{Proxy, Shutdown};
 
 #[derive(Debug)]
 pub struct Admin {
     pub proxy: Arc<Proxy>,
-    pub status: Arc<Status>,
+    pub status: Arc<Publisher>,
     pub registry: Registry,
     pub rollouts: Arc<Rollouts>,
     pub scaling: Arc<crate::scaling::Scaling>,

@@ -5,11 +5,8 @@
 
 pub mod admin;
 pub mod demo;
-pub mod fleet;
-pub mod rollout;
-pub mod scaler;
-pub mod scaling;
-pub mod status;
+
+pub use gantry_control::{fleet, rollout, scaler, scaling};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,7 +25,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::admin::Admin;
-use crate::status::Status;
+use gantry_control::publish::Publisher;
 
 /// How to start Gantry.
 #[derive(Debug, Default, Clone)]
@@ -101,7 +98,7 @@ pub struct Running {
     pub entrypoints: Vec<(String, SocketAddr)>,
     pub admin_addr: SocketAddr,
     pub proxy: Arc<Proxy>,
-    pub status: Arc<Status>,
+    pub status: Arc<Publisher>,
     reload: Arc<Notify>,
     shutdown: Shutdown,
     tasks: JoinSet<()>,
@@ -219,7 +216,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     // 3. Data plane and control plane; the first table is live before `start` returns.
     let registry = Registry::new();
     let proxy = Proxy::new(names.clone(), &registry).map_err(StartError::Metrics)?;
-    let status = Arc::new(Status::new(proxy.clone(), &registry).map_err(StartError::Metrics)?);
+    let status = Arc::new(Publisher::new(proxy.clone(), &registry).map_err(StartError::Metrics)?);
     let mut reconciler = Reconciler::new(names, status.clone());
     let origin = match (&file, &opts.embedded) {
         (Some(f), _) => f.origin(),

@@ -13,7 +13,7 @@ use prometheus::{IntCounter, IntGauge, Registry};
 use serde::Serialize;
 
 #[derive(Debug)]
-pub struct Status {
+pub struct Publisher {
     proxy: Arc<Proxy>,
     ready: AtomicBool,
     /// Set when shutdown begins: `/readyz` then fails, so load balancers stop sending traffic.
@@ -92,7 +92,7 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-impl Status {
+impl Publisher {
     pub fn new(proxy: Arc<Proxy>, registry: &Registry) -> Result<Self, prometheus::Error> {
         let generation = IntGauge::new(
             "gantry_config_generation",
@@ -197,7 +197,7 @@ impl Status {
     }
 }
 
-impl Sink for Status {
+impl Sink for Publisher {
     fn publish(&self, table: Arc<RoutingTable>) -> u64 {
         let generation = self.proxy.publish(table);
         self.generation.set(generation as i64);

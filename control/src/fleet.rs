@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::status::Status;
+use crate::publish::Publisher;
 
 /// How long an instance record outlives its instance.
 pub const INSTANCE_TTL: Duration = Duration::from_secs(10);
@@ -54,7 +54,7 @@ fn now_unix() -> u64 {
 /// that the platform can tell when a change has reached every instance.
 fn record(
     id: &str,
-    status: &Status,
+    status: &Publisher,
     entrypoints: &[(String, SocketAddr)],
     admin: SocketAddr,
     started: u64,
@@ -76,7 +76,7 @@ fn record(
 /// then removes it.
 pub async fn publish_instance(
     opts: EtcdOptions,
-    status: Arc<Status>,
+    status: Arc<Publisher>,
     entrypoints: Vec<(String, SocketAddr)>,
     admin: SocketAddr,
     shutdown: CancellationToken,
