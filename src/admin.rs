@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
-use crate::rollout::{Command, Refused, Rollouts};
+use crate::rollout::{Command, RolloutError, Rollouts};
 
 use gantry_control::publish::Publisher;
 use gantry_proxy::{Proxy, Shutdown};
@@ -180,7 +180,7 @@ impl Admin {
                         StatusCode::OK,
                         &json!({"service": svc, "weights": null, "etcd_revision": revision}),
                     ),
-                    Err(Refused(code, why)) => error(status(code), why),
+                    Err(e) => refused(&e),
                 }
             }
             (Method::POST, ["api", "v1", "services", svc, "drain"]) => self.drain(svc, &body),
@@ -195,7 +195,7 @@ impl Admin {
                 }
                 match self.rollouts.start(spec).await {
                     Ok(()) => json_response(StatusCode::ACCEPTED, &json!({"service": svc, "started": true})),
-                    Err(Refused(code, why)) => error(status(code), why),
+                    Err(e) => refused(&e),
                 }
             }
             (Method::POST, ["api", "v1", "rollouts", svc, cmd]) => {
@@ -214,7 +214,7 @@ impl Admin {
                     Ok(state) => {
                         json_response(StatusCode::OK, &serde_json::to_value(state).unwrap_or_default())
                     }
-                    Err(Refused(code, why)) => error(status(code), why),
+                    Err(e) => refused(&e),
                 }
             }
             (m, _) => error(
@@ -293,7 +293,7 @@ impl Admin {
                     &json!({"service": service, "weights": weights, "etcd_revision": revision}),
                 )
             }
-            Err(Refused(code, why)) => error(status(code), why),
+            Err(e) => refused(&e),
         }
     }
 
@@ -430,8 +430,15 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn status(code: u16) -> StatusCode {
-    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+/// The one place where a rollout error becomes a status code.
+fn refused(e: &RolloutError) -> Answer {
+    let code = match e {
+        RolloutError::NotFound(_) => StatusCode::NOT_FOUND,
+        RolloutError::Conflict(_) => StatusCode::CONFLICT,
+        RolloutError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        RolloutError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(code, e.to_string())
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -312,18 +312,18 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         tokio::spawn(scaling::publish_to_etcd(
             scaling.clone(),
             e.endpoints.clone(),
-            gantry_discovery::etcd::normalize_prefix(&e.prefix),
+            gantry_discovery::etcd::Keys::new(&e.prefix),
             instance.clone(),
             Duration::from_secs(10),
             shutdown.token(),
         ));
     }
     let backing = match &opts.etcd {
-        Some(e) => rollout::Backing::Etcd {
+        Some(e) => rollout::Backing::Etcd(rollout::EtcdBacking {
             endpoints: e.endpoints.clone(),
-            prefix: gantry_discovery::etcd::normalize_prefix(&e.prefix),
+            keys: gantry_discovery::etcd::Keys::new(&e.prefix),
             lease_ttl: opts.driver_ttl.unwrap_or(Duration::from_secs(5)),
-        },
+        }),
         // The admin API's and rollouts' weights: the reconciler lives as long as they do.
         None => rollout::Backing::Local(updates_tx.clone()),
     };
@@ -341,7 +341,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         let r = rollouts.clone();
         tokio::spawn(async move {
             let service = spec.service.clone();
-            if let Err(rollout::Refused(_, why)) = r.declare(spec).await {
+            if let Err(why) = r.declare(spec).await {
                 warn!(%service, "rollout from the config file not started: {why}");
             }
         });

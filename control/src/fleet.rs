@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use gantry_config::Errors;
 use gantry_config::backend::{FileBackend, validate_backend};
@@ -12,14 +12,15 @@ use gantry_config::check::check_name;
 use gantry_discovery::docker::labels::compact_route;
 use gantry_discovery::docker::state::route_service_name;
 use gantry_discovery::etcd::lease::{Keep, keep};
-use gantry_discovery::etcd::normalize_prefix;
 use gantry_discovery::etcd::source::connect;
+use gantry_discovery::etcd::{Keys, normalize_prefix};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::publish::Publisher;
+use crate::time::unix_secs;
 
 /// How long an instance record outlives its instance.
 pub const INSTANCE_TTL: Duration = Duration::from_secs(10);
@@ -42,12 +43,6 @@ pub fn instance_id(opts: &EtcdOptions, admin: SocketAddr) -> String {
 
 pub fn hostname() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// What an instance says about itself: the etcd revision its live table was built from, so
@@ -82,8 +77,8 @@ pub async fn publish_instance(
     shutdown: CancellationToken,
 ) {
     let id = instance_id(&opts, admin);
-    let key = format!("{}instances/{id}", normalize_prefix(&opts.prefix));
-    let started = now_unix();
+    let key = Keys::new(&opts.prefix).instance(&id);
+    let started = unix_secs();
     let value = || vec![(key.clone(), record(&id, &status, &entrypoints, admin, started))];
     let (tx, rx) = watch::channel(value());
     let mut changed = status.subscribe();
@@ -148,7 +143,7 @@ fn keys(r: &Registration) -> Result<(Kv, Vec<Kv>), Errors> {
                     "redirect_https": route.https,
                     "service": r.service,
                 });
-                routes.push((format!("{}routers/{name}", r.prefix), value.to_string()));
+                routes.push((Keys::new(&r.prefix).router(&name), value.to_string()));
             }
             Err(e) => errs.push("gantry register", "--route", format!("{item:?}: {e}")),
         }
@@ -160,10 +155,7 @@ fn keys(r: &Registration) -> Result<(Kv, Vec<Kv>), Errors> {
     let id = format!("{}:{}", parsed.url.host, parsed.url.port);
     let value = json!({"url": r.url, "weight": r.weight, "version": r.version});
     Ok((
-        (
-            format!("{}backends/{}/{id}", r.prefix, r.service),
-            value.to_string(),
-        ),
+        (Keys::new(&r.prefix).backend(&r.service, &id), value.to_string()),
         routes,
     ))
 }
@@ -228,7 +220,7 @@ async fn remove_routes_if_last(r: &Registration, routes: &[(String, String)]) {
         let Ok(mut client) = connect(endpoint).await else {
             continue;
         };
-        let prefix = format!("{}backends/{}/", r.prefix, r.service);
+        let prefix = Keys::new(&r.prefix).backends(&r.service);
         let left = match client
             .get(
                 prefix.as_str(),

@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use gantry_config::{Errors, RoutingTable};
 use gantry_discovery::{Sink, SourceId};
 use gantry_proxy::Proxy;
 use prometheus::{IntCounter, IntGauge, Registry};
 use serde::Serialize;
+
+use crate::time::unix_secs;
 
 #[derive(Debug)]
 pub struct Publisher {
@@ -76,7 +77,7 @@ fn source_entry(inner: &mut Inner, source: SourceId) -> &mut SourceStatus {
         .entry(source.as_str())
         .or_insert_with(|| SourceStatus {
             ok: true,
-            at_unix: now_unix(),
+            at_unix: unix_secs(),
             updates: 0,
             reachable: true,
             unreachable_because: None,
@@ -84,12 +85,6 @@ fn source_entry(inner: &mut Inner, source: SourceId) -> &mut SourceStatus {
             revision: None,
             origin: None,
         })
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Publisher {
@@ -189,7 +184,7 @@ impl Publisher {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let s = source_entry(&mut inner, source);
         s.ok = ok;
-        s.at_unix = now_unix();
+        s.at_unix = unix_secs();
         s.updates += 1;
         s.reachable = true;
         s.unreachable_because = None;
@@ -202,7 +197,7 @@ impl Sink for Publisher {
         let generation = self.proxy.publish(table);
         self.generation.set(generation as i64);
         self.reloads.inc();
-        self.last_success.set(now_unix() as i64);
+        self.last_success.set(unix_secs() as i64);
         self.ready.store(true, Ordering::Release);
         generation
     }
@@ -213,7 +208,7 @@ impl Sink for Publisher {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             inner.last_error = Some(Refusal {
                 source: source.as_str(),
-                at_unix: now_unix(),
+                at_unix: unix_secs(),
                 errors: errors.clone(),
                 message: errors.to_string(),
             });

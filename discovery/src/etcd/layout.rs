@@ -29,6 +29,8 @@ use gantry_config::service::{FileService, validate_service};
 use gantry_config::{Backend, Changes, DesiredState, Errors, MAX_WEIGHT, Router, Service};
 use serde::de::DeserializeOwned;
 
+use super::keys::{Kind, kind};
+
 /// One key's value and the revision it was last modified at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -36,47 +38,8 @@ pub struct Entry {
     pub mod_revision: i64,
 }
 
-/// Prefixes under the layout's root that are not configuration.
-pub const RESERVED: [&str; 3] = ["instances/", "rollouts/", "scaling/"];
-
 pub fn origin(key: &str, rev: i64) -> String {
     format!("etcd key {key} @ rev {rev}")
-}
-
-/// What a key is, by its name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Kind {
-    Router(String),
-    Service(String),
-    Backend(String, String),
-    Weights(String),
-    /// Not configuration (`instances/`, ...), or outside the prefix.
-    Ignored,
-    Stray,
-}
-
-fn kind(prefix: &str, key: &str) -> Kind {
-    let Some(rest) = key.strip_prefix(prefix) else {
-        return Kind::Ignored;
-    };
-    if RESERVED.iter().any(|r| rest.starts_with(r)) {
-        return Kind::Ignored;
-    }
-    let parts: Vec<&str> = rest.split('/').collect();
-    match parts.as_slice() {
-        ["routers", name] if !name.is_empty() => Kind::Router(name.to_string()),
-        ["services", name] if !name.is_empty() => Kind::Service(name.to_string()),
-        ["backends", service, id] if !service.is_empty() && !id.is_empty() => {
-            Kind::Backend(service.to_string(), id.to_string())
-        }
-        ["weights", service] if !service.is_empty() => Kind::Weights(service.to_string()),
-        _ => Kind::Stray,
-    }
-}
-
-/// Whether a key is configuration (a change to it can change the routing table).
-pub fn is_config(prefix: &str, key: &str) -> bool {
-    kind(prefix, key) != Kind::Ignored
 }
 
 fn json<T: DeserializeOwned>(e: &Entry, o: &str, problems: &mut Errors) -> Option<T> {
@@ -390,6 +353,7 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::etcd::keys::is_config;
 
     fn desired(prefix: &str, kvs: &BTreeMap<String, Entry>) -> (DesiredState, Errors) {
         let l = Layout::from_kvs(prefix, kvs.iter().map(|(k, e)| (k.as_str(), e.clone())));

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::layout::{Entry, Layout, is_config};
+use super::keys::is_config;
+use super::layout::{Entry, Layout};
 use crate::backoff::Backoff;
 use crate::reconcile::{Report, SourceId, Update};
 
@@ -76,6 +77,18 @@ pub struct EtcdSource {
 }
 
 /// How Gantry connects to one member.
+/// A client of the first member that answers.
+pub async fn connect_any(endpoints: &[String]) -> Result<Client, String> {
+    let mut last = String::from("no etcd endpoint");
+    for e in endpoints {
+        match connect(e).await {
+            Ok(c) => return Ok(c),
+            Err(err) => last = format!("{e}: {err}"),
+        }
+    }
+    Err(last)
+}
+
 pub fn connect_options() -> ConnectOptions {
     ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
