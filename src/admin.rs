@@ -11,9 +11,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use gantry_config::MAX_WEIGHT;
 use gantry_config::rollout::RolloutSpec;
+use gantry_control::publish::Publisher;
+use gantry_proxy::{Proxy, Shutdown};
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -24,9 +25,6 @@ use tokio::net::TcpListener;
 use tracing::{debug, info};
 
 use crate::rollout::{Command, RolloutError, Rollouts};
-
-use gantry_control::publish::Publisher;
-use gantry_proxy::{Proxy, Shutdown};
 
 #[derive(Debug)]
 pub struct Admin {

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod demo;
+pub mod tools;
 
 pub use gantry_control::{fleet, rollout, scaler, scaling};
 

@@ -38,6 +38,7 @@
 pub mod backend;
 pub mod canary;
 pub mod check;
+pub mod compact;
 pub mod docker;
 pub mod duration;
 pub mod error;

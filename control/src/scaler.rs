@@ -24,9 +24,8 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
 };
-use gantry_discovery::docker::labels::{self, ContainerFacts};
-use gantry_discovery::docker::source::facts;
-use gantry_discovery::docker::state::route_service_name;
+use gantry_config::compact::route_service_name;
+use gantry_discovery::docker::{ContainerFacts, facts, parse_labels};
 use gantry_proxy::backend::BackendPhase;
 use gantry_proxy::{BackendState, Proxy};
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -177,7 +176,7 @@ impl Scaler {
                 labels: labels.into_iter().collect(),
                 ..Default::default()
             };
-            let (decl, _) = labels::parse(&f, self.exposed_by_default);
+            let (decl, _) = parse_labels(&f, self.exposed_by_default);
             if !decl.enabled || decl.scale.settings().is_none() {
                 continue;
             }

@@ -19,7 +19,7 @@ use gantry_config::Errors;
 use gantry_config::MAX_WEIGHT;
 use gantry_config::canary::check_version;
 use gantry_config::check::check_name;
-use gantry_config::matcher::{check_path, parse_host_pattern};
+use gantry_config::compact::compact_route;
 use gantry_config::router::FileRouter;
 use gantry_config::scale::FileScale;
 use gantry_config::service::FileService;
@@ -285,37 +285,6 @@ fn routes(d: &mut ContainerDecl, errs: &mut Errors, o: &str, key: &str, port_tex
             Err(e) => errs.push(o, label(key), format!("{item:?}: {e}")),
         }
     }
-}
-
-/// One route of the compact grammar: `[http://|https://]host[/path]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CompactRoute {
-    pub host: String,
-    pub path: Option<String>,
-    /// Written as `https://`: plain HTTP is redirected.
-    pub https: bool,
-}
-
-/// Parses one route of the compact grammar (`aliyun.routing.port_*`, `gantry register --route`).
-pub fn compact_route(item: &str) -> Result<CompactRoute, String> {
-    let (https, rest) = if let Some(r) = item.strip_prefix("https://") {
-        (true, r)
-    } else {
-        (false, item.strip_prefix("http://").unwrap_or(item))
-    };
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], Some(&rest[i..])),
-        None => (rest, None),
-    };
-    let host = parse_host_pattern(host)?.to_string();
-    let path = match path {
-        Some("/") | None => None,
-        Some(p) => {
-            check_path(p)?;
-            Some(p.trim_end_matches('/').to_string()).filter(|p| !p.is_empty())
-        }
-    };
-    Ok(CompactRoute { host, path, https })
 }
 
 /// Collects `gantry.http.<kind>.<name>.<a.b.c>` into a table per name.

@@ -4,5 +4,6 @@ pub mod labels;
 pub mod source;
 pub mod state;
 
-pub use source::DockerSource;
+pub use labels::{ContainerDecl, ContainerFacts, parse as parse_labels};
+pub use source::{DockerSource, facts};
 pub use state::{AddressMode, DockerOptions};

@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use gantry_config::compact::route_service_name;
 use gantry_config::router::{FileRouter, validate_router};
 use gantry_config::scale::FileScale;
 use gantry_config::service::{FileService, validate_service};
@@ -397,24 +398,6 @@ fn build_service(
     backends.sort_by(|a, b| a.url.cmp(&b.url));
     service.backends = backends;
     Some(service)
-}
-
-/// The service name of a compact route: its host and path, in the alphabet names allow.
-pub fn route_service_name(host: &str, path: Option<&str>) -> String {
-    let raw = match path {
-        Some(p) => format!("{host}{p}"),
-        None => host.to_string(),
-    };
-    raw.replace("*.", "wildcard.")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// Where Gantry reaches `port` of a container.
