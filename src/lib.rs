@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_config::DEFAULT_ENTRYPOINT;
-use gantry_config::{DesiredState, Entrypoint, Errors, RoutingTable, StaticConfig};
+use gantry_config::{DesiredState, DockerConfig, Entrypoint, Errors, RoutingTable, StaticConfig};
 use gantry_discovery::{FileSource, Outcome, Reconciler, SourceId, Update};
 use gantry_proxy::{Proxy, ServerConfig, Shutdown};
 use prometheus::Registry;
@@ -160,20 +160,28 @@ pub fn check(path: &std::path::Path) -> Result<(StaticConfig, RoutingTable), Err
     Ok((v.static_config, table))
 }
 
-pub async fn start(opts: Options) -> Result<Running, StartError> {
-    // 1. The configuration at start: invalid means do not start.
-    let file = opts.config.clone().map(FileSource::new);
-    // Watch before the first read: a change made from here on is seen.
-    let watch = file.clone().map(FileSource::watch);
-    let (mut static_config, initial) = match (&file, &opts.embedded) {
-        (Some(f), _) => {
-            let v = f.read().map_err(StartError::Config)?;
-            (v.static_config, v.state)
-        }
-        (None, Some((s, d))) => (s.clone(), d.clone()),
-        (None, None) => (StaticConfig::default(), DesiredState::default()),
-    };
-    let started_with = static_config.clone();
+/// What Gantry runs with, decided before a socket is bound or a task spawned: the config's static
+/// part with the command line over it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// With `--listen` (entrypoint `web`, created if missing) and `--admin` applied.
+    pub static_config: StaticConfig,
+    /// The file's `[docker]` with the `--docker*` flags over it; `None`: no Docker source.
+    pub docker: Option<DockerConfig>,
+    /// The bearer token admin writes need: `--admin-token`/options, then `GANTRY_ADMIN_TOKEN`,
+    /// then `[admin] token_file` (relative to the config file). `None`: writes are refused.
+    pub admin_token: Option<String>,
+    pub drain_timeout: Duration,
+}
+
+/// Resolves the settings from the options and the config's static part. Pure but for `read`,
+/// which reads the admin token file, so tests can call it with a map.
+pub fn resolve(
+    opts: &Options,
+    mut static_config: StaticConfig,
+    env_token: Option<String>,
+    read: &dyn Fn(&std::path::Path) -> std::io::Result<String>,
+) -> Settings {
     if let Some(listen) = opts.listen {
         match static_config
             .entrypoints
@@ -189,6 +197,68 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     if let Some(admin) = opts.admin {
         static_config.admin = admin;
     }
+    let docker = match (&opts.docker, &static_config.docker) {
+        (None, None) => None,
+        (flags, from_file) => {
+            let mut cfg = from_file.clone().unwrap_or_default();
+            if let Some(f) = flags {
+                cfg.endpoint = f.endpoint.clone().or(cfg.endpoint);
+                cfg.published = f.published.unwrap_or(cfg.published);
+                cfg.network = f.network.clone().or(cfg.network);
+                cfg.scale = f.scale.unwrap_or(cfg.scale);
+            }
+            Some(cfg)
+        }
+    };
+    let admin_token = opts
+        .admin_token
+        .clone()
+        .or(env_token)
+        .or_else(|| {
+            let named = static_config.admin_token_file.as_ref()?;
+            // Relative to the config file, like certificate paths.
+            let f = match opts.config.as_ref().and_then(|c| c.parent()) {
+                Some(dir) if named.is_relative() => dir.join(named),
+                _ => named.clone(),
+            };
+            match read(&f) {
+                Ok(t) => Some(t.trim().to_string()),
+                Err(e) => {
+                    warn!(file = %f.display(), error = %e, "cannot read the admin token; admin writes are refused");
+                    None
+                }
+            }
+        })
+        .filter(|t| !t.is_empty());
+    Settings {
+        drain_timeout: opts.drain_timeout.unwrap_or(static_config.drain_timeout),
+        static_config,
+        docker,
+        admin_token,
+    }
+}
+
+pub async fn start(opts: Options) -> Result<Running, StartError> {
+    // 1. The configuration at start: invalid means do not start.
+    let file = opts.config.clone().map(FileSource::new);
+    // Watch before the first read: a change made from here on is seen.
+    let watch = file.clone().map(FileSource::watch);
+    let (static_config, initial) = match (&file, &opts.embedded) {
+        (Some(f), _) => {
+            let v = f.read().map_err(StartError::Config)?;
+            (v.static_config, v.state)
+        }
+        (None, Some((s, d))) => (s.clone(), d.clone()),
+        (None, None) => (StaticConfig::default(), DesiredState::default()),
+    };
+    let started_with = static_config.clone();
+    let settings = resolve(
+        &opts,
+        static_config,
+        std::env::var("GANTRY_ADMIN_TOKEN").ok(),
+        &|p| std::fs::read_to_string(p),
+    );
+    let static_config = settings.static_config.clone();
     let names: Vec<String> = static_config.entrypoints.iter().map(|e| e.name.clone()).collect();
 
     // 2. Sockets, before anything reports ready.
@@ -239,19 +309,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     if let Some(w) = watch {
         tokio::spawn(w.run(started_with, updates_tx.clone(), reload.clone(), shutdown.token()));
     }
-    let docker = match (&opts.docker, &static_config.docker) {
-        (None, None) => None,
-        (flags, from_file) => {
-            let mut cfg = from_file.clone().unwrap_or_default();
-            if let Some(f) = flags {
-                cfg.endpoint = f.endpoint.clone().or(cfg.endpoint);
-                cfg.published = f.published.unwrap_or(cfg.published);
-                cfg.network = f.network.clone().or(cfg.network);
-                cfg.scale = f.scale.unwrap_or(cfg.scale);
-            }
-            Some(cfg)
-        }
-    };
+    let docker = settings.docker.clone();
     let scaling = scaling::Scaling::new(
         proxy.clone(),
         opts.scale_sample.unwrap_or(Duration::from_millis(100)),
@@ -347,26 +405,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
             }
         });
     }
-    let admin_token = opts
-        .admin_token
-        .clone()
-        .or_else(|| std::env::var("GANTRY_ADMIN_TOKEN").ok())
-        .or_else(|| {
-            let named = static_config.admin_token_file.as_ref()?;
-            // Relative to the config file, like certificate paths.
-            let f = match opts.config.as_ref().and_then(|c| c.parent()) {
-                Some(dir) if named.is_relative() => dir.join(named),
-                _ => named.clone(),
-            };
-            match std::fs::read_to_string(&f) {
-                Ok(t) => Some(t.trim().to_string()),
-                Err(e) => {
-                    warn!(file = %f.display(), error = %e, "cannot read the admin token; admin writes are refused");
-                    None
-                }
-            }
-        })
-        .filter(|t| !t.is_empty());
+    let admin_token = settings.admin_token.clone();
 
     let mut entrypoints = Vec::new();
     for (i, (name, l)) in listeners.iter().enumerate() {
@@ -429,6 +468,90 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         reload,
         shutdown,
         tasks,
-        drain_timeout: opts.drain_timeout.unwrap_or(static_config.drain_timeout),
+        drain_timeout: settings.drain_timeout,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_file(_: &std::path::Path) -> std::io::Result<String> {
+        Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no file"))
+    }
+
+    #[test]
+    fn listen_sets_the_web_entrypoint_and_creates_it_when_missing() {
+        let addr: SocketAddr = "127.0.0.1:9999".parse().unwrap();
+        let opts = Options {
+            listen: Some(addr),
+            ..Options::default()
+        };
+        let mut cfg = StaticConfig::default();
+        cfg.entrypoints.clear();
+        let s = resolve(&opts, cfg, None, &no_file);
+        assert_eq!(s.static_config.entrypoints.len(), 1);
+        assert_eq!(s.static_config.entrypoints[0].name, DEFAULT_ENTRYPOINT);
+        assert_eq!(s.static_config.entrypoints[0].address, addr);
+        let s = resolve(&opts, StaticConfig::default(), None, &no_file);
+        assert_eq!(s.static_config.entrypoints.len(), 1);
+        assert_eq!(s.static_config.entrypoints[0].address, addr);
+    }
+
+    #[test]
+    fn docker_flags_override_the_file_and_no_docker_means_none() {
+        let s = resolve(&Options::default(), StaticConfig::default(), None, &no_file);
+        assert!(s.docker.is_none());
+        let mut cfg = StaticConfig::default();
+        cfg.docker = Some(DockerConfig {
+            network: Some("from-file".into()),
+            ..DockerConfig::default()
+        });
+        let opts = Options {
+            docker: Some(DockerFlags {
+                published: Some(true),
+                ..DockerFlags::default()
+            }),
+            ..Options::default()
+        };
+        let d = resolve(&opts, cfg, None, &no_file).docker.unwrap();
+        assert!(d.published);
+        assert_eq!(d.network.as_deref(), Some("from-file"));
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_options_then_env_then_the_file_relative_to_the_config() {
+        let mut cfg = StaticConfig::default();
+        cfg.admin_token_file = Some(PathBuf::from("token"));
+        let opts = Options {
+            config: Some(PathBuf::from("/etc/gantry/gantry.toml")),
+            ..Options::default()
+        };
+        let read = |p: &std::path::Path| {
+            assert_eq!(p, std::path::Path::new("/etc/gantry/token"));
+            Ok(" from-file \n".to_string())
+        };
+        assert_eq!(
+            resolve(&opts, cfg.clone(), None, &read).admin_token.as_deref(),
+            Some("from-file")
+        );
+        assert_eq!(
+            resolve(&opts, cfg.clone(), Some("env".into()), &read)
+                .admin_token
+                .as_deref(),
+            Some("env")
+        );
+        let explicit = Options {
+            admin_token: Some("opt".into()),
+            ..opts.clone()
+        };
+        assert_eq!(
+            resolve(&explicit, cfg.clone(), Some("env".into()), &read)
+                .admin_token
+                .as_deref(),
+            Some("opt")
+        );
+        // An unreadable or empty token file means no token: writes are refused, never open.
+        assert_eq!(resolve(&opts, cfg, None, &no_file).admin_token, None);
+    }
 }

@@ -5,9 +5,12 @@
 //!
 //! ```text
 //! file watcher / SIGHUP --\
-//! (docker events)  --------> Update -> Reconciler -> merge -> compile -> Sink::publish
-//! (etcd watch)     --/                     \-> errors -> Sink::rejected (last good table stays)
+//! docker events   --------> Update -> Reconciler -> merge -> compile -> Sink::publish
+//! etcd watch      --/                      \-> errors -> Sink::rejected (last good table stays)
 //! ```
+//!
+//! `etcd::keys` names every etcd key Gantry reads or writes (the control plane writes through
+//! it too). The sink is `gantry_control::publish::Publisher`, which makes the table live.
 
 pub mod backoff;
 pub mod docker;
