@@ -502,11 +502,13 @@ mod tests {
     fn docker_flags_override_the_file_and_no_docker_means_none() {
         let s = resolve(&Options::default(), StaticConfig::default(), None, &no_file);
         assert!(s.docker.is_none());
-        let mut cfg = StaticConfig::default();
-        cfg.docker = Some(DockerConfig {
-            network: Some("from-file".into()),
-            ..DockerConfig::default()
-        });
+        let cfg = StaticConfig {
+            docker: Some(DockerConfig {
+                network: Some("from-file".into()),
+                ..DockerConfig::default()
+            }),
+            ..StaticConfig::default()
+        };
         let opts = Options {
             docker: Some(DockerFlags {
                 published: Some(true),
@@ -521,8 +523,10 @@ mod tests {
 
     #[test]
     fn the_admin_token_comes_from_options_then_env_then_the_file_relative_to_the_config() {
-        let mut cfg = StaticConfig::default();
-        cfg.admin_token_file = Some(PathBuf::from("token"));
+        let cfg = StaticConfig {
+            admin_token_file: Some(PathBuf::from("token")),
+            ..StaticConfig::default()
+        };
         let opts = Options {
             config: Some(PathBuf::from("/etc/gantry/gantry.toml")),
             ..Options::default()

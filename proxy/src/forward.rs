@@ -103,7 +103,9 @@ struct Prepared {
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
-/// A phase that answers the client itself (an error, a redirect) ends the request with it.
+/// A phase that answers the client itself (an error, a redirect) ends the request with it. The
+/// answer is large (a whole `Response`) but moved once, to the client: boxing it would allocate
+/// on every refused request, so the phases allow `clippy::result_large_err`.
 type Phase<T> = Result<T, Response<ResponseBody>>;
 
 impl Proxy {
@@ -147,6 +149,7 @@ impl Proxy {
 
     /// Admit: refuses framing that could be read two ways (RFC 9112 section 6.1).
     #[inline]
+    #[allow(clippy::result_large_err)]
     fn admit(&self, req: &Request<Incoming>, request_id: &HeaderValue) -> Phase<Admitted> {
         let framing = scan(req.headers());
         let chunked = if framing.transfer_encoding {
@@ -160,6 +163,7 @@ impl Proxy {
     /// Route: the router for the request in this snapshot, then what the router itself answers
     /// (an HTTPS redirect, a body over its limit).
     #[inline]
+    #[allow(clippy::result_large_err)]
     fn route<'s>(
         &self,
         snap: &'s Snapshot,
@@ -229,6 +233,7 @@ impl Proxy {
     /// Pick: the service's circuit breaker, then the first backend (policy, canary placement,
     /// health).
     #[inline]
+    #[allow(clippy::result_large_err)]
     fn pick(
         &self,
         r: &Routed<'_>,
@@ -266,6 +271,7 @@ impl Proxy {
     }
 
     /// Rewrite: the request as the backend gets it (upgrade, body, target, headers).
+    #[allow(clippy::result_large_err)]
     async fn rewrite(
         &self,
         r: &Routed<'_>,
