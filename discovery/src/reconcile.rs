@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
-use gantry_config::Changes;
-use gantry_config::{DesiredState, Errors, RoutingTable};
+use gantry_config::routing::Applied;
+use gantry_config::{Changes, DesiredState, Errors, RoutingTable};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -116,6 +116,16 @@ pub enum Outcome {
     Rejected,
 }
 
+/// A change as the table must see it, and who won each name.
+#[derive(Debug, Default)]
+struct Merge {
+    merged: Changes,
+    /// `(loser, name)` -> the winner's origin, or `None` when the name is no longer shadowed.
+    shadowed: Vec<((SourceId, String), Option<String>)>,
+    /// The source that owns each field (`routers.<name>`, `services.<name>`).
+    owners: BTreeMap<String, SourceId>,
+}
+
 #[derive(Debug, Default)]
 struct SourceState {
     origin: String,
@@ -203,7 +213,34 @@ impl Reconciler {
             }
         };
 
-        // 1. The merged change: every name the source changed, and every refused name again.
+        let merge = self.merge(src, &update.origin, &changes);
+        let applied = match self.compile(src, &update.origin, &update.origins, &changes, &merge) {
+            Ok(applied) => applied,
+            Err(errors) => {
+                warn!(source = %src, "refused update, the last good routing table keeps serving:\n{errors}");
+                self.sink.rejected(src, &errors);
+                return Outcome::Rejected;
+            }
+        };
+        let Merge {
+            merged,
+            shadowed,
+            owners,
+        } = merge;
+        self.commit(src, &update.origin, update.origins, changes, whole, own_warnings);
+        self.commit_names(shadowed, &owners, applied.as_ref());
+        let outcome = match applied {
+            Some(applied) => self.publish(src, merged, applied),
+            None => Outcome::Unchanged,
+        };
+        self.report_warnings();
+        self.sink.accepted(src, &update.origin, update.revision);
+        outcome
+    }
+
+    /// Merge: the change as the table must see it: every name the source changed, and every
+    /// refused name again, each resolved to the source that wins it.
+    fn merge(&self, src: SourceId, origin: &str, changes: &Changes) -> Merge {
         let mut merged = Changes::default();
         let mut shadowed: Vec<((SourceId, String), Option<String>)> = Vec::new();
         let mut owners: BTreeMap<String, SourceId> = BTreeMap::new();
@@ -231,7 +268,7 @@ impl Reconciler {
             let field = format!("routers.{name}");
             let (winner, value) = self.winner(
                 src,
-                &update.origin,
+                origin,
                 &field,
                 name,
                 &changes.routers,
@@ -247,7 +284,7 @@ impl Reconciler {
             let field = format!("services.{name}");
             let (winner, value) = self.winner(
                 src,
-                &update.origin,
+                origin,
                 &field,
                 name,
                 &changes.services,
@@ -285,22 +322,36 @@ impl Reconciler {
                 merged.tls = Some(tls);
             }
         }
+        Merge {
+            merged,
+            shadowed,
+            owners,
+        }
+    }
 
-        // 2. Compile the difference.
+    /// Compile: the table with the merged change applied (`None`: nothing to change). A file
+    /// whose own names are refused is refused whole (`Err`), so a bad edit never half-applies.
+    fn compile(
+        &self,
+        src: SourceId,
+        origin: &str,
+        origins: &BTreeMap<String, String>,
+        changes: &Changes,
+        merge: &Merge,
+    ) -> Result<Option<Applied>, Errors> {
+        let (merged, owners) = (&merge.merged, &merge.owners);
         let origin_of = |field: &str| match owners.get(field).filter(|&&s| s != src) {
             Some(s) => self
                 .sources
                 .get(s)
                 .map(|st| st.origins.get(field).unwrap_or(&st.origin).clone())
                 .unwrap_or_default(),
-            None => update
-                .origins
+            None => origins
                 .get(field)
                 .or_else(|| self.sources.get(&src).and_then(|st| st.origins.get(field)))
-                .unwrap_or(&update.origin)
-                .clone(),
+                .map_or_else(|| origin.to_string(), Clone::clone),
         };
-        let applied = (!merged.is_empty()).then(|| self.table.apply(&merged, &origin_of));
+        let applied = (!merged.is_empty()).then(|| self.table.apply(merged, &origin_of));
         let refused = applied.as_ref().map(|a| &a.refused);
         let mine = |field: &str| {
             let name = field.split_once('.').map_or("", |(_, n)| n);
@@ -318,19 +369,28 @@ impl Reconciler {
             for (_, e) in refused.iter().filter(|(f, _)| mine(f)) {
                 errors.extend(e.clone());
             }
-            warn!(source = %src, "refused update, the last good routing table keeps serving:\n{errors}");
-            self.sink.rejected(src, &errors);
-            return Outcome::Rejected;
+            return Err(errors);
         }
+        Ok(applied)
+    }
 
-        // 3. Commit.
+    /// Commit: the source's own state (its whole view, or its view with the change applied).
+    fn commit(
+        &mut self,
+        src: SourceId,
+        origin: &str,
+        origins: BTreeMap<String, String>,
+        changes: Changes,
+        whole: Option<DesiredState>,
+        own_warnings: Errors,
+    ) {
         let entry = self.sources.entry(src).or_default();
-        entry.origin = update.origin.clone();
+        entry.origin = origin.to_string();
         entry.warnings = own_warnings;
         match whole {
             Some(state) => {
                 entry.state = state;
-                entry.origins = update.origins;
+                entry.origins = origins;
             }
             None => {
                 changes.apply_to(&mut entry.state);
@@ -349,9 +409,18 @@ impl Reconciler {
                 for field in gone.collect::<Vec<_>>() {
                     entry.origins.remove(&field);
                 }
-                entry.origins.extend(update.origins);
+                entry.origins.extend(origins);
             }
         }
+    }
+
+    /// Commit: which source shadows which name, and which names stay refused.
+    fn commit_names(
+        &mut self,
+        shadowed: Vec<((SourceId, String), Option<String>)>,
+        owners: &BTreeMap<String, SourceId>,
+        applied: Option<&Applied>,
+    ) {
         for (key, winner) in shadowed {
             match winner {
                 Some(w) => self.shadowed.insert(key, w),
@@ -359,52 +428,48 @@ impl Reconciler {
             };
         }
         let none = BTreeMap::new();
-        let refused = applied.as_ref().map_or(&none, |a| &a.refused);
-        for (field, owner) in &owners {
+        let refused = applied.map_or(&none, |a| &a.refused);
+        for (field, owner) in owners {
             match refused.get(field) {
                 Some(e) => self.refused.insert(field.clone(), (*owner, e.clone())),
                 None => self.refused.remove(field),
             };
         }
-        let mut outcome = Outcome::Unchanged;
-        if let Some(applied) = applied {
-            let mut live = merged.clone();
-            for field in applied.refused.keys() {
-                if let Some(name) = field.strip_prefix("routers.") {
-                    live.routers.remove(name);
-                } else if let Some(name) = field.strip_prefix("services.") {
-                    live.services.remove(name);
-                }
-            }
-            if !applied.refused.is_empty() {
-                let mut errors = Errors::new();
-                for e in applied.refused.values() {
-                    errors.extend(e.clone());
-                }
-                warn!(source = %src, "not applied, the previous value of each keeps serving:\n{errors}");
-            }
-            live.apply_to(&mut self.live);
-            let table = applied.table;
-            if !table.changed_routes().is_empty()
-                || !table.changed_services().is_empty()
-                || merged.tls.is_some()
-            {
-                let table = Arc::new(table);
-                self.table = table.clone();
-                let generation = self.sink.publish(table);
-                info!(
-                    source = %src,
-                    generation,
-                    routers = self.table.route_count(),
-                    services = self.table.service_count(),
-                    "routing table updated"
-                );
-                outcome = Outcome::Published(generation);
+    }
+
+    /// Publish: what the table took becomes live; a table that changed goes to the sink.
+    fn publish(&mut self, src: SourceId, merged: Changes, applied: Applied) -> Outcome {
+        let mut live = merged.clone();
+        for field in applied.refused.keys() {
+            if let Some(name) = field.strip_prefix("routers.") {
+                live.routers.remove(name);
+            } else if let Some(name) = field.strip_prefix("services.") {
+                live.services.remove(name);
             }
         }
-        self.report_warnings();
-        self.sink.accepted(src, &update.origin, update.revision);
-        outcome
+        if !applied.refused.is_empty() {
+            let mut errors = Errors::new();
+            for e in applied.refused.values() {
+                errors.extend(e.clone());
+            }
+            warn!(source = %src, "not applied, the previous value of each keeps serving:\n{errors}");
+        }
+        live.apply_to(&mut self.live);
+        let table = applied.table;
+        if table.changed_routes().is_empty() && table.changed_services().is_empty() && merged.tls.is_none() {
+            return Outcome::Unchanged;
+        }
+        let table = Arc::new(table);
+        self.table = table.clone();
+        let generation = self.sink.publish(table);
+        info!(
+            source = %src,
+            generation,
+            routers = self.table.route_count(),
+            services = self.table.service_count(),
+            "routing table updated"
+        );
+        Outcome::Published(generation)
     }
 
     /// The weights set over service `name`: the first source in precedence order that sets any,

@@ -24,6 +24,7 @@ use gantry_discovery::Update;
 use gantry_proxy::Proxy;
 use gantry_proxy::metrics::VersionStats;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -71,6 +72,23 @@ impl std::fmt::Display for RolloutError {
 }
 
 impl std::error::Error for RolloutError {}
+
+/// What `GET /api/v1/rollouts` shows: the rollouts as this instance last saw them, and its
+/// recent decisions.
+#[derive(Debug, Serialize)]
+pub struct RolloutsView {
+    pub instance: String,
+    pub rollouts: BTreeMap<String, RolloutView>,
+    pub decisions: Vec<Decision>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RolloutView {
+    #[serde(flatten)]
+    pub state: RolloutState,
+    /// This instance drives the rollout (always, without etcd).
+    pub driven_here: bool,
+}
 
 /// The step window of a rollout this instance drives: the counters when it began here.
 #[derive(Debug)]
@@ -144,26 +162,24 @@ impl Rollouts {
     }
 
     /// The rollouts as last seen, with whether this instance drives each.
-    pub fn view(&self) -> serde_json::Value {
+    pub fn view(&self) -> RolloutsView {
         let inner = self.inner();
-        let rollouts: serde_json::Map<String, serde_json::Value> = inner
-            .states
-            .iter()
-            .map(|(s, st)| {
-                let mut v = serde_json::to_value(st).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    let here =
-                        matches!(self.backing, Backing::Local(_)) || inner.driving.get(s) == Some(&true);
-                    o.insert("driven_here".into(), here.into());
-                }
-                (s.clone(), v)
-            })
-            .collect();
-        serde_json::json!({
-            "instance": self.instance,
-            "rollouts": rollouts,
-            "decisions": inner.decisions.iter().collect::<Vec<_>>(),
-        })
+        let local = matches!(self.backing, Backing::Local(_));
+        RolloutsView {
+            instance: self.instance.clone(),
+            rollouts: inner
+                .states
+                .iter()
+                .map(|(s, st)| {
+                    let view = RolloutView {
+                        state: st.clone(),
+                        driven_here: local || inner.driving.get(s) == Some(&true),
+                    };
+                    (s.clone(), view)
+                })
+                .collect(),
+            decisions: inner.decisions.iter().cloned().collect(),
+        }
     }
 
     /// The state of the rollout of `service`, as last seen.

@@ -20,11 +20,18 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prometheus::{Encoder, Registry, TextEncoder};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
 use crate::rollout::{Command, RolloutError, Rollouts};
+
+mod views;
+
+use views::{
+    Drained, ErrorView, NotFound, RolloutStarted, RoutesView, ScalerView, ScalingView, ServiceVersions,
+    ServiceView, StatusView, VersionFigures, VersionsView, WeightsSet,
+};
 
 #[derive(Debug)]
 pub struct Admin {
@@ -44,7 +51,12 @@ const MAX_BODY: usize = 64 * 1024;
 type Answer = Response<Full<Bytes>>;
 
 fn error(status: StatusCode, message: impl Into<String>) -> Answer {
-    json_response(status, &json!({"error": message.into()}))
+    json_response(
+        status,
+        &ErrorView {
+            error: message.into(),
+        },
+    )
 }
 
 impl Admin {
@@ -121,17 +133,26 @@ impl Admin {
                     )
                 }
             }
-            "/api/v1/routes" => json_response(StatusCode::OK, &self.routes()),
-            "/api/v1/status" => json_response(StatusCode::OK, &self.status_json()),
-            "/api/v1/versions" => json_response(StatusCode::OK, &self.versions()),
+            "/api/v1/routes" => self.routes(),
+            "/api/v1/status" => json_response(StatusCode::OK, &self.status_view()),
+            "/api/v1/versions" => self.versions(),
             "/api/v1/rollouts" => json_response(StatusCode::OK, &self.rollouts.view()),
             "/api/v1/scaling" => json_response(StatusCode::OK, &self.scaling_view()),
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                &json!({"error": format!("no such endpoint {path:?}"), "endpoints": [
-                    "/metrics", "/healthz", "/readyz", "/api/v1/routes", "/api/v1/status",
-                    "/api/v1/versions", "/api/v1/rollouts", "/api/v1/scaling"
-                ]}),
+                &NotFound {
+                    error: format!("no such endpoint {path:?}"),
+                    endpoints: &[
+                        "/metrics",
+                        "/healthz",
+                        "/readyz",
+                        "/api/v1/routes",
+                        "/api/v1/status",
+                        "/api/v1/versions",
+                        "/api/v1/rollouts",
+                        "/api/v1/scaling",
+                    ],
+                },
             ),
         }
     }
@@ -176,7 +197,11 @@ impl Admin {
                 match self.rollouts.set_weights(svc, None).await {
                     Ok(revision) => json_response(
                         StatusCode::OK,
-                        &json!({"service": svc, "weights": null, "etcd_revision": revision}),
+                        &WeightsSet {
+                            service: svc,
+                            weights: None,
+                            etcd_revision: revision,
+                        },
                     ),
                     Err(e) => refused(&e),
                 }
@@ -192,7 +217,13 @@ impl Admin {
                     return why;
                 }
                 match self.rollouts.start(spec).await {
-                    Ok(()) => json_response(StatusCode::ACCEPTED, &json!({"service": svc, "started": true})),
+                    Ok(()) => json_response(
+                        StatusCode::ACCEPTED,
+                        &RolloutStarted {
+                            service: &svc,
+                            started: true,
+                        },
+                    ),
                     Err(e) => refused(&e),
                 }
             }
@@ -209,9 +240,7 @@ impl Admin {
                     }
                 };
                 match self.rollouts.command(svc, cmd).await {
-                    Ok(state) => {
-                        json_response(StatusCode::OK, &serde_json::to_value(state).unwrap_or_default())
-                    }
+                    Ok(state) => json_response(StatusCode::OK, &state),
                     Err(e) => refused(&e),
                 }
             }
@@ -288,7 +317,11 @@ impl Admin {
                 info!(%service, ?weights, "weights set through the admin API");
                 json_response(
                     StatusCode::OK,
-                    &json!({"service": service, "weights": weights, "etcd_revision": revision}),
+                    &WeightsSet {
+                        service,
+                        weights: Some(weights),
+                        etcd_revision: revision,
+                    },
                 )
             }
             Err(e) => refused(&e),
@@ -325,100 +358,100 @@ impl Admin {
         info!(%service, backend = %wanted, "backend drained through the admin API");
         json_response(
             StatusCode::OK,
-            &json!({"service": service, "backend": wanted, "state": "draining"}),
+            &Drained {
+                service,
+                backend: wanted,
+                state: "draining",
+            },
         )
     }
 
-    /// Each service with versions: its weights and each version's figures since start.
     /// Every scaled service's recommendation with its inputs, and what the Docker scaler did.
-    fn scaling_view(&self) -> Value {
-        let services: Vec<_> = self.scaling.recommendations().into_values().collect();
-        let scaler = match &self.scaler {
-            None => json!({"enabled": false}),
-            Some(s) => json!({"enabled": true, "busy": s.busy(), "actions": s.history()}),
-        };
-        json!({"services": services, "scaler": scaler})
+    fn scaling_view(&self) -> ScalingView {
+        ScalingView {
+            services: self.scaling.recommendations().into_values().collect(),
+            scaler: match &self.scaler {
+                None => ScalerView {
+                    enabled: false,
+                    busy: None,
+                    actions: None,
+                },
+                Some(s) => ScalerView {
+                    enabled: true,
+                    busy: Some(s.busy()),
+                    actions: Some(s.history()),
+                },
+            },
+        }
     }
 
-    fn versions(&self) -> Value {
+    /// Each service with versions: its weights and each version's figures since start.
+    fn versions(&self) -> Answer {
         let snap = self.proxy.snapshot();
-        let services: serde_json::Map<String, Value> = snap
+        let services = snap
             .services()
             .filter(|s| s.versions().next().is_some())
             .map(|s| {
-                let versions: serde_json::Map<String, Value> = s
+                let versions = s
                     .versions()
-                    .map(|(v, w)| {
-                        let f = self.proxy.version_stats(&s.name, v);
-                        (
-                            v.to_string(),
-                            json!({
-                                "weight": w,
-                                "requests": f.requests,
-                                "errors": f.errors,
-                                "error_rate": f.error_rate(),
-                                "p99_ms": f.quantile(0.99).map(|q| q * 1000.0),
-                            }),
-                        )
-                    })
+                    .map(|(v, w)| (v.to_string(), VersionFigures::of(&self.proxy, &s.name, v, w)))
                     .collect();
                 (
                     s.name.to_string(),
-                    json!({"versions": versions, "canary": s.spec.canary}),
+                    ServiceVersions {
+                        versions,
+                        canary: &s.spec.canary,
+                    },
                 )
             })
             .collect();
-        json!({"generation": snap.generation, "services": services})
+        json_response(
+            StatusCode::OK,
+            &VersionsView {
+                generation: snap.generation,
+                services,
+            },
+        )
     }
 
-    /// The live routing table: routers in evaluation order per entrypoint is implied by their
-    /// priority; services with each backend's live state.
-    fn routes(&self) -> Value {
+    /// The live routing table: routers (their evaluation order is implied by their priority) and
+    /// services with each backend's live state.
+    fn routes(&self) -> Answer {
         let snap = self.proxy.snapshot();
-        let services: serde_json::Map<String, Value> = snap
+        let now = std::time::Instant::now();
+        let services = snap
             .services()
             .map(|svc| {
-                let mut v = serde_json::to_value(&*svc.spec).unwrap_or(Value::Null);
-                if let Some(backends) = v.get_mut("backends").and_then(Value::as_array_mut) {
-                    for (b, state) in backends.iter_mut().zip(&svc.backends) {
-                        if let Some(o) = b.as_object_mut() {
-                            let now = gantry_proxy::clock::nanos_since_epoch(std::time::Instant::now());
-                            o.insert("state".into(), json!(state.health.phase(now).as_str()));
-                            let reason = state.health.reason();
-                            if !reason.is_empty() {
-                                o.insert("reason".into(), json!(reason));
-                            }
-                            o.insert("ejections".into(), json!(state.health.ejections()));
-                            o.insert(
-                                "ejected_for_ms".into(),
-                                json!(state.health.ejected_for(now).as_millis() as u64),
-                            );
-                            o.insert("in_flight".into(), json!(state.in_flight()));
-                            o.insert("open_connections".into(), json!(state.open_connections()));
-                            o.insert("idle_connections".into(), json!(state.idle_connections()));
-                        }
-                    }
-                }
-                (svc.name.to_string(), v)
+                (
+                    svc.name.to_string(),
+                    ServiceView::new(&svc.spec, &svc.backends, now),
+                )
             })
             .collect();
-        json!({
-            "generation": snap.generation,
-            "entrypoints": snap.table.entrypoints(),
-            "routers": snap.table.routes().map(|r| (r.name.to_string(), r.router())).collect::<BTreeMap<_, _>>(),
-            "services": services,
-        })
+        json_response(
+            StatusCode::OK,
+            &RoutesView {
+                generation: snap.generation,
+                entrypoints: snap.table.entrypoints(),
+                routers: snap
+                    .table
+                    .routes()
+                    .map(|r| (r.name.to_string(), r.router()))
+                    .collect(),
+                services,
+            },
+        )
     }
 
-    fn status_json(&self) -> Value {
+    fn status_view(&self) -> StatusView {
         let inner = self.status.snapshot();
-        json!({
-            "ready": self.status.is_ready(),
-            "generation": self.proxy.snapshot().generation,
-            "reload_failures": self.status.reload_failures(),
-            "sources": inner.sources,
-            "last_error": inner.last_error,
-        })
+        StatusView {
+            ready: self.status.is_ready(),
+            generation: self.proxy.snapshot().generation,
+            reload_failures: self.status.reload_failures(),
+            sources: inner.sources,
+            last_error: inner.last_error,
+        }
     }
 }
 
@@ -449,7 +482,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
     let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
     body.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(body)));
