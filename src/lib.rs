@@ -262,27 +262,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     let names: Vec<String> = static_config.entrypoints.iter().map(|e| e.name.clone()).collect();
 
     // 2. Sockets, before anything reports ready.
-    let mut listeners: Vec<(String, Listener)> = Vec::new();
-    for ep in &static_config.entrypoints {
-        let l = TcpListener::bind(ep.address)
-            .await
-            .map_err(|error| StartError::Bind {
-                what: format!("entrypoint {}", ep.name),
-                addr: ep.address,
-                error,
-            })?;
-        listeners.push((ep.name.clone(), l));
-    }
-    let admin_listener = TcpListener::bind(static_config.admin)
-        .await
-        .map_err(|error| StartError::Bind {
-            what: "admin".into(),
-            addr: static_config.admin,
-            error,
-        })?;
-    if !static_config.admin.ip().is_loopback() {
-        warn!(addr = %static_config.admin, "the admin API listens on a non-loopback address");
-    }
+    let (listeners, admin_listener) = bind(&static_config).await?;
 
     // 3. Data plane and control plane; the first table is live before `start` returns.
     let registry = Registry::new();
@@ -318,50 +298,12 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     )
     .map_err(StartError::Metrics)?;
     tokio::spawn(scaling.clone().run(shutdown.token()));
-    let mut scaler = None;
-    if let Some(cfg) = docker {
-        if cfg.scale {
-            match scaler::Scaler::new(
-                cfg.endpoint.as_deref(),
-                proxy.clone(),
-                cfg.exposed_by_default,
-                &registry,
-            ) {
-                Ok(s) => {
-                    info!("docker scaler on: replicas follow the scaling recommendations");
-                    tokio::spawn(s.clone().run(scaling.clone(), shutdown.token()));
-                    scaler = Some(s);
-                }
-                Err(e) => warn!(error = %e, "docker scaler not started"),
-            }
-        }
-        let source = gantry_discovery::DockerSource {
-            endpoint: cfg.endpoint.clone(),
-            options: gantry_discovery::docker::DockerOptions {
-                address: if cfg.published {
-                    gantry_discovery::AddressMode::Published
-                } else {
-                    gantry_discovery::AddressMode::ContainerIp
-                },
-                network: cfg.network.clone(),
-                exposed_by_default: cfg.exposed_by_default,
-                reserved_hosts: cfg.reserved_hosts.clone(),
-            },
-            grace: cfg.grace,
-        };
-        info!(source = %source.origin(), "following docker");
-        tokio::spawn(source.run(updates_tx.clone(), shutdown.token()));
-    }
+    let scaler = match docker {
+        Some(cfg) => spawn_docker(&cfg, &proxy, &scaling, &registry, &updates_tx, &shutdown),
+        None => None,
+    };
     if let Some(e) = &opts.etcd {
-        let source = gantry_discovery::etcd::EtcdSource {
-            endpoints: e.endpoints.clone(),
-            prefix: gantry_discovery::etcd::normalize_prefix(&e.prefix),
-            metrics: Some(
-                gantry_discovery::etcd::source::EtcdMetrics::new(&registry).map_err(StartError::Metrics)?,
-            ),
-        };
-        info!(endpoints = %e.endpoints.join(","), prefix = %source.prefix, "following etcd");
-        tokio::spawn(source.run(updates_tx.clone(), shutdown.token()));
+        spawn_etcd(e, &registry, &updates_tx, &shutdown)?;
     }
     let instance = match &opts.etcd {
         Some(e) => fleet::instance_id(e, static_config.admin),
@@ -377,60 +319,18 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
             shutdown.token(),
         ));
     }
-    let backing = match &opts.etcd {
-        Some(e) => rollout::Backing::Etcd(rollout::EtcdBacking {
-            endpoints: e.endpoints.clone(),
-            keys: gantry_discovery::etcd::Keys::new(&e.prefix),
-            lease_ttl: opts.driver_ttl.unwrap_or(Duration::from_secs(5)),
-        }),
-        // The admin API's and rollouts' weights: the reconciler lives as long as they do.
-        None => rollout::Backing::Local(updates_tx.clone()),
-    };
-    drop(updates_tx);
-    let rollouts = rollout::Rollouts::new(
-        proxy.clone(),
+    let rollouts = spawn_rollouts(
+        &opts,
+        &static_config,
+        &proxy,
         instance,
-        backing,
-        opts.rollout_tick.unwrap_or(Duration::from_secs(1)),
+        updates_tx,
         &registry,
-    )
-    .map_err(StartError::Metrics)?;
-    tokio::spawn(rollouts.clone().run(shutdown.token()));
-    for spec in static_config.rollouts.clone() {
-        let r = rollouts.clone();
-        tokio::spawn(async move {
-            let service = spec.service.clone();
-            if let Err(why) = r.declare(spec).await {
-                warn!(%service, "rollout from the config file not started: {why}");
-            }
-        });
-    }
+        &shutdown,
+    )?;
     let admin_token = settings.admin_token.clone();
 
-    let mut entrypoints = Vec::new();
-    for (i, (name, l)) in listeners.iter().enumerate() {
-        let addr = l.local_addr().map_err(|error| StartError::Bind {
-            what: format!("entrypoint {name}"),
-            addr: static_config.entrypoints[i].address,
-            error,
-        })?;
-        entrypoints.push((name.clone(), addr));
-    }
-    // `redirect_https` routers send clients to the first TLS entrypoint's port.
-    let https_port = static_config
-        .entrypoints
-        .iter()
-        .zip(&entrypoints)
-        .find(|(ep, _)| ep.tls.is_some())
-        .map(|(_, (_, addr))| addr.port());
-    for (i, (name, l)) in listeners.into_iter().enumerate() {
-        let ep = &static_config.entrypoints[i];
-        let mut server = ServerConfig::for_entrypoint(ep);
-        server.https_port = https_port;
-        let tls = if ep.tls.is_some() { " (TLS)" } else { "" };
-        info!(entrypoint = %name, addr = %entrypoints[i].1, "proxy listening{tls}");
-        tasks.spawn(gantry_proxy::serve(proxy.clone(), l, i, server, shutdown.clone()));
-    }
+    let entrypoints = serve_entrypoints(&static_config, listeners, &proxy, &shutdown, &mut tasks)?;
     let admin_addr = admin_listener.local_addr().map_err(|error| StartError::Bind {
         what: "admin".into(),
         addr: static_config.admin,
@@ -470,6 +370,171 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         tasks,
         drain_timeout: settings.drain_timeout,
     })
+}
+
+/// The etcd source: the fleet's shared configuration.
+fn spawn_etcd(
+    e: &fleet::EtcdOptions,
+    registry: &Registry,
+    updates: &mpsc::Sender<Update>,
+    shutdown: &Shutdown,
+) -> Result<(), StartError> {
+    let source = gantry_discovery::etcd::EtcdSource {
+        endpoints: e.endpoints.clone(),
+        prefix: gantry_discovery::etcd::normalize_prefix(&e.prefix),
+        metrics: Some(
+            gantry_discovery::etcd::source::EtcdMetrics::new(registry).map_err(StartError::Metrics)?,
+        ),
+    };
+    info!(endpoints = %e.endpoints.join(","), prefix = %source.prefix, "following etcd");
+    tokio::spawn(source.run(updates.clone(), shutdown.token()));
+    Ok(())
+}
+
+/// The rollout driver (in etcd with a fleet, else in memory) and the file's rollouts. Takes the
+/// last sender of updates: with the local backing, the reconciler lives as long as it does.
+fn spawn_rollouts(
+    opts: &Options,
+    static_config: &StaticConfig,
+    proxy: &Arc<Proxy>,
+    instance: String,
+    updates: mpsc::Sender<Update>,
+    registry: &Registry,
+    shutdown: &Shutdown,
+) -> Result<Arc<rollout::Rollouts>, StartError> {
+    let backing = match &opts.etcd {
+        Some(e) => rollout::Backing::Etcd(rollout::EtcdBacking {
+            endpoints: e.endpoints.clone(),
+            keys: gantry_discovery::etcd::Keys::new(&e.prefix),
+            lease_ttl: opts.driver_ttl.unwrap_or(Duration::from_secs(5)),
+        }),
+        // The admin API's and rollouts' weights: the reconciler lives as long as they do.
+        None => rollout::Backing::Local(updates),
+    };
+    let rollouts = rollout::Rollouts::new(
+        proxy.clone(),
+        instance,
+        backing,
+        opts.rollout_tick.unwrap_or(Duration::from_secs(1)),
+        registry,
+    )
+    .map_err(StartError::Metrics)?;
+    tokio::spawn(rollouts.clone().run(shutdown.token()));
+    for spec in static_config.rollouts.clone() {
+        let r = rollouts.clone();
+        tokio::spawn(async move {
+            let service = spec.service.clone();
+            if let Err(why) = r.declare(spec).await {
+                warn!(%service, "rollout from the config file not started: {why}");
+            }
+        });
+    }
+    Ok(rollouts)
+}
+
+/// Binds every entrypoint and the admin listener, before anything reports ready.
+async fn bind(static_config: &StaticConfig) -> Result<(Vec<(String, Listener)>, TcpListener), StartError> {
+    let mut listeners: Vec<(String, Listener)> = Vec::new();
+    for ep in &static_config.entrypoints {
+        let l = TcpListener::bind(ep.address)
+            .await
+            .map_err(|error| StartError::Bind {
+                what: format!("entrypoint {}", ep.name),
+                addr: ep.address,
+                error,
+            })?;
+        listeners.push((ep.name.clone(), l));
+    }
+    let admin_listener = TcpListener::bind(static_config.admin)
+        .await
+        .map_err(|error| StartError::Bind {
+            what: "admin".into(),
+            addr: static_config.admin,
+            error,
+        })?;
+    if !static_config.admin.ip().is_loopback() {
+        warn!(addr = %static_config.admin, "the admin API listens on a non-loopback address");
+    }
+    Ok((listeners, admin_listener))
+}
+
+/// The Docker source, and the Docker scaler when it is on.
+fn spawn_docker(
+    cfg: &DockerConfig,
+    proxy: &Arc<Proxy>,
+    scaling: &Arc<scaling::Scaling>,
+    registry: &Registry,
+    updates: &mpsc::Sender<Update>,
+    shutdown: &Shutdown,
+) -> Option<Arc<scaler::Scaler>> {
+    let mut scaler = None;
+    if cfg.scale {
+        match scaler::Scaler::new(
+            cfg.endpoint.as_deref(),
+            proxy.clone(),
+            cfg.exposed_by_default,
+            registry,
+        ) {
+            Ok(s) => {
+                info!("docker scaler on: replicas follow the scaling recommendations");
+                tokio::spawn(s.clone().run(scaling.clone(), shutdown.token()));
+                scaler = Some(s);
+            }
+            Err(e) => warn!(error = %e, "docker scaler not started"),
+        }
+    }
+    let source = gantry_discovery::DockerSource {
+        endpoint: cfg.endpoint.clone(),
+        options: gantry_discovery::docker::DockerOptions {
+            address: if cfg.published {
+                gantry_discovery::AddressMode::Published
+            } else {
+                gantry_discovery::AddressMode::ContainerIp
+            },
+            network: cfg.network.clone(),
+            exposed_by_default: cfg.exposed_by_default,
+            reserved_hosts: cfg.reserved_hosts.clone(),
+        },
+        grace: cfg.grace,
+    };
+    info!(source = %source.origin(), "following docker");
+    tokio::spawn(source.run(updates.clone(), shutdown.token()));
+    scaler
+}
+
+/// Serves every entrypoint on its listener; returns the bound addresses in entrypoint order.
+fn serve_entrypoints(
+    static_config: &StaticConfig,
+    listeners: Vec<(String, Listener)>,
+    proxy: &Arc<Proxy>,
+    shutdown: &Shutdown,
+    tasks: &mut JoinSet<()>,
+) -> Result<Vec<(String, SocketAddr)>, StartError> {
+    let mut entrypoints = Vec::new();
+    for (i, (name, l)) in listeners.iter().enumerate() {
+        let addr = l.local_addr().map_err(|error| StartError::Bind {
+            what: format!("entrypoint {name}"),
+            addr: static_config.entrypoints[i].address,
+            error,
+        })?;
+        entrypoints.push((name.clone(), addr));
+    }
+    // `redirect_https` routers send clients to the first TLS entrypoint's port.
+    let https_port = static_config
+        .entrypoints
+        .iter()
+        .zip(&entrypoints)
+        .find(|(ep, _)| ep.tls.is_some())
+        .map(|(_, (_, addr))| addr.port());
+    for (i, (name, l)) in listeners.into_iter().enumerate() {
+        let ep = &static_config.entrypoints[i];
+        let mut server = ServerConfig::for_entrypoint(ep);
+        server.https_port = https_port;
+        let tls = if ep.tls.is_some() { " (TLS)" } else { "" };
+        info!(entrypoint = %name, addr = %entrypoints[i].1, "proxy listening{tls}");
+        tasks.spawn(gantry_proxy::serve(proxy.clone(), l, i, server, shutdown.clone()));
+    }
+    Ok(entrypoints)
 }
 
 #[cfg(test)]

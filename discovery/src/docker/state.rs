@@ -104,20 +104,36 @@ struct FullService {
 
 /// The desired state of every route the containers declare, and every problem found.
 pub fn desired(containers: &BTreeMap<String, Observed>, opts: &DockerOptions) -> (DesiredState, Errors) {
-    let mut problems = Errors::new();
     let mut sorted: Vec<&Observed> = containers.values().collect();
     sorted.sort_by(|a, b| a.facts.name.cmp(&b.facts.name));
-
-    let mut routes: BTreeMap<(String, Option<String>), RouteGroup> = BTreeMap::new();
-    let mut routers: BTreeMap<String, (FileRouter, String)> = BTreeMap::new();
-    let mut services: BTreeMap<String, FullService> = BTreeMap::new();
-
+    let mut all = Declared::default();
     for c in sorted {
         let (decl, errs) = labels::parse(&c.facts, opts.exposed_by_default);
-        problems.extend(errs);
-        if !decl.enabled {
-            continue;
+        all.problems.extend(errs);
+        if decl.enabled {
+            all.compact_routes(c, &decl, opts);
+            all.full_services(c, &decl, opts);
+            all.full_routers(c, &decl);
         }
+    }
+    all.into_state(opts)
+}
+
+/// What the containers declare, gathered name by name before it is validated: compact routes
+/// grouped by host and path, full-form services and routers with the container that declared
+/// them first.
+#[derive(Default)]
+struct Declared {
+    routes: BTreeMap<(String, Option<String>), RouteGroup>,
+    routers: BTreeMap<String, (FileRouter, String)>,
+    services: BTreeMap<String, FullService>,
+    problems: Errors,
+}
+
+impl Declared {
+    /// `aliyun.routing.port_*` / `gantry.routing.port_*`: one group per host and path, the
+    /// container's address on that port a member of it.
+    fn compact_routes(&mut self, c: &Observed, decl: &ContainerDecl, opts: &DockerOptions) {
         let o = origin(&c.facts.name);
         let live = c.takes_traffic();
         let healthy = c.facts.health == DockerHealth::Healthy;
@@ -127,7 +143,7 @@ pub fn desired(containers: &BTreeMap<String, Observed>, opts: &DockerOptions) ->
                 .iter()
                 .any(|h| h.eq_ignore_ascii_case(&r.host))
             {
-                problems.push(
+                self.problems.push(
                     &o,
                     format!("label {}", r.label),
                     format!("host {:?} is reserved", r.host),
@@ -136,7 +152,7 @@ pub fn desired(containers: &BTreeMap<String, Observed>, opts: &DockerOptions) ->
             }
             let key = (r.host.clone(), r.path.clone());
             let scale = decl.scale.settings();
-            let group = routes.entry(key).or_insert_with(|| RouteGroup {
+            let group = self.routes.entry(key).or_insert_with(|| RouteGroup {
                 project: decl.project.clone(),
                 https: r.https,
                 port_owner: c.facts.name.clone(),
@@ -144,7 +160,7 @@ pub fn desired(containers: &BTreeMap<String, Observed>, opts: &DockerOptions) ->
                 scale: scale.clone(),
             });
             if group.project != decl.project {
-                problems.push(
+                self.problems.push(
                     &o,
                     format!("label {}", r.label),
                     format!(
@@ -161,7 +177,7 @@ pub fn desired(containers: &BTreeMap<String, Observed>, opts: &DockerOptions) ->
                 continue;
             }
             if group.scale != scale {
-                problems.push(
+                self.problems.push(
                     &o,
                     "label gantry.scale",
                     format!(
@@ -171,23 +187,30 @@ pub fn desired(containers: &BTreeMap<String, Observed>, opts: &DockerOptions) ->
                 );
             }
             if live {
-                match address(&c.facts, &decl, r.port, opts) {
+                match address(&c.facts, decl, r.port, opts) {
                     Ok(addr) => {
                         group
                             .members
-                            .push(contribution(addr, Scheme::Http, &decl, healthy, &c.facts.name))
+                            .push(contribution(addr, Scheme::Http, decl, healthy, &c.facts.name))
                     }
-                    Err(e) => problems.push(&o, format!("label {}", r.label), e),
+                    Err(e) => self.problems.push(&o, format!("label {}", r.label), e),
                 }
             }
         }
+    }
+
+    /// `gantry.http.services.*`: a service per name, the container's address a member of it.
+    fn full_services(&mut self, c: &Observed, decl: &ContainerDecl, opts: &DockerOptions) {
+        let o = origin(&c.facts.name);
+        let live = c.takes_traffic();
+        let healthy = c.facts.health == DockerHealth::Healthy;
         for (name, svc) in &decl.services {
             // `gantry.scale.*` on the container scale its services that say nothing themselves.
             let mut settings = svc.settings.clone();
             if settings.scale.is_none() {
                 settings.scale = decl.scale.settings();
             }
-            let entry = services.entry(name.clone()).or_insert_with(|| FullService {
+            let entry = self.services.entry(name.clone()).or_insert_with(|| FullService {
                 project: decl.project.clone(),
                 owner: c.facts.name.clone(),
                 settings: settings.clone(),
@@ -195,7 +218,7 @@ pub fn desired(containers: &BTreeMap<String, Observed>, opts: &DockerOptions) ->
                 members: Vec::new(),
             });
             if entry.settings != settings || entry.h2c != svc.h2c || entry.project != decl.project {
-                problems.push(
+                self.problems.push(
                     &o,
                     format!("label gantry.http.services.{name}"),
                     format!(
@@ -207,21 +230,28 @@ pub fn desired(containers: &BTreeMap<String, Observed>, opts: &DockerOptions) ->
             }
             if live {
                 let scheme = if svc.h2c { Scheme::H2c } else { Scheme::Http };
-                match address(&c.facts, &decl, svc.port, opts) {
+                match address(&c.facts, decl, svc.port, opts) {
                     Ok(addr) => entry
                         .members
-                        .push(contribution(addr, scheme, &decl, healthy, &c.facts.name)),
-                    Err(e) => problems.push(&o, format!("label gantry.http.services.{name}.port"), e),
+                        .push(contribution(addr, scheme, decl, healthy, &c.facts.name)),
+                    Err(e) => self
+                        .problems
+                        .push(&o, format!("label gantry.http.services.{name}.port"), e),
                 }
             }
         }
+    }
+
+    /// `gantry.http.routers.*`: the first declaration of a name wins; a different one is reported.
+    fn full_routers(&mut self, c: &Observed, decl: &ContainerDecl) {
+        let o = origin(&c.facts.name);
         for (name, router) in &decl.routers {
             let mut router = router.clone();
             if router.service.is_none() {
-                match implicit_service(&decl, &c.facts.name) {
+                match implicit_service(decl, &c.facts.name) {
                     Some(s) => router.service = Some(s),
                     None => {
-                        problems.push(
+                        self.problems.push(
                             &o,
                             format!("label gantry.http.routers.{name}.service"),
                             "missing, and the container declares no single service to default to",
@@ -230,90 +260,96 @@ pub fn desired(containers: &BTreeMap<String, Observed>, opts: &DockerOptions) ->
                     }
                 }
             }
-            match routers.get(name) {
-                Some((existing, owner)) if *existing != router => problems.push(
+            match self.routers.get(name) {
+                Some((existing, owner)) if *existing != router => self.problems.push(
                     &o,
                     format!("label gantry.http.routers.{name}"),
                     format!("differs from its declaration on container {owner}; ignored"),
                 ),
                 Some(_) => {}
                 None => {
-                    routers.insert(name.clone(), (router, c.facts.name.clone()));
+                    self.routers.insert(name.clone(), (router, c.facts.name.clone()));
                 }
             }
         }
     }
 
-    let mut state = DesiredState::default();
-    for ((host, path), group) in routes {
-        let name = route_service_name(&host, path.as_deref());
-        let o = origin(&group.port_owner);
-        let router = FileRouter {
-            hosts: Some(vec![host]),
-            path_prefix: path,
-            redirect_https: Some(group.https),
-            service: Some(name.clone()),
-            ..Default::default()
-        };
-        if let Some(r) = validate_router(router, &o, &format!("routers.{name}"), &name, &mut problems) {
-            state.routers.insert(name.clone(), r);
+    /// Validates what was gathered into a desired state: compact routes first, then full-form
+    /// services and routers whose names they do not already use.
+    fn into_state(mut self, opts: &DockerOptions) -> (DesiredState, Errors) {
+        let mut state = DesiredState::default();
+        for ((host, path), group) in std::mem::take(&mut self.routes) {
+            let name = route_service_name(&host, path.as_deref());
+            let o = origin(&group.port_owner);
+            let router = FileRouter {
+                hosts: Some(vec![host]),
+                path_prefix: path,
+                redirect_https: Some(group.https),
+                service: Some(name.clone()),
+                ..Default::default()
+            };
+            if let Some(r) =
+                validate_router(router, &o, &format!("routers.{name}"), &name, &mut self.problems)
+            {
+                state.routers.insert(name.clone(), r);
+            }
+            let settings = FileService {
+                scale: group.scale,
+                ..Default::default()
+            };
+            if let Some(s) = build_service(&name, settings, group.members, &o, &mut self.problems) {
+                state.services.insert(name, s);
+            }
         }
-        let settings = FileService {
-            scale: group.scale,
-            ..Default::default()
-        };
-        if let Some(s) = build_service(&name, settings, group.members, &o, &mut problems) {
-            state.services.insert(name, s);
+        for (name, svc) in std::mem::take(&mut self.services) {
+            let o = origin(&svc.owner);
+            if state.services.contains_key(&name) {
+                self.problems.push(
+                    &o,
+                    format!("label gantry.http.services.{name}"),
+                    "a compact route already uses this service name; ignored",
+                );
+                continue;
+            }
+            if let Some(s) = build_service(&name, svc.settings, svc.members, &o, &mut self.problems) {
+                state.services.insert(name, s);
+            }
         }
-    }
-    for (name, svc) in services {
-        let o = origin(&svc.owner);
-        if state.services.contains_key(&name) {
-            problems.push(
+        for (name, (router, owner)) in std::mem::take(&mut self.routers) {
+            let o = origin(&owner);
+            if state.routers.contains_key(&name) {
+                self.problems.push(
+                    &o,
+                    format!("label gantry.http.routers.{name}"),
+                    "a compact route already uses this router name; ignored",
+                );
+                continue;
+            }
+            if let Some(h) = router
+                .hosts
+                .iter()
+                .flatten()
+                .find(|h| opts.reserved_hosts.iter().any(|r| r.eq_ignore_ascii_case(h)))
+            {
+                self.problems.push(
+                    &o,
+                    format!("label gantry.http.routers.{name}"),
+                    format!("host {h:?} is reserved"),
+                );
+                continue;
+            }
+            if let Some(r) = validate_router(
+                router,
                 &o,
-                format!("label gantry.http.services.{name}"),
-                "a compact route already uses this service name; ignored",
-            );
-            continue;
+                &format!("label gantry.http.routers.{name}"),
+                &name,
+                &mut self.problems,
+            ) {
+                state.routers.insert(name, r);
+            }
         }
-        if let Some(s) = build_service(&name, svc.settings, svc.members, &o, &mut problems) {
-            state.services.insert(name, s);
-        }
+        (state, self.problems)
     }
-    for (name, (router, owner)) in routers {
-        let o = origin(&owner);
-        if state.routers.contains_key(&name) {
-            problems.push(
-                &o,
-                format!("label gantry.http.routers.{name}"),
-                "a compact route already uses this router name; ignored",
-            );
-            continue;
-        }
-        if let Some(h) = router
-            .hosts
-            .iter()
-            .flatten()
-            .find(|h| opts.reserved_hosts.iter().any(|r| r.eq_ignore_ascii_case(h)))
-        {
-            problems.push(
-                &o,
-                format!("label gantry.http.routers.{name}"),
-                format!("host {h:?} is reserved"),
-            );
-            continue;
-        }
-        if let Some(r) = validate_router(
-            router,
-            &o,
-            &format!("label gantry.http.routers.{name}"),
-            &name,
-            &mut problems,
-        ) {
-            state.routers.insert(name, r);
-        }
-    }
-    (state, problems)
 }
 
 /// A full-form router without a service uses the container's only service, or the default one
