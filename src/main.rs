@@ -13,10 +13,13 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+/// `gantry --version`: the package version and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("GANTRY_COMMIT"), ")");
+
 #[derive(Parser, Debug)]
 #[command(
     name = "gantry",
-    version,
+    version = VERSION,
     about = "A dynamic load-balancing HTTP reverse proxy"
 )]
 struct Cli {

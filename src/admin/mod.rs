@@ -45,6 +45,25 @@ pub struct Admin {
     pub token: Option<String>,
 }
 
+/// What `GET /` answers: the endpoints and what each is for.
+const INDEX: &str = "\
+Gantry admin API
+
+GET  /metrics                Prometheus metrics
+GET  /healthz                200 while the process runs
+GET  /readyz                 200 once the first routing table is live (503 while draining)
+GET  /api/v1/routes          the live routing table, each backend's state
+GET  /api/v1/status          readiness, generation, each source's status, the last refused update
+GET  /api/v1/versions        version weights and per-version requests, errors, p99
+GET  /api/v1/rollouts        rollouts, their phase, step and decisions
+GET  /api/v1/scaling         replica recommendations and the Docker scaler's actions
+
+Writes need Authorization: Bearer <token> (GANTRY_ADMIN_TOKEN or [admin] token_file):
+PUT|DELETE /api/v1/services/<name>/weights
+POST       /api/v1/services/<name>/drain
+POST       /api/v1/rollouts/<service>[/pause|/resume|/abort]
+";
+
 /// Admin request bodies are small JSON documents.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -117,6 +136,7 @@ impl Admin {
                 );
                 r
             }
+            "/" => text(StatusCode::OK, INDEX.into()),
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
             "/readyz" => {
                 if self.status.is_ready() {

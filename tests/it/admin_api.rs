@@ -62,3 +62,38 @@ backends = [{{ url = "{}" }}]
     assert_eq!(admin_get(admin, "/api/v1/nothing").await.status, 404);
     g.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_admin_root_lists_the_endpoints() {
+    let a = Backend::start("a", Behavior::Name).await;
+    let g = Gantry::start(&format!(
+        "[routers.a]\nhosts = [\"a.test\"]\nservice = \"a\"\n[services.a]\nbackends = [{{ url = \"{}\" }}]\n",
+        a.url()
+    ))
+    .await;
+    let index = admin_get(g.running.admin_addr, "/").await;
+    assert_eq!(index.status, 200);
+    for endpoint in [
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/api/v1/routes",
+        "/api/v1/status",
+        "/api/v1/versions",
+        "/api/v1/rollouts",
+        "/api/v1/scaling",
+    ] {
+        assert!(
+            index.body.contains(endpoint),
+            "{endpoint} missing from\n{}",
+            index.body
+        );
+        // Every read it names answers.
+        assert_eq!(
+            admin_get(g.running.admin_addr, endpoint).await.status,
+            200,
+            "{endpoint}"
+        );
+    }
+    g.running.shutdown().await;
+}

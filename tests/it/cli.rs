@@ -129,3 +129,22 @@ fn register_refuses_bad_flags_before_touching_etcd() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ttl"));
 }
+
+#[test]
+fn version_names_the_package_version_and_the_commit() {
+    let out = gantry(&["--version"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    assert_eq!(
+        text.trim(),
+        format!("gantry {} (commit {head})", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -33,7 +33,7 @@ async fn gantry_on_docker(config: &str, endpoint: Option<String>) -> Gantry {
 }
 
 /// Which backends (container hostnames) answer `n` requests for `host`, and the failures.
-async fn spread(addr: SocketAddr, host: &str, n: usize) -> (HashMap<String, usize>, Vec<String>) {
+pub(crate) async fn spread(addr: SocketAddr, host: &str, n: usize) -> (HashMap<String, usize>, Vec<String>) {
     let c = client();
     let (mut hits, mut failed) = (HashMap::new(), Vec::new());
     for _ in 0..n {
@@ -47,7 +47,7 @@ async fn spread(addr: SocketAddr, host: &str, n: usize) -> (HashMap<String, usiz
 }
 
 /// Continuous GETs for `host` from `workers` clients until `stop`; returns the failures.
-fn load(
+pub(crate) fn load(
     addr: SocketAddr,
     host: String,
     workers: usize,

@@ -22,6 +22,7 @@ mod h2;
 mod headers;
 mod health;
 mod hygiene;
+mod image;
 mod reload;
 mod routing;
 mod scaling;
