@@ -26,6 +26,11 @@ printf 'root:x:0:\nnonroot:x:65532:\n' >"$stage/rootfs/etc/group"
 # Name lookups (backend host names, etcd endpoints): /etc/hosts first, then DNS.
 printf 'hosts: files dns\n' >"$stage/rootfs/etc/nsswitch.conf"
 cp "$root/Dockerfile" "$stage/Dockerfile"
-DOCKER_BUILDKIT=0 docker build --quiet -t "$image" "$stage" >/dev/null
+# The classic builder: FROM scratch needs no registry and no BuildKit (its deprecation notice is
+# shown only if the build fails, with the rest of its output).
+if ! out="$(DOCKER_BUILDKIT=0 docker build --quiet -t "$image" "$stage" 2>&1)"; then
+  echo "$out" >&2
+  exit 1
+fi
 size="$(docker image inspect --format '{{.Size}}' "$image")"
 echo "$image: $((size / 1000 / 1000)) MB ($size bytes)"
