@@ -89,46 +89,44 @@ fn source_entry(inner: &mut Inner, source: SourceId) -> &mut SourceStatus {
 
 impl Publisher {
     pub fn new(proxy: Arc<Proxy>, registry: &Registry) -> Result<Self, prometheus::Error> {
-        let generation = IntGauge::new(
+        let generation = prometheus::register_int_gauge_with_registry!(
             "gantry_config_generation",
             "Generation of the live routing table.",
+            registry
         )?;
-        let etcd_revision = IntGauge::new(
+        let etcd_revision = prometheus::register_int_gauge_with_registry!(
             "gantry_etcd_revision",
             "The etcd revision the live routing table was built from (0 without etcd).",
+            registry
         )?;
-        registry.register(Box::new(etcd_revision.clone()))?;
-        let reloads = IntCounter::new(
+        let reloads = prometheus::register_int_counter_with_registry!(
             "gantry_config_reloads_total",
             "Updates that produced a new routing table (including the first).",
+            registry
         )?;
-        let reload_failures = IntCounter::new(
+        let reload_failures = prometheus::register_int_counter_with_registry!(
             "gantry_config_reload_failures_total",
             "Updates refused as invalid; the previous routing table kept serving.",
+            registry
         )?;
-        let last_success = IntGauge::new(
+        let last_success = prometheus::register_int_gauge_with_registry!(
             "gantry_config_last_reload_success_timestamp_seconds",
             "Unix time of the last update that produced a new routing table.",
+            registry
         )?;
-        for c in [&generation, &last_success] {
-            registry.register(Box::new(c.clone()))?;
-        }
-        let source_problems = prometheus::IntGaugeVec::new(
+        let source_problems = prometheus::register_int_gauge_vec_with_registry!(
             prometheus::Opts::new(
                 "gantry_source_problems",
                 "Problems in each source's latest view that did not stop it (bad labels, conflicts).",
             ),
             &["source"],
+            registry
         )?;
-        let source_up = prometheus::IntGaugeVec::new(
+        let source_up = prometheus::register_int_gauge_vec_with_registry!(
             prometheus::Opts::new("gantry_source_up", "1 while a source is reachable."),
             &["source"],
+            registry
         )?;
-        registry.register(Box::new(source_problems.clone()))?;
-        registry.register(Box::new(source_up.clone()))?;
-        for c in [&reloads, &reload_failures] {
-            registry.register(Box::new(c.clone()))?;
-        }
         Ok(Self {
             proxy,
             ready: AtomicBool::new(false),

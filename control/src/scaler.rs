@@ -94,17 +94,15 @@ impl Scaler {
             None => Docker::connect_with_defaults(),
         }
         .map_err(|e| e.to_string())?;
-        let actions = IntCounterVec::new(
+        let actions = prometheus::register_int_counter_vec_with_registry!(
             Opts::new(
                 "gantry_scaler_actions_total",
                 "Replicas the Docker scaler set out to add (up) or remove (down), by result.",
             ),
             &["service", "action", "result"],
+            registry
         )
         .map_err(|e| e.to_string())?;
-        registry
-            .register(Box::new(actions.clone()))
-            .map_err(|e| e.to_string())?;
         Ok(Arc::new(Self {
             docker,
             proxy,

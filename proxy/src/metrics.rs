@@ -37,14 +37,15 @@ pub const VERSION_BUCKETS: [f64; 22] = [
 
 impl Metrics {
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let requests = IntCounterVec::new(
+        let requests = prometheus::register_int_counter_vec_with_registry!(
             Opts::new(
                 "gantry_requests_total",
                 "Requests answered, by router, service, backend and status class.",
             ),
             &["router", "service", "backend", "code"],
+            registry
         )?;
-        let duration = HistogramVec::new(
+        let duration = prometheus::register_histogram_vec_with_registry!(
             HistogramOpts::new(
                 "gantry_request_duration_seconds",
                 "Time from a request's arrival to its response head being ready, by router and service.",
@@ -53,99 +54,99 @@ impl Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ]),
             &["router", "service"],
+            registry
         )?;
-        let connect_errors = IntCounterVec::new(
+        let connect_errors = prometheus::register_int_counter_vec_with_registry!(
             Opts::new(
                 "gantry_upstream_connect_errors_total",
                 "Failed connection attempts to backends.",
             ),
             &["service", "backend"],
+            registry
         )?;
-        let connections_opened = IntCounterVec::new(
+        let connections_opened = prometheus::register_int_counter_vec_with_registry!(
             Opts::new(
                 "gantry_upstream_connections_opened_total",
                 "Connections opened to backends; a low rate means the keep-alive pool is working.",
             ),
             &["service", "backend"],
+            registry
         )?;
-        let client_connections = IntCounterVec::new(
+        let client_connections = prometheus::register_int_counter_vec_with_registry!(
             Opts::new(
                 "gantry_client_connections_total",
                 "Client connections accepted, by entrypoint.",
             ),
             &["entrypoint"],
+            registry
         )?;
-        let client_connections_active = IntGaugeVec::new(
+        let client_connections_active = prometheus::register_int_gauge_vec_with_registry!(
             Opts::new(
                 "gantry_client_connections_active",
                 "Client connections open now, by entrypoint.",
             ),
             &["entrypoint"],
+            registry
         )?;
-        let refused_connections = IntCounter::new(
+        let refused_connections = prometheus::register_int_counter_with_registry!(
             "gantry_client_connections_refused_total",
             "Client connections closed at accept because the connection limit was reached.",
+            registry
         )?;
-        let tls_handshake_errors = IntCounter::new(
+        let tls_handshake_errors = prometheus::register_int_counter_with_registry!(
             "gantry_tls_handshake_errors_total",
             "TLS handshakes that failed or timed out (no certificate, protocol version, bad client).",
+            registry
         )?;
-        let health_checks = IntCounterVec::new(
+        let health_checks = prometheus::register_int_counter_vec_with_registry!(
             Opts::new(
                 "gantry_health_checks_total",
                 "Active health checks, by backend and result (pass, fail).",
             ),
             &["service", "backend", "result"],
+            registry
         )?;
-        let ejections = IntCounterVec::new(
+        let ejections = prometheus::register_int_counter_vec_with_registry!(
             Opts::new(
                 "gantry_backend_ejections_total",
                 "Backends ejected by passive outlier detection.",
             ),
             &["service", "backend"],
+            registry
         )?;
-        let retries = IntCounterVec::new(
+        let retries = prometheus::register_int_counter_vec_with_registry!(
             Opts::new(
                 "gantry_retries_total",
                 "Retries on another backend (retried), and retries the budget refused (budget_exhausted).",
             ),
             &["service", "outcome"],
+            registry
         )?;
-        let circuit_breaker = IntCounterVec::new(
+        let circuit_breaker = prometheus::register_int_counter_vec_with_registry!(
             Opts::new(
                 "gantry_circuit_breaker_rejections_total",
                 "Requests answered 503 at once because the service or backend had too many in flight.",
             ),
             &["service", "scope"],
+            registry
         )?;
-        let version_requests = IntCounterVec::new(
+        let version_requests = prometheus::register_int_counter_vec_with_registry!(
             Opts::new(
                 "gantry_version_requests_total",
                 "Requests answered by each version of a service, by status class (5xx includes Gantry's own 502/503/504).",
             ),
             &["service", "version", "code"],
+            registry
         )?;
-        let version_duration = HistogramVec::new(
+        let version_duration = prometheus::register_histogram_vec_with_registry!(
             HistogramOpts::new(
                 "gantry_version_request_duration_seconds",
                 "Time from a request's arrival to its response head, by service and version.",
             )
             .buckets(VERSION_BUCKETS.to_vec()),
             &["service", "version"],
+            registry
         )?;
-        registry.register(Box::new(version_requests.clone()))?;
-        registry.register(Box::new(version_duration.clone()))?;
-        for c in [&health_checks, &ejections, &retries, &circuit_breaker] {
-            registry.register(Box::new(c.clone()))?;
-        }
-        registry.register(Box::new(refused_connections.clone()))?;
-        registry.register(Box::new(tls_handshake_errors.clone()))?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(connect_errors.clone()))?;
-        registry.register(Box::new(connections_opened.clone()))?;
-        registry.register(Box::new(client_connections.clone()))?;
-        registry.register(Box::new(client_connections_active.clone()))?;
         Ok(Self {
             requests,
             duration,

@@ -130,22 +130,22 @@ impl Rollouts {
         tick: Duration,
         registry: &Registry,
     ) -> Result<Arc<Self>, prometheus::Error> {
-        let decisions_total = IntCounterVec::new(
+        let decisions_total = prometheus::register_int_counter_vec_with_registry!(
             Opts::new(
                 "gantry_rollout_decisions_total",
                 "Rollout decisions made by this instance, by service and action (start, step, promote, rollback, pause, resume, abort).",
             ),
             &["service", "action"],
+            registry
         )?;
-        let canary_weight = IntGaugeVec::new(
+        let canary_weight = prometheus::register_int_gauge_vec_with_registry!(
             Opts::new(
                 "gantry_rollout_canary_weight_percent",
                 "The canary's share of the traffic that the rollout of each service asks for.",
             ),
             &["service"],
+            registry
         )?;
-        registry.register(Box::new(decisions_total.clone()))?;
-        registry.register(Box::new(canary_weight.clone()))?;
         Ok(Arc::new(Self {
             proxy,
             instance,

@@ -71,38 +71,38 @@ impl Scaling {
         tick: Duration,
         registry: &Registry,
     ) -> Result<Arc<Self>, prometheus::Error> {
-        let recommended = IntGaugeVec::new(
+        let recommended = prometheus::register_int_gauge_vec_with_registry!(
             Opts::new(
                 "gantry_scale_recommended_replicas",
                 "The replicas Gantry recommends for each service that declares scale settings.",
             ),
             &["service"],
+            registry
         )?;
-        let ready = IntGaugeVec::new(
+        let ready = prometheus::register_int_gauge_vec_with_registry!(
             Opts::new(
                 "gantry_scale_ready_replicas",
                 "Backends of each scaled service taking traffic now.",
             ),
             &["service"],
+            registry
         )?;
-        let concurrency = GaugeVec::new(
+        let concurrency = prometheus::register_gauge_vec_with_registry!(
             Opts::new(
                 "gantry_scale_concurrency",
                 "Requests in flight at Gantry, averaged over the stable and burst windows.",
             ),
             &["service", "window"],
+            registry
         )?;
-        let burst = IntGaugeVec::new(
+        let burst = prometheus::register_int_gauge_vec_with_registry!(
             Opts::new(
                 "gantry_scale_burst_mode",
                 "1 while a service's recommendation follows its burst window.",
             ),
             &["service"],
+            registry
         )?;
-        registry.register(Box::new(recommended.clone()))?;
-        registry.register(Box::new(ready.clone()))?;
-        registry.register(Box::new(concurrency.clone()))?;
-        registry.register(Box::new(burst.clone()))?;
         Ok(Arc::new(Self {
             proxy,
             sample,

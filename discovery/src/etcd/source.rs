@@ -34,25 +34,25 @@ pub struct EtcdMetrics {
 impl EtcdMetrics {
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         let m = Self {
-            reads: IntCounterVec::new(
+            reads: prometheus::register_int_counter_vec_with_registry!(
                 Opts::new(
                     "gantry_etcd_reads_total",
                     "Full reads of the etcd prefix, by reason (start, compacted).",
                 ),
                 &["reason"],
+                registry
             )?,
-            reconnects: IntCounter::new(
+            reconnects: prometheus::register_int_counter_with_registry!(
                 "gantry_etcd_reconnects_total",
                 "etcd sessions lost (member down, stalled or partitioned); the watch resumes on the next member.",
+                registry
             )?,
-            changes: IntCounter::new(
+            changes: prometheus::register_int_counter_with_registry!(
                 "gantry_etcd_changes_total",
                 "etcd watch responses (transactions) that changed configuration keys.",
+                registry
             )?,
         };
-        registry.register(Box::new(m.reads.clone()))?;
-        registry.register(Box::new(m.reconnects.clone()))?;
-        registry.register(Box::new(m.changes.clone()))?;
         Ok(m)
     }
 
