@@ -17,6 +17,7 @@ use crate::duration;
 use crate::error::Errors;
 use crate::listener::{
     Entrypoint, FileEntrypoint, FileListenerLimits, validate_entrypoint_tls, validate_listener_limits,
+    validate_trusted_ips,
 };
 use crate::router::FileRouter;
 use crate::service::FileService;
@@ -151,12 +152,19 @@ impl FileConfig {
                 &format!("{field}.limits"),
                 &mut errs,
             );
+            let trusted_ips = validate_trusted_ips(
+                ep.trusted_ips.as_deref().unwrap_or_default(),
+                origin,
+                &format!("{field}.trusted_ips"),
+                &mut errs,
+            );
             match ep.address.parse::<SocketAddr>() {
                 Ok(address) => entrypoints.push(Entrypoint {
                     name: name.clone(),
                     address,
                     tls,
                     limits,
+                    trusted_ips,
                 }),
                 Err(_) => errs.push(
                     origin,

@@ -1,9 +1,10 @@
 //! Entrypoints (the addresses Gantry listens on), their TLS settings and their connection and
 //! request limits: the validated types and their raw TOML shapes.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::duration;
@@ -19,6 +20,11 @@ pub struct Entrypoint {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<EntrypointTls>,
     pub limits: ListenerLimits,
+    /// Peers trusted to set forwarded headers (`X-Forwarded-*`, `X-Real-IP`, `Forwarded`):
+    /// from them such headers are kept and extended, and the client address is read from
+    /// `X-Forwarded-For`; from anyone else they are replaced. Empty (the default): trust nobody.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusted_ips: Vec<IpNet>,
 }
 
 impl Entrypoint {
@@ -28,6 +34,7 @@ impl Entrypoint {
             address,
             tls: None,
             limits: ListenerLimits::default(),
+            trusted_ips: Vec::new(),
         }
     }
 }
@@ -96,6 +103,8 @@ pub struct FileEntrypoint {
     /// Present (even empty: `tls = {}`) means TLS is terminated on this entrypoint.
     pub tls: Option<FileEntrypointTls>,
     pub limits: Option<FileListenerLimits>,
+    /// Networks (`10.0.0.0/8`) or addresses (`192.0.2.7`) trusted to set forwarded headers.
+    pub trusted_ips: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +123,31 @@ pub struct FileListenerLimits {
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub h2_max_concurrent_streams: Option<i64>,
+}
+
+/// Parses trusted peers: CIDR networks, or single addresses (a /32 or /128).
+pub(crate) fn validate_trusted_ips(
+    ips: &[String],
+    origin: &str,
+    field: &str,
+    errs: &mut Errors,
+) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (i, text) in ips.iter().enumerate() {
+        let t = text.trim();
+        match t.parse::<IpNet>() {
+            Ok(n) => out.push(n.trunc()),
+            Err(_) => match t.parse::<IpAddr>() {
+                Ok(ip) => out.push(IpNet::from(ip)),
+                Err(_) => errs.push(
+                    origin,
+                    format!("{field}[{i}]"),
+                    format!("{text:?} is not an IP network (\"10.0.0.0/8\") or address (\"192.0.2.7\")"),
+                ),
+            },
+        }
+    }
+    out
 }
 
 pub(crate) fn validate_entrypoint_tls(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::HeaderValue;
+use ipnet::IpNet;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// What the request path knows about the client connection.
@@ -18,6 +19,11 @@ pub struct ConnInfo {
     pub client_ip_header: HeaderValue,
     /// `X-Forwarded-Proto`: "https" on TLS listeners.
     pub proto: &'static str,
+    /// The peer is in the entrypoint's `trusted_ips`: its forwarded headers are kept and
+    /// extended, and the client address is read from `X-Forwarded-For`.
+    pub trusted_peer: bool,
+    /// The entrypoint's trusted networks (to skip trusted hops in `X-Forwarded-For`).
+    pub trusted_ips: Arc<[IpNet]>,
     pub https_port: Option<u16>,
     /// The connection's place under the listener's connection limit. It lives as long as this
     /// struct, so an upgraded connection (WebSocket) keeps counting after hyper lets go of it.

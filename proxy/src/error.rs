@@ -15,6 +15,18 @@ use crate::response::ResponseBody;
 pub enum ProxyError {
     /// An HTTP/1.1 request without a Host header (RFC 9112 section 3.2 says 400).
     MissingHost,
+    /// More than one Host header line (RFC 9112 section 3.2 says 400): two readings of one
+    /// request.
+    RepeatedHost,
+    /// A Host (or `:authority`) that is not `host[:port]`.
+    InvalidHost,
+    /// An HTTP/2 request whose `:authority` and `host` header disagree.
+    AuthorityMismatch,
+    /// A request target of the wrong form for its method (RFC 9112 section 3.2): origin-form
+    /// must start with `/`, `*` only with OPTIONS, authority-form only with CONNECT.
+    BadTarget(&'static str),
+    /// CONNECT (a tunnel to anywhere): Gantry is a reverse proxy, not a forward one.
+    ConnectNotAllowed,
     /// No router matches the request.
     NoRoute,
     /// The service has no backend that can take the request (none configured, all weight 0).
@@ -87,11 +99,32 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::MissingHost
+                | ProxyError::RepeatedHost
+                | ProxyError::InvalidHost
+                | ProxyError::AuthorityMismatch
+                | ProxyError::BadTarget(_)
                 | ProxyError::BadFraming(_)
                 | ProxyError::UnsupportedEncoding
                 | ProxyError::BodyTooLarge(_)
                 | ProxyError::BadBody
         )
+    }
+
+    /// The reason a malformed request was refused before routing (the label of
+    /// `gantry_requests_refused_total`), or `None` for every other failure.
+    pub fn refusal(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::MissingHost
+            | ProxyError::RepeatedHost
+            | ProxyError::InvalidHost
+            | ProxyError::AuthorityMismatch
+            | ProxyError::BadTarget(_)
+            | ProxyError::ConnectNotAllowed
+            | ProxyError::BadFraming(_)
+            | ProxyError::UnsupportedEncoding
+            | ProxyError::BadBody => Some(self.kind()),
+            _ => None,
+        }
     }
 
     /// Failures that say something about the backend (for outlier detection), as opposed to the
@@ -128,7 +161,12 @@ impl ProxyError {
             ProxyError::UnsupportedEncoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpgradeUnsupported => StatusCode::BAD_GATEWAY,
-            ProxyError::MissingHost => StatusCode::BAD_REQUEST,
+            ProxyError::MissingHost
+            | ProxyError::RepeatedHost
+            | ProxyError::InvalidHost
+            | ProxyError::AuthorityMismatch
+            | ProxyError::BadTarget(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ConnectNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoBackend | ProxyError::ConnectionLimit => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectTimeout(_) | ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -148,6 +186,11 @@ impl ProxyError {
             ProxyError::BadBody => "bad_body",
             ProxyError::UpgradeUnsupported => "upgrade_unsupported",
             ProxyError::MissingHost => "missing_host",
+            ProxyError::RepeatedHost => "repeated_host",
+            ProxyError::InvalidHost => "invalid_host",
+            ProxyError::AuthorityMismatch => "authority_mismatch",
+            ProxyError::BadTarget(_) => "bad_target",
+            ProxyError::ConnectNotAllowed => "connect_not_allowed",
             ProxyError::NoRoute => "no_route",
             ProxyError::NoBackend => "no_backend",
             ProxyError::ConnectionLimit => "connection_limit",
@@ -174,6 +217,13 @@ impl ProxyError {
                 "502 bad gateway: the backend speaks HTTP/2 and cannot take an upgrade\n".into()
             }
             ProxyError::MissingHost => "400 bad request: missing Host header\n".into(),
+            ProxyError::RepeatedHost => "400 bad request: more than one Host header\n".into(),
+            ProxyError::InvalidHost => "400 bad request: invalid Host\n".into(),
+            ProxyError::AuthorityMismatch => {
+                "400 bad request: :authority and Host name different hosts\n".into()
+            }
+            ProxyError::BadTarget(what) => format!("400 bad request: {what}\n"),
+            ProxyError::ConnectNotAllowed => "405 method not allowed: CONNECT is not proxied\n".into(),
             ProxyError::NoRoute => "404 not found: no route matches this request\n".into(),
             ProxyError::NoBackend => "503 service unavailable: no backend available\n".into(),
             ProxyError::ConnectionLimit => {

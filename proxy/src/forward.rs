@@ -3,6 +3,7 @@
 //! Protocols`, the bytes are tunnelled both ways).
 
 use std::future::poll_fn;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,7 +12,7 @@ use bytes::Bytes;
 use gantry_config::Scheme;
 use gantry_config::routing::{RequestView, Route, normalize_host};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -22,7 +23,7 @@ use crate::body::UpstreamBody;
 use crate::clock::nanos_since_epoch;
 use crate::conn::ConnInfo;
 use crate::error::{ProxyError, error_response};
-use crate::headers::{Target, rewrite, strip_hop_by_hop};
+use crate::headers::{Target, client_address, rewrite, strip_hop_by_hop};
 use crate::plane::Proxy;
 use crate::request_id::new_request_id;
 use crate::response::{Lease, ResponseBody};
@@ -67,11 +68,15 @@ fn scan(h: &HeaderMap) -> Framing {
     f
 }
 
-/// What `admit` found in the request's framing.
+/// What `admit` found in the request's framing and target.
 struct Admitted {
     framing: Framing,
     /// The body is chunked (the only transfer coding Gantry passes on).
     chunked: bool,
+    /// The host the request names: the Host header, or the authority of an absolute-form
+    /// target or of an HTTP/2 request (which then becomes the backend's Host header).
+    host: Option<HeaderValue>,
+    host_is_header: bool,
 }
 
 /// What `route` found: the router, its service and their runtime state in this snapshot, and the
@@ -136,11 +141,17 @@ impl Proxy {
             Ok(r) => r,
             Err(resp) => return resp,
         };
+        // The client: the peer, or with a trusted peer the address it reports.
+        let client_ip = if conn.trusted_peer {
+            client_address(req.headers(), conn)
+        } else {
+            conn.client_ip
+        };
         let Picked {
             _service_in_flight,
             mut pick,
             ctx,
-        } = match self.pick(&r, &req, conn, start, &request_id) {
+        } = match self.pick(&r, &req, client_ip, start, &request_id) {
             Ok(p) => p,
             Err(resp) => return resp,
         };
@@ -294,7 +305,13 @@ impl Proxy {
         } else {
             false
         };
-        Ok(Admitted { framing, chunked })
+        let (host, host_is_header) = request_host(req).map_err(|e| self.fail(&e, request_id.clone()))?;
+        Ok(Admitted {
+            framing,
+            chunked,
+            host,
+            host_is_header,
+        })
     }
 
     /// Route: the router for the request in this snapshot, then what the router itself answers
@@ -309,18 +326,7 @@ impl Proxy {
         admitted: &Admitted,
         request_id: &HeaderValue,
     ) -> Phase<Routed<'s>> {
-        let (host_value, host_is_header) = match req.headers().get(header::HOST) {
-            Some(h) => (Some(h.clone()), true),
-            None => (
-                req.uri()
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-                false,
-            ),
-        };
-        if host_value.is_none() && req.version() == Version::HTTP_11 {
-            return Err(self.fail(&ProxyError::MissingHost, request_id.clone()));
-        }
+        let (host_value, host_is_header) = (admitted.host.clone(), admitted.host_is_header);
         let host_text = host_value.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
         let host = normalize_host(host_text);
         let view = RequestView {
@@ -375,7 +381,7 @@ impl Proxy {
         &self,
         r: &Routed<'_>,
         req: &Request<Incoming>,
-        conn: &ConnInfo,
+        client_ip: IpAddr,
         start: Instant,
         request_id: &HeaderValue,
     ) -> Phase<Picked> {
@@ -389,8 +395,8 @@ impl Proxy {
         };
         service.state.deposit(service.spec.retries.budget_percent);
         let ctx = PickContext {
-            hash: service.hash_of(req.headers(), conn.client_ip),
-            placement: service.place(req.headers(), conn.client_ip),
+            hash: service.hash_of(req.headers(), client_ip),
+            placement: service.place(req.headers(), client_ip),
             now: start,
         };
         let Some(pick) = service.pick(&ctx, &[]) else {
@@ -522,6 +528,9 @@ impl Proxy {
     }
 
     pub(crate) fn fail(&self, err: &ProxyError, request_id: HeaderValue) -> Response<ResponseBody> {
+        if let Some(reason) = err.refusal() {
+            self.metrics.refused_requests.with_label_values(&[reason]).inc();
+        }
         let mut resp = error_response(err);
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         resp
@@ -551,6 +560,109 @@ impl Proxy {
             }
         });
     }
+}
+
+/// The host a request names, and whether it is its Host header; refuses the readings that
+/// differ (RFC 9112 section 3.2-3.3, RFC 9110 section 7.2): a repeated Host, a target of the
+/// wrong form for its method, an HTTP/2 `:authority` and `host` that disagree, a missing Host on
+/// HTTP/1.1, a host that is not `host[:port]`. An absolute-form target's authority wins over the
+/// Host header, which the backend then gets rewritten to match.
+#[inline]
+fn request_host(req: &Request<Incoming>) -> Result<(Option<HeaderValue>, bool), ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::RepeatedHost);
+    }
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::ConnectNotAllowed);
+    }
+    let uri = req.uri();
+    let (host, is_header) = if req.version() == Version::HTTP_2 {
+        match (uri.authority(), header) {
+            (Some(a), Some(h)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => {
+                return Err(ProxyError::AuthorityMismatch);
+            }
+            (Some(a), _) => (HeaderValue::from_str(a.as_str()).ok(), false),
+            (None, h) => (h.cloned(), h.is_some()),
+        }
+    } else {
+        match (uri.scheme(), uri.authority()) {
+            (Some(_), Some(a)) => (HeaderValue::from_str(a.as_str()).ok(), false),
+            (_, Some(_)) => return Err(ProxyError::BadTarget("authority-form is only for CONNECT")),
+            _ => {
+                let path = uri.path();
+                if path == "*" {
+                    if req.method() != Method::OPTIONS {
+                        return Err(ProxyError::BadTarget("* is only a target for OPTIONS"));
+                    }
+                } else if !path.starts_with('/') {
+                    return Err(ProxyError::BadTarget("the request target must start with /"));
+                }
+                if header.is_none() && req.version() == Version::HTTP_11 {
+                    return Err(ProxyError::MissingHost);
+                }
+                (header.cloned(), header.is_some())
+            }
+        }
+    };
+    if let Some(h) = &host
+        && !valid_host(h.as_bytes())
+    {
+        return Err(ProxyError::InvalidHost);
+    }
+    Ok((host, is_header))
+}
+
+/// `uri-host [":" port]` (RFC 3986): a reg-name or IPv4 address of unreserved, sub-delims and
+/// pct-encoded characters, or a bracketed IPv6 literal; an optional port of digits. Empty is
+/// valid (a Host for a target without authority).
+fn valid_host(h: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = h.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&c| c == b']') else {
+            return false;
+        };
+        let literal = &rest[..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
+        {
+            return false;
+        }
+        match &rest[end + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (&b""[..], port),
+            _ => return false,
+        }
+    } else {
+        match h.iter().position(|&c| c == b':') {
+            Some(i) => (&h[..i], &h[i + 1..]),
+            None => (h, &b""[..]),
+        }
+    };
+    host.iter().all(|&c| {
+        c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    }) && port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
 }
 
 /// `Ok(true)` for a chunked body. Any other transfer coding is refused: a coding applied twice is

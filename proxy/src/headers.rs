@@ -1,6 +1,8 @@
 //! What the backend sees of a request: origin-form target (prefix stripped), Host, the
 //! `X-Forwarded-*` headers, and no hop-by-hop headers (RFC 9110 section 7.6.1) either way.
 
+use std::net::IpAddr;
+
 use gantry_config::Scheme;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri, Version, header};
@@ -53,26 +55,79 @@ pub(crate) fn rewrite(req: Request<UpstreamBody>, conn: &ConnInfo, t: Target<'_>
     }
     let h = &mut parts.headers;
     strip_hop_by_hop(h, true);
+    // What a client says about earlier hops is believed from trusted peers only.
+    if !conn.trusted_peer {
+        strip_forwarded(h);
+    }
     if let Some(host) = t.host {
         if h2 {
             h.remove(header::HOST);
         } else if !t.host_is_header {
             h.insert(header::HOST, host.clone());
         }
-        h.insert(X_FORWARDED_HOST.clone(), host);
+        if conn.trusted_peer {
+            h.entry(X_FORWARDED_HOST.clone()).or_insert(host);
+        } else {
+            h.insert(X_FORWARDED_HOST.clone(), host);
+        }
     }
     if let Some(proto) = t.upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, proto);
     }
-    append_forwarded_for(h, &conn.client_ip_header);
-    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.proto));
+    let proto = HeaderValue::from_static(conn.proto);
+    if conn.trusted_peer {
+        append_forwarded_for(h, &conn.client_ip_header);
+        h.entry(X_FORWARDED_PROTO.clone()).or_insert(proto);
+    } else {
+        h.insert(X_FORWARDED_FOR.clone(), conn.client_ip_header.clone());
+        h.insert(X_FORWARDED_PROTO.clone(), proto);
+    }
     if let Some(p) = t.strip_prefix
         && let Ok(v) = HeaderValue::from_str(p)
     {
         h.insert(X_FORWARDED_PREFIX.clone(), v);
     }
     Request::from_parts(parts, body)
+}
+
+/// Removes what a client says about earlier hops: every `X-Forwarded-*`, `X-Real-IP` and
+/// `Forwarded`. One pass over the names; the common request has none and pays the scan only.
+fn strip_forwarded(h: &mut HeaderMap) {
+    let mut found: [Option<HeaderName>; 8] = Default::default();
+    let mut n = 0;
+    for name in h.keys() {
+        let s = name.as_str();
+        if (s.starts_with("x-forwarded-") || s == "x-real-ip" || s == "forwarded") && n < found.len() {
+            found[n] = Some(name.clone());
+            n += 1;
+        }
+    }
+    for name in found.into_iter().flatten() {
+        h.remove(name);
+    }
+}
+
+/// The client's address as a trusted peer reports it: walking `X-Forwarded-For` from the
+/// nearest hop back, the first address that is not itself trusted (or the farthest one when all
+/// are). An entry that is not an address ends the walk: nothing before it can be believed.
+pub(crate) fn client_address(h: &HeaderMap, conn: &ConnInfo) -> IpAddr {
+    let mut client = conn.client_ip;
+    let values: Vec<&str> = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !conn.trusted_ips.iter().any(|n| n.contains(&ip)) {
+            break;
+        }
+    }
+    client
 }
 
 fn origin_form(uri: &Uri, strip_prefix: Option<&str>) -> Uri {

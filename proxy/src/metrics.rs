@@ -26,6 +26,8 @@ pub struct Metrics {
     /// Per service and version: what rollouts gate on.
     pub version_requests: IntCounterVec,
     pub version_duration: HistogramVec,
+    /// Malformed requests refused before routing, by reason.
+    pub refused_requests: IntCounterVec,
 }
 
 /// Latency buckets of the per-version histogram: fine below 100 ms, where canary gates compare
@@ -147,7 +149,16 @@ impl Metrics {
             &["service", "version"],
             registry
         )?;
+        let refused_requests = prometheus::register_int_counter_vec_with_registry!(
+            Opts::new(
+                "gantry_requests_refused_total",
+                "Malformed requests refused before routing, by reason (repeated_host, invalid_host, bad_target, bad_framing, ...).",
+            ),
+            &["reason"],
+            registry
+        )?;
         Ok(Self {
+            refused_requests,
             requests,
             duration,
             connect_errors,

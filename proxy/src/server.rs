@@ -16,6 +16,7 @@ use http::HeaderValue;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use ipnet::IpNet;
 use prometheus::IntGauge;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -40,6 +41,8 @@ pub struct ServerConfig {
     /// Where `redirect_https` routers send plain-HTTP clients: the port of the TLS entrypoint
     /// (omitted from the URL when 443).
     pub https_port: Option<u16>,
+    /// Peers trusted to set forwarded headers (see `ConnInfo::trusted_peer`).
+    pub trusted_ips: Arc<[IpNet]>,
 }
 
 impl ServerConfig {
@@ -48,6 +51,7 @@ impl ServerConfig {
             limits: ep.limits,
             tls: ep.tls.clone(),
             https_port: None,
+            trusted_ips: ep.trusted_ips.clone().into(),
         }
     }
 }
@@ -181,6 +185,8 @@ impl Conn {
             client_ip_header: HeaderValue::from_str(&client_ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             proto: if self.tls.is_some() { "https" } else { "http" },
+            trusted_peer: self.config.trusted_ips.iter().any(|n| n.contains(&client_ip)),
+            trusted_ips: self.config.trusted_ips.clone(),
             https_port: self.config.https_port,
             _permit: permit,
         });

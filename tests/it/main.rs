@@ -29,4 +29,5 @@ mod scaling;
 mod shutdown;
 mod streaming;
 mod tls;
+mod trust;
 mod websocket;

@@ -224,3 +224,23 @@ scale = { min = 0 }
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
 }
+
+#[test]
+fn trusted_ips_take_networks_and_addresses_and_name_a_bad_one() {
+    let good = "[entrypoints.web]\naddress = \"127.0.0.1:8080\"\ntrusted_ips = [\"10.1.2.3/8\", \"192.0.2.7\", \"fd00::/8\"]\n";
+    let v = load(good, "g.toml").unwrap();
+    let ips: Vec<String> = v.static_config.entrypoints[0]
+        .trusted_ips
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    // Host bits are dropped: 10.1.2.3/8 is the network 10.0.0.0/8.
+    assert_eq!(ips, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"]);
+    let bad =
+        "[entrypoints.web]\naddress = \"127.0.0.1:8080\"\ntrusted_ips = [\"10.0.0.0/8\", \"everyone\"]\n";
+    let text = load(bad, "g.toml").unwrap_err().to_string();
+    assert!(
+        text.contains("g.toml: entrypoints.web.trusted_ips[1]: \"everyone\" is not an IP network"),
+        "{text}"
+    );
+}

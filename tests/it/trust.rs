@@ -1,0 +1,255 @@
+//! Trust at the entry point: one reading of every request. Malformed targets and Hosts are
+//! refused before a backend sees them; forwarded headers are believed from trusted peers only.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Sends raw bytes and returns the status of the answer.
+async fn raw_status(g: &Gantry, bytes: &str) -> u16 {
+    let (raw, _) = raw_exchange(g.addr(), bytes.as_bytes(), Duration::from_secs(5)).await;
+    status_of(&raw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_targets_and_hosts_get_400_and_never_reach_a_backend() {
+    let b = Backend::start("app", Behavior::Name).await;
+    let g = Gantry::start(&one_service(&[(&b, 1)], "")).await;
+    let cases = [
+        (
+            "two Host lines",
+            "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+            400,
+        ),
+        (
+            "no leading slash",
+            "GET admin HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            400,
+        ),
+        ("asterisk with GET", "GET * HTTP/1.1\r\nHost: a.test\r\n\r\n", 400),
+        (
+            "authority-form with GET",
+            "GET a.test:80 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            400,
+        ),
+        (
+            "a path in Host",
+            "GET / HTTP/1.1\r\nHost: a.test/admin\r\n\r\n",
+            400,
+        ),
+        ("a bad port", "GET / HTTP/1.1\r\nHost: a.test:80x\r\n\r\n", 400),
+        ("no Host", "GET / HTTP/1.1\r\n\r\n", 400),
+        (
+            "CONNECT",
+            "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n",
+            405,
+        ),
+    ];
+    for (what, raw, want) in cases {
+        assert_eq!(raw_status(&g, raw).await, want, "{what}");
+    }
+    assert_eq!(b.requests(), 0, "a malformed request reached the backend");
+    let m = admin_get(g.running.admin_addr, "/metrics").await.body;
+    for reason in [
+        "repeated_host",
+        "bad_target",
+        "invalid_host",
+        "missing_host",
+        "connect_not_allowed",
+    ] {
+        assert!(
+            m.contains(&format!("gantry_requests_refused_total{{reason=\"{reason}\"}}")),
+            "no refusal counted for {reason}:\n{m}"
+        );
+    }
+    // Well-formed requests still pass: an IPv6 literal with a port, and OPTIONS *.
+    assert_eq!(
+        raw_status(&g, "GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").await,
+        200
+    );
+    assert_ne!(
+        raw_status(&g, "OPTIONS * HTTP/1.1\r\nHost: a.test\r\n\r\n").await,
+        400
+    );
+    g.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_is_routed_on_its_authority_and_the_backend_gets_that_host() {
+    let app = Backend::start("app", Behavior::Name).await;
+    let other = Backend::start("other", Behavior::Name).await;
+    let g = Gantry::start(&format!(
+        r#"
+[routers.app]
+hosts = ["app.test"]
+service = "app"
+[routers.other]
+hosts = ["other.test"]
+service = "other"
+[services.app]
+backends = [{{ url = "{}" }}]
+[services.other]
+backends = [{{ url = "{}" }}]
+"#,
+        app.url(),
+        other.url()
+    ))
+    .await;
+    let raw = "GET http://app.test/x?y=1 HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_status(&g, raw).await, 200);
+    assert_eq!(
+        other.requests(),
+        0,
+        "routed on the Host header instead of the target"
+    );
+    let seen = app.last();
+    assert_eq!(seen.uri, "/x?y=1", "the backend gets origin-form");
+    assert_eq!(
+        seen.headers["host"], "app.test",
+        "the backend's Host agrees with the route"
+    );
+    g.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_from_an_untrusted_client_are_replaced() {
+    let b = Backend::start("b", Behavior::Name).await;
+    let g = Gantry::start(&one_service(&[(&b, 1)], "")).await;
+    let a = send(
+        &client(),
+        g.addr(),
+        "GET",
+        "h.test",
+        "/",
+        &[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.test"),
+            ("x-forwarded-port", "443"),
+            ("x-real-ip", "1.2.3.4"),
+            ("forwarded", "for=1.2.3.4;proto=https"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200);
+    let h = b.last().headers;
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "h.test");
+    for gone in ["x-forwarded-port", "x-real-ip", "forwarded"] {
+        assert!(
+            !h.contains_key(gone),
+            "{gone} from an untrusted client reached the backend"
+        );
+    }
+    g.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_peers_forwarded_headers_are_kept_and_its_client_address_is_used() {
+    let backends: Vec<Backend> = {
+        let mut v = Vec::new();
+        for i in 0..4 {
+            v.push(Backend::start(&format!("b{i}"), Behavior::Name).await);
+        }
+        v
+    };
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ url = \"{}\" }}", b.url()))
+        .collect();
+    // The test's client connects from 127.0.0.1: a trusted balancer in front of Gantry.
+    let g = Gantry::start(&format!(
+        r#"
+[entrypoints.web]
+address = "127.0.0.1:0"
+trusted_ips = ["127.0.0.0/8", "10.0.0.0/8"]
+[routers.all]
+path_prefix = "/"
+service = "svc"
+[services.svc]
+policy = "hash"
+hash_on = "client_ip"
+backends = [{}]
+"#,
+        list.join(", ")
+    ))
+    .await;
+    let c = client();
+    let a = send(
+        &c,
+        g.addr(),
+        "GET",
+        "h.test",
+        "/",
+        &[
+            ("x-forwarded-for", "1.2.3.4, 10.0.0.9"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200);
+    let seen = backends
+        .iter()
+        .find(|b| b.requests() == 1)
+        .expect("one backend answered")
+        .last();
+    assert_eq!(
+        seen.headers["x-forwarded-for"], "1.2.3.4, 10.0.0.9, 127.0.0.1",
+        "extended"
+    );
+    assert_eq!(
+        seen.headers["x-forwarded-proto"], "https",
+        "kept from a trusted peer"
+    );
+
+    // Hashing on the client address uses the resolved client (1.2.3.x behind the trusted hops),
+    // not the balancer's address: one client always lands on one backend, clients spread.
+    let mut chosen = HashSet::new();
+    for client_no in 0..40 {
+        let xff = format!("198.51.100.{client_no}, 10.0.0.9");
+        let mut backends_of_client = HashSet::new();
+        for _ in 0..3 {
+            let a = send(&c, g.addr(), "GET", "h.test", "/", &[("x-forwarded-for", &xff)])
+                .await
+                .unwrap();
+            backends_of_client.insert(a.backend().to_string());
+        }
+        assert_eq!(backends_of_client.len(), 1, "client {xff} moved between backends");
+        chosen.extend(backends_of_client);
+    }
+    assert!(
+        chosen.len() >= 3,
+        "40 clients behind one balancer all hashed to {chosen:?}"
+    );
+    g.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_whose_authority_and_host_disagree_is_refused() {
+    let b = Backend::start("b", Behavior::Name).await;
+    let g = Gantry::start(&one_service(&[(&b, 1)], "")).await;
+    let tcp = tokio::net::TcpStream::connect(g.addr()).await.unwrap();
+    let (h2c, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let status = |req: http::Request<()>| {
+        let h2c = h2c.clone();
+        async move {
+            let mut h2c = h2c.ready().await.unwrap();
+            let (resp, _) = h2c.send_request(req, true).unwrap();
+            resp.await.unwrap().status().as_u16()
+        }
+    };
+    let agree = http::Request::get("http://a.test/").body(()).unwrap();
+    assert_eq!(status(agree).await, 200);
+    let disagree = http::Request::get("http://a.test/")
+        .header("host", "b.test")
+        .body(())
+        .unwrap();
+    assert_eq!(status(disagree).await, 400);
+    assert_eq!(b.requests(), 1, "only the consistent request reached the backend");
+    g.running.shutdown().await;
+}
