@@ -158,6 +158,14 @@ impl FileConfig {
                 &format!("{field}.trusted_ips"),
                 &mut errs,
             );
+            let proxy_protocol = ep.proxy_protocol.unwrap_or(false);
+            if proxy_protocol && trusted_ips.is_empty() {
+                errs.push(
+                    origin,
+                    format!("{field}.proxy_protocol"),
+                    "needs trusted_ips: the balancers allowed to send PROXY headers (from anyone else they close the connection)",
+                );
+            }
             match ep.address.parse::<SocketAddr>() {
                 Ok(address) => entrypoints.push(Entrypoint {
                     name: name.clone(),
@@ -165,6 +173,7 @@ impl FileConfig {
                     tls,
                     limits,
                     trusted_ips,
+                    proxy_protocol,
                 }),
                 Err(_) => errs.push(
                     origin,

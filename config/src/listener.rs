@@ -25,6 +25,9 @@ pub struct Entrypoint {
     /// `X-Forwarded-For`; from anyone else they are replaced. Empty (the default): trust nobody.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub trusted_ips: Vec<IpNet>,
+    /// Connections from `trusted_ips` may start with a PROXY protocol header (v1 or v2) that
+    /// names the client; from anyone else such a header closes the connection.
+    pub proxy_protocol: bool,
 }
 
 impl Entrypoint {
@@ -35,6 +38,7 @@ impl Entrypoint {
             tls: None,
             limits: ListenerLimits::default(),
             trusted_ips: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct FileEntrypoint {
     pub limits: Option<FileListenerLimits>,
     /// Networks (`10.0.0.0/8`) or addresses (`192.0.2.7`) trusted to set forwarded headers.
     pub trusted_ips: Option<Vec<String>>,
+    /// Accept PROXY protocol headers from `trusted_ips`.
+    pub proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

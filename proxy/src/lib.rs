@@ -19,6 +19,7 @@
 //!        │    └─ snapshot    a routing table + runtime per service and route (balance: the pickers)
 //!        ├─ backend     per-backend state: pool, in-flight, EWMA, connect    (health: passive state)
 //!        └─ service     per-service state: in-flight, demand, retry budget
+//! proxy_protocol: the PROXY header an L4 balancer sends before a connection's first byte
 //! conn, request_id, body, clock, metrics, shutdown: leaves every layer may use
 //! ```
 //!
@@ -36,6 +37,7 @@ pub mod headers;
 pub mod io;
 pub mod metrics;
 pub mod plane;
+pub mod proxy_protocol;
 pub mod request_id;
 pub mod response;
 pub mod server;

@@ -31,6 +31,7 @@ use crate::conn::{Activity, ConnInfo};
 use crate::error::ProxyError;
 use crate::io::{ClientIo, FramingFlag};
 use crate::plane::Proxy;
+use crate::proxy_protocol;
 use crate::shutdown::Shutdown;
 
 /// How a listener behaves: its limits, and TLS if it terminates TLS.
@@ -43,6 +44,8 @@ pub struct ServerConfig {
     pub https_port: Option<u16>,
     /// Peers trusted to set forwarded headers (see `ConnInfo::trusted_peer`).
     pub trusted_ips: Arc<[IpNet]>,
+    /// Connections from `trusted_ips` may start with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 impl ServerConfig {
@@ -52,6 +55,7 @@ impl ServerConfig {
             tls: ep.tls.clone(),
             https_port: None,
             trusted_ips: ep.trusted_ips.clone().into(),
+            proxy_protocol: ep.proxy_protocol,
         }
     }
 }
@@ -175,10 +179,33 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run(self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+    async fn run(self, mut stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
         let _ = stream.set_nodelay(true);
         self.active.inc();
-        let client_ip = canonical_ip(peer.ip());
+        let mut client_ip = canonical_ip(peer.ip());
+        if self.config.proxy_protocol {
+            let trusted = self.config.trusted_ips.iter().any(|n| n.contains(&client_ip));
+            let limit = self.config.limits.header_read_timeout;
+            match proxy_protocol::read(&mut stream, trusted, limit).await {
+                Ok(proxy_protocol::Header::Client(Some(client))) => client_ip = canonical_ip(client.ip()),
+                Ok(_) => {}
+                Err(why) => {
+                    let reason = match why {
+                        proxy_protocol::Refused::Untrusted => "proxy_protocol_untrusted",
+                        proxy_protocol::Refused::Malformed => "proxy_protocol_malformed",
+                        proxy_protocol::Refused::Incomplete => "proxy_protocol_incomplete",
+                    };
+                    self.proxy
+                        .metrics
+                        .refused_requests
+                        .with_label_values(&[reason])
+                        .inc();
+                    debug!(%peer, reason, "connection closed at its PROXY header");
+                    self.active.dec();
+                    return;
+                }
+            }
+        }
         let info = Arc::new(ConnInfo {
             entrypoint: self.entrypoint,
             client_ip,

@@ -253,3 +253,88 @@ async fn an_http2_request_whose_authority_and_host_disagree_is_refused() {
     assert_eq!(b.requests(), 1, "only the consistent request reached the backend");
     g.running.shutdown().await;
 }
+
+/// A PROXY v2 header for a TCP/IPv4 client.
+fn proxy_v2(src: [u8; 4], src_port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend([0x21, 0x11, 0x00, 0x0c]); // v2 PROXY, TCP over IPv4, 12 address bytes
+    h.extend(src);
+    h.extend([127, 0, 0, 1]);
+    h.extend(src_port.to_be_bytes());
+    h.extend(80u16.to_be_bytes());
+    h
+}
+
+async fn gantry_with_proxy_protocol(b: &Backend, trusted: &str) -> Gantry {
+    Gantry::start(&format!(
+        r#"
+[entrypoints.web]
+address = "127.0.0.1:0"
+trusted_ips = [{trusted}]
+proxy_protocol = true
+[routers.all]
+path_prefix = "/"
+service = "svc"
+[services.svc]
+backends = [{{ url = "{}" }}]
+"#,
+        b.url()
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_headers_from_a_trusted_balancer_name_the_client() {
+    let b = Backend::start("b", Behavior::Name).await;
+    let g = gantry_with_proxy_protocol(&b, r#""127.0.0.0/8""#).await;
+    let request = "GET / HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n";
+    let v1 = format!("PROXY TCP4 192.0.2.1 127.0.0.1 5555 80\r\n{request}");
+    let (raw, _) = raw_exchange(g.addr(), v1.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    assert_eq!(b.last().headers["x-forwarded-for"], "192.0.2.1", "v1");
+
+    let mut v2 = proxy_v2([198, 51, 100, 7], 40000);
+    v2.extend(request.as_bytes());
+    let (raw, _) = raw_exchange(g.addr(), &v2, Duration::from_secs(5)).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    assert_eq!(b.last().headers["x-forwarded-for"], "198.51.100.7", "v2");
+
+    // Without a header the balancer's own connection is served as it is.
+    let (raw, _) = raw_exchange(g.addr(), request.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status_of(&raw), 200);
+
+    // A malformed header closes the connection; nothing reaches the backend.
+    let before = b.requests();
+    let bad = format!("PROXY TCP4 not-an-address 127.0.0.1 5555 80\r\n{request}");
+    let (raw, closed) = raw_exchange(g.addr(), bad.as_bytes(), Duration::from_secs(5)).await;
+    assert!(closed && raw.is_empty(), "a malformed PROXY header got {raw:?}");
+    assert_eq!(b.requests(), before);
+    g.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_protocol_header_from_an_untrusted_peer_closes_the_connection() {
+    let b = Backend::start("b", Behavior::Name).await;
+    let g = gantry_with_proxy_protocol(&b, r#""10.0.0.0/8""#).await;
+    let request = "GET / HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n";
+    for header in [
+        b"PROXY TCP4 192.0.2.1 127.0.0.1 5555 80\r\n".to_vec(),
+        proxy_v2([192, 0, 2, 1], 5555),
+    ] {
+        let mut bytes = header;
+        bytes.extend(request.as_bytes());
+        let (raw, closed) = raw_exchange(g.addr(), &bytes, Duration::from_secs(5)).await;
+        assert!(closed && raw.is_empty(), "an untrusted PROXY header got {raw:?}");
+    }
+    assert_eq!(b.requests(), 0);
+    // The same peer without a header is an ordinary client.
+    let (raw, _) = raw_exchange(g.addr(), request.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status_of(&raw), 200);
+    assert_eq!(b.last().headers["x-forwarded-for"], "127.0.0.1");
+    let m = admin_get(g.running.admin_addr, "/metrics").await.body;
+    assert!(
+        m.contains("gantry_requests_refused_total{reason=\"proxy_protocol_untrusted\"} 2"),
+        "{m}"
+    );
+    g.running.shutdown().await;
+}

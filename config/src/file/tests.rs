@@ -243,4 +243,12 @@ fn trusted_ips_take_networks_and_addresses_and_name_a_bad_one() {
         text.contains("g.toml: entrypoints.web.trusted_ips[1]: \"everyone\" is not an IP network"),
         "{text}"
     );
+    // PROXY headers are believed from trusted peers only: enabling it with nobody trusted is
+    // a configuration that would close every PROXY connection, so it is refused.
+    let lonely = "[entrypoints.web]\naddress = \"127.0.0.1:8080\"\nproxy_protocol = true\n";
+    let text = load(lonely, "g.toml").unwrap_err().to_string();
+    assert!(
+        text.contains("g.toml: entrypoints.web.proxy_protocol: needs trusted_ips"),
+        "{text}"
+    );
 }
