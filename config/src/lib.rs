@@ -43,6 +43,8 @@ pub mod docker;
 pub mod duration;
 pub mod error;
 pub mod file;
+#[cfg(test)]
+mod fuzz;
 pub mod hash;
 pub mod health;
 pub mod listener;

@@ -16,6 +16,8 @@ pub mod backoff;
 pub mod docker;
 pub mod etcd;
 pub mod file;
+#[cfg(test)]
+mod fuzz;
 pub mod reconcile;
 
 pub use docker::{AddressMode, DockerSource};

@@ -735,3 +735,44 @@ fn redirect_https(
     resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_host_and_port() {
+        for good in [
+            "a.test",
+            "A.Test:8080",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:443",
+            "",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "a.test/x",
+            "a test",
+            "a.test:80x",
+            "a.test:123456",
+            "[::1",
+            "[zz]",
+            "a@b",
+            "[::1]x",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, failure_persistence: None, ..Default::default() })]
+
+        #[test]
+        fn any_host_bytes_are_judged_without_panic(h in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
+            let _ = valid_host(&h);
+        }
+    }
+}

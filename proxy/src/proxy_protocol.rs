@@ -154,4 +154,19 @@ mod tests {
         );
         assert_eq!(parse(b"PROXY TCP4 1.2.3.4\r\n"), Err(Refused::Malformed));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, failure_persistence: None, ..Default::default() })]
+
+        /// Any bytes after a signature parse to a client or are refused; none panics.
+        #[test]
+        fn any_header_parses_or_is_refused(
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            v2 in proptest::prelude::any::<bool>(),
+        ) {
+            let mut h = if v2 { V2_SIGNATURE.to_vec() } else { V1_PREFIX.to_vec() };
+            h.extend(tail);
+            let _ = parse(&h);
+        }
+    }
 }

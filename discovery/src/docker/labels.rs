@@ -273,6 +273,15 @@ fn routes(d: &mut ContainerDecl, errs: &mut Errors, o: &str, key: &str, port_tex
         errs.push(o, label(key), format!("{port_text:?} is not a port number"));
         return;
     };
+    if value.trim().is_empty() {
+        // An empty value declares nothing: say so rather than route nothing in silence.
+        errs.push(
+            o,
+            label(key),
+            "empty: expected routes like http://example.com[/path]; ignored",
+        );
+        return;
+    }
     for item in value.split(';').map(str::trim).filter(|i| !i.is_empty()) {
         match compact_route(item) {
             Ok(r) => d.routes.push(RouteDecl {
@@ -411,6 +420,16 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_empty_routing_label_is_reported_not_dropped() {
+        let (d, errs) = parse(&facts(&[("aliyun.routing.port_80", "  ")]), true);
+        assert!(d.routes.is_empty());
+        assert!(
+            errs.to_string().contains("label aliyun.routing.port_80: empty"),
+            "{errs}"
+        );
     }
 
     #[test]
