@@ -133,11 +133,11 @@ impl Proxy {
         let start = Instant::now();
         let snap = self.store.load();
         let request_id = request_id(req.headers_mut());
-        let admitted = match self.admit(&req, &request_id) {
+        let mut admitted = match self.admit(&req, &request_id) {
             Ok(a) => a,
             Err(resp) => return resp,
         };
-        let r = match self.route(&snap, &req, conn, &admitted, &request_id) {
+        let r = match self.route(&snap, &req, conn, &mut admitted, &request_id) {
             Ok(r) => r,
             Err(resp) => return resp,
         };
@@ -323,10 +323,10 @@ impl Proxy {
         snap: &'s Snapshot,
         req: &Request<Incoming>,
         conn: &ConnInfo,
-        admitted: &Admitted,
+        admitted: &mut Admitted,
         request_id: &HeaderValue,
     ) -> Phase<Routed<'s>> {
-        let (host_value, host_is_header) = (admitted.host.clone(), admitted.host_is_header);
+        let (host_value, host_is_header) = (admitted.host.take(), admitted.host_is_header);
         let host_text = host_value.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
         let host = normalize_host(host_text);
         let view = RequestView {
@@ -618,6 +618,35 @@ fn request_host(req: &Request<Incoming>) -> Result<(Option<HeaderValue>, bool), 
 /// pct-encoded characters, or a bracketed IPv6 literal; an optional port of digits. Empty is
 /// valid (a Host for a target without authority).
 fn valid_host(h: &[u8]) -> bool {
+    /// unreserved, sub-delims and `%` of RFC 3986, as a table: one load per byte.
+    static REG_NAME: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut c = 0;
+        while c < 256 {
+            let b = c as u8;
+            t[c] = b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                );
+            c += 1;
+        }
+        t
+    };
     let (host, port) = if let Some(rest) = h.strip_prefix(b"[") {
         let Some(end) = rest.iter().position(|&c| c == b']') else {
             return false;
@@ -641,28 +670,7 @@ fn valid_host(h: &[u8]) -> bool {
             None => (h, &b""[..]),
         }
     };
-    host.iter().all(|&c| {
-        c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            )
-    }) && port.len() <= 5
-        && port.iter().all(u8::is_ascii_digit)
+    host.iter().all(|&c| REG_NAME[usize::from(c)]) && port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
 }
 
 /// `Ok(true)` for a chunked body. Any other transfer coding is refused: a coding applied twice is

@@ -54,11 +54,9 @@ pub(crate) fn rewrite(req: Request<UpstreamBody>, conn: &ConnInfo, t: Target<'_>
         parts.version = Version::HTTP_11;
     }
     let h = &mut parts.headers;
-    strip_hop_by_hop(h, true);
-    // What a client says about earlier hops is believed from trusted peers only.
-    if !conn.trusted_peer {
-        strip_forwarded(h);
-    }
+    // What a client says about earlier hops is believed from trusted peers only; both go in
+    // the same pass over the names.
+    strip(h, true, !conn.trusted_peer);
     if let Some(host) = t.host {
         if h2 {
             h.remove(header::HOST);
@@ -91,20 +89,14 @@ pub(crate) fn rewrite(req: Request<UpstreamBody>, conn: &ConnInfo, t: Target<'_>
     Request::from_parts(parts, body)
 }
 
-/// Removes what a client says about earlier hops: every `X-Forwarded-*`, `X-Real-IP` and
-/// `Forwarded`. One pass over the names; the common request has none and pays the scan only.
-fn strip_forwarded(h: &mut HeaderMap) {
-    let mut found: [Option<HeaderName>; 8] = Default::default();
-    let mut n = 0;
-    for name in h.keys() {
-        let s = name.as_str();
-        if (s.starts_with("x-forwarded-") || s == "x-real-ip" || s == "forwarded") && n < found.len() {
-            found[n] = Some(name.clone());
-            n += 1;
-        }
-    }
-    for name in found.into_iter().flatten() {
-        h.remove(name);
+/// What a client says about earlier hops: every `X-Forwarded-*`, `X-Real-IP` and `Forwarded`.
+#[inline]
+fn is_forwarded(s: &[u8]) -> bool {
+    // The first byte rules out almost every name at once.
+    match s.first() {
+        Some(b'x') => s.starts_with(b"x-forwarded-") || s == b"x-real-ip",
+        Some(b'f') => s == b"forwarded",
+        _ => false,
     }
 }
 
@@ -180,11 +172,21 @@ fn append_forwarded_for(h: &mut HeaderMap, client: &HeaderValue) {
 /// or only `Connection: keep-alive`) costs a scan and one or two removals, not a dozen hashed
 /// lookups (which cost 10% of a proxied request).
 pub fn strip_hop_by_hop(h: &mut HeaderMap, expect: bool) {
-    // At most ten distinct names can qualify; a fixed array avoids an allocation.
-    let mut present: [Option<HeaderName>; 10] = Default::default();
+    strip(h, expect, false);
+}
+
+/// [`strip_hop_by_hop`], and with `forwarded` also the client's forwarded headers, in one pass.
+fn strip(h: &mut HeaderMap, expect: bool, forwarded: bool) {
+    // Few distinct names can qualify; a fixed array avoids an allocation.
+    let mut present: [Option<HeaderName>; 16] = Default::default();
     let mut n = 0;
     for name in h.keys() {
-        if n < present.len() && (is_hop_by_hop(name.as_str()) || (expect && name == header::EXPECT)) {
+        let s = name.as_str();
+        if n < present.len()
+            && (is_hop_by_hop(s)
+                || (expect && name == header::EXPECT)
+                || (forwarded && is_forwarded(s.as_bytes())))
+        {
             present[n] = Some(name.clone());
             n += 1;
         }
