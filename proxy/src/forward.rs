@@ -104,6 +104,9 @@ struct Picked {
 struct Upgrade {
     protocol: Option<HeaderValue>,
     client: Option<hyper::upgrade::OnUpgrade>,
+    /// A WebSocket opened over HTTP/2 (RFC 8441): the backend gets an HTTP/1.1 upgrade, the
+    /// client a 200 on its CONNECT stream.
+    h2_websocket: bool,
     /// A body-less, idempotent request without an upgrade may be sent again.
     replayable: bool,
 }
@@ -182,6 +185,7 @@ impl Proxy {
         let Upgrade {
             protocol: upgrade,
             client: mut client_upgrade,
+            h2_websocket,
             ..
         } = upgrade;
 
@@ -230,7 +234,7 @@ impl Proxy {
                             backend.health.record_success();
                         }
                         let upgraded = match (client_upgrade.take(), upgrade) {
-                            (Some(c), Some(proto)) if status == 101 => Some((c, proto)),
+                            (Some(c), Some(proto)) if status == 101 => Some((c, proto, h2_websocket)),
                             _ => None,
                         };
                         let lease = Lease {
@@ -426,7 +430,19 @@ impl Proxy {
         request_id: &HeaderValue,
     ) -> Phase<Upgrade> {
         let service = r.service;
-        let protocol = if admitted.framing.upgrade {
+        let h2_websocket = match extended_connect(req) {
+            Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => true,
+            Some(_) => {
+                return Err(self.fail(
+                    &ProxyError::BadTarget("extended CONNECT is only for websocket"),
+                    request_id.clone(),
+                ));
+            }
+            None => false,
+        };
+        let protocol = if h2_websocket {
+            Some(HeaderValue::from_static("websocket"))
+        } else if admitted.framing.upgrade {
             upgrade_protocol(req)
         } else {
             None
@@ -446,6 +462,7 @@ impl Proxy {
         Ok(Upgrade {
             protocol,
             client,
+            h2_websocket,
             replayable,
         })
     }
@@ -456,11 +473,20 @@ impl Proxy {
         &self,
         r: &Routed<'_>,
         backend: usize,
-        req: Request<UpstreamBody>,
+        mut req: Request<UpstreamBody>,
         conn: &ConnInfo,
         upgrade: &Upgrade,
     ) -> Request<UpstreamBody> {
         let route = r.route;
+        if upgrade.h2_websocket {
+            // The HTTP/1.1 handshake the backend expects (RFC 6455 section 4.1): a GET with a
+            // fresh key; the client's version, protocols and extensions pass on as they are.
+            *req.method_mut() = Method::GET;
+            let h = req.headers_mut();
+            h.insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+            h.entry(header::SEC_WEBSOCKET_VERSION)
+                .or_insert(HeaderValue::from_static("13"));
+        }
         let strip = if route.strip_prefix {
             match &route.matcher.path {
                 Some(gantry_config::PathMatch::Prefix(p)) => Some(p.as_str()),
@@ -486,17 +512,25 @@ impl Proxy {
         &self,
         mut resp: Response<Incoming>,
         lease: Lease,
-        upgraded: Option<(hyper::upgrade::OnUpgrade, HeaderValue)>,
+        upgraded: Option<(hyper::upgrade::OnUpgrade, HeaderValue, bool)>,
         conn: &Arc<ConnInfo>,
         request_id: HeaderValue,
     ) -> Response<ResponseBody> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some((client_upgrade, proto)) = upgraded
+            && let Some((client_upgrade, proto, h2)) = upgraded
         {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             self.tunnel(client_upgrade, backend_upgrade, lease.in_flight, conn.clone());
             let (mut parts, _) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, false);
+            if h2 {
+                // RFC 8441: the CONNECT stream is the tunnel once answered 200; the key and
+                // its accept value were between Gantry and the backend.
+                parts.status = StatusCode::OK;
+                parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+                parts.headers.entry(X_REQUEST_ID.clone()).or_insert(request_id);
+                return Response::from_parts(parts, ResponseBody::empty());
+            }
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -574,7 +608,7 @@ fn request_host(req: &Request<Incoming>) -> Result<(Option<HeaderValue>, bool), 
     if hosts.next().is_some() {
         return Err(ProxyError::RepeatedHost);
     }
-    if req.method() == Method::CONNECT {
+    if req.method() == Method::CONNECT && extended_connect(req).is_none() {
         return Err(ProxyError::ConnectNotAllowed);
     }
     let uri = req.uri();
@@ -671,6 +705,21 @@ fn valid_host(h: &[u8]) -> bool {
         }
     };
     host.iter().all(|&c| REG_NAME[usize::from(c)]) && port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
+}
+
+/// The `:protocol` of an HTTP/2 extended CONNECT (RFC 8441).
+fn extended_connect(req: &Request<Incoming>) -> Option<&hyper::ext::Protocol> {
+    if req.method() != Method::CONNECT || req.version() != Version::HTTP_2 {
+        return None;
+    }
+    req.extensions().get::<hyper::ext::Protocol>()
+}
+
+/// A WebSocket handshake key: 16 random bytes, base64.
+fn websocket_key() -> HeaderValue {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode(fastrand::u128(..).to_le_bytes());
+    HeaderValue::from_str(&key).unwrap_or_else(|_| HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
 }
 
 /// `Ok(true)` for a chunked body. Any other transfer coding is refused: a coding applied twice is

@@ -281,6 +281,8 @@ impl Conn {
                 .max_header_list_size(limits.max_header_bytes)
                 .max_pending_accept_reset_streams(Some(20))
                 .max_local_error_reset_streams(Some(256))
+                // WebSocket over HTTP/2 (RFC 8441 extended CONNECT).
+                .enable_connect_protocol()
                 .keep_alive_interval(Some(Duration::from_secs(20)))
                 .keep_alive_timeout(Duration::from_secs(20));
             let conn = b.serve_connection(TokioIo::new(io), service);
