@@ -1,6 +1,7 @@
 //! Upgrades: WebSocket passes through both ways; `Upgrade: h2c` from a client does not.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
@@ -94,78 +95,6 @@ async fn an_h2c_upgrade_from_a_client_is_not_forwarded() {
     g.running.shutdown().await;
 }
 
-/// An HTTP/2 stream (a CONNECT tunnel) as a byte stream, for a WebSocket client to run over.
-struct H2Tunnel {
-    send: h2::SendStream<bytes::Bytes>,
-    recv: h2::RecvStream,
-    pending: bytes::Bytes,
-}
-
-impl tokio::io::AsyncRead for H2Tunnel {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::Poll;
-        if self.pending.is_empty() {
-            match self.recv.poll_data(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(std::io::Error::other(e))),
-                Poll::Ready(Some(Ok(data))) => {
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    self.pending = data;
-                }
-            }
-        }
-        let n = self.pending.len().min(buf.remaining());
-        buf.put_slice(&self.pending.split_to(n));
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl tokio::io::AsyncWrite for H2Tunnel {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        use std::task::Poll;
-        self.send.reserve_capacity(data.len());
-        match self.send.poll_capacity(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Err(std::io::Error::other(e))),
-            Poll::Ready(Some(Ok(n))) => {
-                let n = n.min(data.len());
-                let chunk = bytes::Bytes::copy_from_slice(&data[..n]);
-                Poll::Ready(
-                    self.send
-                        .send_data(chunk, false)
-                        .map(|()| n)
-                        .map_err(std::io::Error::other),
-                )
-            }
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let _ = self.send.send_data(bytes::Bytes::new(), true);
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_opened_over_http2_echoes_a_thousand_messages_through_gantry() {
     let backend = ws_echo_backend().await;
@@ -173,35 +102,41 @@ async fn a_websocket_opened_over_http2_echoes_a_thousand_messages_through_gantry
         "[routers.ws]\npath_prefix = \"/ws\"\nservice = \"ws\"\n[services.ws]\nbackends = [{{ url = \"http://{backend}\" }}]\n"
     ))
     .await;
-    // HTTP/2 with prior knowledge on the plain entrypoint, as an h2c client would.
+    // HTTP/2 with prior knowledge on the plain entrypoint, as an h2c client would (hyper's
+    // client: it speaks extended CONNECT and hands back the stream as an upgraded connection).
     let tcp = tokio::net::TcpStream::connect(g.addr()).await.unwrap();
-    let (h2c, conn) = h2::client::handshake(tcp).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let (h2c, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
     tokio::spawn(conn);
-    let mut h2c = h2c.ready().await.unwrap();
-    assert!(
-        h2c.is_extended_connect_protocol_enabled(),
-        "Gantry offers extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL)"
-    );
-    let mut req = http::Request::builder()
-        .method("CONNECT")
-        .uri(format!("http://{}/ws/chat", g.addr()))
-        .header("sec-websocket-version", "13")
-        .body(())
-        .unwrap();
-    req.extensions_mut()
-        .insert(h2::ext::Protocol::from_static("websocket"));
-    let (resp, send) = h2c.send_request(req, false).unwrap();
-    let resp = resp.await.unwrap();
+    // The server's SETTINGS (which announce extended CONNECT) arrive on the connection task.
+    let resp = eventually(
+        Duration::from_secs(10),
+        "Gantry to accept an extended CONNECT",
+        || {
+            let mut h2c = h2c.clone();
+            let mut req = http::Request::builder()
+                .method("CONNECT")
+                .uri(format!("http://{}/ws/chat", g.addr()))
+                .header("sec-websocket-version", "13")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            req.extensions_mut()
+                .insert(hyper::ext::Protocol::from_static("websocket"));
+            async move { h2c.send_request(req).await.ok() }
+        },
+    )
+    .await;
     assert_eq!(resp.status(), 200, "RFC 8441: the CONNECT is answered 200");
     assert!(resp.headers().contains_key("x-request-id"));
     assert!(!resp.headers().contains_key("sec-websocket-accept"));
-    let tunnel = H2Tunnel {
-        send,
-        recv: resp.into_body(),
-        pending: bytes::Bytes::new(),
-    };
+    let upgraded = hyper::upgrade::on(resp).await.unwrap();
     let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        tunnel,
+        hyper_util::rt::TokioIo::new(upgraded),
         tokio_tungstenite::tungstenite::protocol::Role::Client,
         None,
     )
