@@ -10,9 +10,9 @@ use gantry_config::Errors;
 use gantry_config::backend::{FileBackend, validate_backend};
 use gantry_config::check::check_name;
 use gantry_config::compact::{compact_route, route_service_name};
+use gantry_discovery::etcd::Keys;
 use gantry_discovery::etcd::lease::{Keep, keep};
 use gantry_discovery::etcd::source::connect;
-use gantry_discovery::etcd::{Keys, normalize_prefix};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -125,6 +125,7 @@ fn keys(r: &Registration) -> Result<(Kv, Vec<Kv>), Errors> {
         version: r.version.clone(),
     };
     let parsed = validate_backend(backend.clone(), "gantry register", "--url", &mut errs);
+    let keys = Keys::new(&r.prefix);
     let mut routes = Vec::new();
     for item in r
         .route
@@ -142,7 +143,7 @@ fn keys(r: &Registration) -> Result<(Kv, Vec<Kv>), Errors> {
                     "redirect_https": route.https,
                     "service": r.service,
                 });
-                routes.push((Keys::new(&r.prefix).router(&name), value.to_string()));
+                routes.push((keys.router(&name), value.to_string()));
             }
             Err(e) => errs.push("gantry register", "--route", format!("{item:?}: {e}")),
         }
@@ -153,16 +154,12 @@ fn keys(r: &Registration) -> Result<(Kv, Vec<Kv>), Errors> {
     // One key per address: registering the same address twice is one backend.
     let id = format!("{}:{}", parsed.url.host, parsed.url.port);
     let value = json!({"url": r.url, "weight": r.weight, "version": r.version});
-    Ok((
-        (Keys::new(&r.prefix).backend(&r.service, &id), value.to_string()),
-        routes,
-    ))
+    Ok(((keys.backend(&r.service, &id), value.to_string()), routes))
 }
 
 /// Registers until SIGTERM or SIGINT, then removes the backend (and the routes it created, if
 /// it was the service's last backend).
-pub async fn register(mut r: Registration) -> ExitCode {
-    r.prefix = normalize_prefix(&r.prefix);
+pub async fn register(r: Registration) -> ExitCode {
     let (backend, routes) = match keys(&r) {
         Ok(k) => k,
         Err(e) => {

@@ -105,12 +105,12 @@ fn is_forwarded(s: &[u8]) -> bool {
 /// are). An entry that is not an address ends the walk: nothing before it can be believed.
 pub(crate) fn client_address(h: &HeaderMap, conn: &ConnInfo) -> IpAddr {
     let mut client = conn.client_ip;
-    let values: Vec<&str> = h
+    let lines = h
         .get_all(&X_FORWARDED_FOR)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        .rev()
+        .filter_map(|v| v.to_str().ok());
+    for entry in lines.flat_map(|v| v.rsplit(',')) {
         let Ok(ip) = entry.trim().parse::<IpAddr>() else {
             break;
         };

@@ -222,6 +222,32 @@ fn starts_with_ignore_case(line: &[u8], prefix: &[u8]) -> bool {
     line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
+/// Looks at the start of a connection without consuming it: the bytes there now (at least one),
+/// or `None` once the peer closed, the socket failed or `until` passed. The connection sniffers
+/// (HTTP/2 preface, PROXY header) decide on these bytes and leave them for whoever reads next.
+pub(crate) async fn peek_start(
+    stream: &tokio::net::TcpStream,
+    buf: &mut [u8],
+    until: tokio::time::Instant,
+) -> Option<usize> {
+    match tokio::time::timeout_at(until, stream.peek(buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => None,
+        Ok(Ok(n)) => Some(n),
+    }
+}
+
+/// After a peek that saw only part of what it needs: `peek` returns at once with the same bytes
+/// until more arrive, and nothing signals "more than these", so a short pause is the wait.
+/// Rare: clients send a preface, and balancers a PROXY header, in one segment. `None` once
+/// `until` has passed.
+pub(crate) async fn wait_for_more(until: tokio::time::Instant) -> Option<()> {
+    if tokio::time::Instant::now() >= until {
+        return None;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    Some(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

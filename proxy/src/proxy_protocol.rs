@@ -12,6 +12,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::io::{peek_start, wait_for_more};
+
 /// The v2 signature; a v1 header starts with `PROXY `.
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 const V1_PREFIX: &[u8; 6] = b"PROXY ";
@@ -37,6 +39,17 @@ pub enum Refused {
     Malformed,
     /// Closed or silent before the header was complete.
     Incomplete,
+}
+
+impl Refused {
+    /// The reason label of `gantry_requests_refused_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refused::Untrusted => "proxy_protocol_untrusted",
+            Refused::Malformed => "proxy_protocol_malformed",
+            Refused::Incomplete => "proxy_protocol_incomplete",
+        }
+    }
 }
 
 /// Reads a PROXY header at the start of `stream`, consuming exactly its bytes, within `deadline`.
@@ -103,20 +116,11 @@ fn parse(header: &[u8]) -> Result<Header, Refused> {
 }
 
 async fn peek(stream: &TcpStream, buf: &mut [u8], until: Instant) -> Result<usize, Refused> {
-    match tokio::time::timeout_at(until, stream.peek(buf)).await {
-        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => Err(Refused::Incomplete),
-        Ok(Ok(n)) => Ok(n),
-    }
+    peek_start(stream, buf, until).await.ok_or(Refused::Incomplete)
 }
 
-/// Part of the header arrived; `peek` returns at once with the same bytes until more arrive, so
-/// wait a little before looking again (balancers send the header in one segment).
 async fn wait(until: Instant) -> Result<(), Refused> {
-    if Instant::now() >= until {
-        return Err(Refused::Incomplete);
-    }
-    tokio::time::sleep(Duration::from_millis(2)).await;
-    Ok(())
+    wait_for_more(until).await.ok_or(Refused::Incomplete)
 }
 
 #[cfg(test)]

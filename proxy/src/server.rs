@@ -29,7 +29,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::conn::{Activity, ConnInfo};
 use crate::error::ProxyError;
-use crate::io::{ClientIo, FramingFlag};
+use crate::io::{ClientIo, FramingFlag, peek_start, wait_for_more};
 use crate::plane::Proxy;
 use crate::proxy_protocol;
 use crate::shutdown::Shutdown;
@@ -190,11 +190,7 @@ impl Conn {
                 Ok(proxy_protocol::Header::Client(Some(client))) => client_ip = canonical_ip(client.ip()),
                 Ok(_) => {}
                 Err(why) => {
-                    let reason = match why {
-                        proxy_protocol::Refused::Untrusted => "proxy_protocol_untrusted",
-                        proxy_protocol::Refused::Malformed => "proxy_protocol_malformed",
-                        proxy_protocol::Refused::Incomplete => "proxy_protocol_incomplete",
-                    };
+                    let reason = why.reason();
                     self.proxy
                         .metrics
                         .refused_requests
@@ -452,9 +448,8 @@ async fn detect_h2(stream: &TcpStream, deadline: Duration) -> Detected {
     let mut buf = [0u8; 24];
     let until = Instant::now() + deadline;
     loop {
-        let n = match tokio::time::timeout_at(until, stream.peek(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Detected::Closed,
-            Ok(Ok(n)) => n,
+        let Some(n) = peek_start(stream, &mut buf, until).await else {
+            return Detected::Closed;
         };
         if buf[..n] != H2_PREFACE[..n] {
             return Detected::Http1;
@@ -462,12 +457,9 @@ async fn detect_h2(stream: &TcpStream, deadline: Duration) -> Detected {
         if n == H2_PREFACE.len() {
             return Detected::H2;
         }
-        // A prefix of the preface arrived; peek returns at once with the same bytes until more
-        // arrive, so wait a little before looking again. Rare: clients send the preface whole.
-        if Instant::now() >= until {
+        if wait_for_more(until).await.is_none() {
             return Detected::Closed;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

@@ -33,18 +33,11 @@ async fn ws_echo_backend() -> SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_websocket_echoes_a_thousand_messages_through_gantry() {
-    let backend = ws_echo_backend().await;
-    let g = Gantry::start(&format!(
-        "[routers.ws]\npath_prefix = \"/ws\"\nservice = \"ws\"\n[services.ws]\nbackends = [{{ url = \"http://{backend}\" }}]\n"
-    ))
-    .await;
-    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws/chat", g.addr()))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 101);
-    assert!(resp.headers().contains_key("x-request-id"));
+/// A thousand text messages and a binary one, each echoed back in order; then a clean close.
+async fn echo_a_thousand_and_close<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     for i in 0..1000 {
         let text = format!("message {i}");
         ws.send(Message::text(text.clone())).await.unwrap();
@@ -59,6 +52,21 @@ async fn a_websocket_echoes_a_thousand_messages_through_gantry() {
         Message::binary(vec![0u8, 1, 2, 255])
     );
     ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_echoes_a_thousand_messages_through_gantry() {
+    let backend = ws_echo_backend().await;
+    let g = Gantry::start(&format!(
+        "[routers.ws]\npath_prefix = \"/ws\"\nservice = \"ws\"\n[services.ws]\nbackends = [{{ url = \"http://{backend}\" }}]\n"
+    ))
+    .await;
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws/chat", g.addr()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    assert!(resp.headers().contains_key("x-request-id"));
+    echo_a_thousand_and_close(&mut ws).await;
     drop(ws);
     // The tunnel counted as in flight on its backend while open, and no longer once closed.
     let admin = g.running.admin_addr;
@@ -141,19 +149,6 @@ async fn a_websocket_opened_over_http2_echoes_a_thousand_messages_through_gantry
         None,
     )
     .await;
-    for i in 0..1000 {
-        let text = format!("message {i}");
-        ws.send(Message::text(text.clone())).await.unwrap();
-        match ws.next().await.unwrap().unwrap() {
-            Message::Text(t) => assert_eq!(t.as_str(), text),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
-    assert_eq!(
-        ws.next().await.unwrap().unwrap(),
-        Message::binary(vec![0u8, 1, 2, 255])
-    );
-    ws.close(None).await.unwrap();
+    echo_a_thousand_and_close(&mut ws).await;
     g.running.shutdown().await;
 }
