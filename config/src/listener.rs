@@ -84,6 +84,11 @@ pub struct ListenerLimits {
     /// A keep-alive connection with no request for this long is closed.
     #[serde(serialize_with = "crate::duration::serialize")]
     pub idle_timeout: Duration,
+    /// A response the client takes nothing of for this long closes its connection: a client
+    /// that stops reading, or an HTTP/2 client that never opens its flow-control window, cannot
+    /// hold a backend connection and buffers forever (nginx's `send_timeout`).
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub send_timeout: Duration,
     /// HTTP/2 streams open at once on one connection.
     pub h2_max_concurrent_streams: u32,
 }
@@ -96,6 +101,7 @@ impl Default for ListenerLimits {
             max_headers: 100,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             h2_max_concurrent_streams: 256,
         }
     }
@@ -128,6 +134,7 @@ pub struct FileListenerLimits {
     pub max_headers: Option<i64>,
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub send_timeout: Option<String>,
     pub h2_max_concurrent_streams: Option<i64>,
 }
 
@@ -234,6 +241,7 @@ pub(crate) fn validate_listener_limits(
             &mut out.header_read_timeout,
         ),
         ("idle_timeout", &l.idle_timeout, &mut out.idle_timeout),
+        ("send_timeout", &l.send_timeout, &mut out.send_timeout),
     ] {
         if let Some(text) = text {
             match duration::parse(text) {

@@ -30,21 +30,83 @@ pub struct ConnInfo {
     pub(crate) _permit: OwnedSemaphorePermit,
 }
 
-/// Requests started and finished on one connection. The connection is idle when both are
-/// equal and neither moved for a whole timeout period; checking two counters from one timer per
-/// connection costs far less than a timer per request.
+/// Requests started and finished on one connection, and whether the client is taking what it
+/// is sent. The connection is idle when started and finished are equal and neither moved for a
+/// whole timeout period; it is stalled when a response waits on the client (handed to hyper and
+/// not asked for again) and the client took nothing for a whole send-timeout period. Checking a
+/// few counters from one timer per connection costs far less than a timer per request.
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
     pub(crate) started: AtomicU64,
     pub(crate) finished: AtomicU64,
+    /// Response heads and chunks handed to hyper to send.
+    handed: AtomicU64,
+    /// Of those, how many the connection came back for (it sent them and wants more).
+    taken: AtomicU64,
+    /// Successful writes to the client's socket (HTTP/1.1, where a write is progress; on
+    /// HTTP/2 a client can make the server write PING and SETTINGS acknowledgements at will).
+    written: AtomicU64,
 }
 
-/// Marks a request finished when its response body is dropped (sent or abandoned).
+impl Activity {
+    /// Something handed to hyper has not been taken by the client yet.
+    pub(crate) fn waiting_on_client(&self) -> bool {
+        self.handed.load(Ordering::Relaxed) != self.taken.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn handed(&self) -> u64 {
+        self.handed.load(Ordering::Relaxed)
+    }
+
+    /// Moves whenever the client takes some of a response.
+    pub(crate) fn progress(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed) + self.written.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn wrote(&self) {
+        self.written.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One response on its way to the client: marks the request finished when the body is dropped
+/// (sent or abandoned), and tells [`Activity`] when the body is handed over and asked for.
 #[derive(Debug)]
-pub struct ActiveRequest(pub(crate) Arc<Activity>);
+pub struct ActiveRequest {
+    activity: Arc<Activity>,
+    waiting: bool,
+}
+
+impl ActiveRequest {
+    /// A response whose head has just been handed to hyper.
+    pub(crate) fn new(activity: Arc<Activity>) -> Self {
+        activity.handed.fetch_add(1, Ordering::Relaxed);
+        Self {
+            activity,
+            waiting: true,
+        }
+    }
+
+    /// hyper asks the body for more: what it was handed is on its way.
+    #[inline]
+    pub(crate) fn polled(&mut self) {
+        if self.waiting {
+            self.waiting = false;
+            self.activity.taken.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The body handed hyper a chunk.
+    #[inline]
+    pub(crate) fn yielded(&mut self) {
+        self.waiting = true;
+        self.activity.handed.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        self.0.finished.fetch_add(1, Ordering::Relaxed);
+        self.polled();
+        self.activity.finished.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -1,5 +1,6 @@
-//! The client connection's byte stream, as hyper reads it, with one extra check: a request head
-//! that carries both `Content-Length` and `Transfer-Encoding`.
+//! The client connection's byte stream, as hyper reads and writes it, with one extra check: a
+//! request head that carries both `Content-Length` and `Transfer-Encoding`; and one count: the
+//! writes that succeeded, which tell the send timeout that the client is taking its response.
 //!
 //! hyper handles such a request safely (it uses the chunked framing and closes the connection
 //! afterwards, as RFC 9112 section 6.1 allows) but removes the `Content-Length` header, so a
@@ -20,6 +21,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::conn::Activity;
+
 /// Request heads seen so far and the first one that carried both framing headers.
 #[derive(Debug, Default)]
 pub struct FramingFlag {
@@ -36,21 +39,34 @@ impl FramingFlag {
     }
 }
 
-/// A client stream with framing tracking on the read side.
+/// A client stream with framing tracking on the read side and progress counting on the write
+/// side.
 #[derive(Debug)]
 pub struct ClientIo<S> {
     inner: S,
     tracker: Option<FramingTracker>,
     flag: Arc<FramingFlag>,
+    activity: Arc<Activity>,
 }
 
 impl<S> ClientIo<S> {
-    pub fn new(inner: S, flag: Arc<FramingFlag>) -> Self {
+    pub(crate) fn new(inner: S, flag: Arc<FramingFlag>, activity: Arc<Activity>) -> Self {
         Self {
             inner,
             tracker: Some(FramingTracker::default()),
             flag,
+            activity,
         }
+    }
+
+    #[inline]
+    fn count(&self, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = res
+            && n > 0
+        {
+            self.activity.wrote();
+        }
+        res
     }
 }
 
@@ -73,14 +89,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.count(res)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.count(res)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

@@ -18,6 +18,9 @@ pub struct Metrics {
     pub client_connections: IntCounterVec,
     pub client_connections_active: IntGaugeVec,
     pub refused_connections: IntCounter,
+    /// Client connections closed because the client took nothing of a response for the send
+    /// timeout.
+    pub send_timeouts: IntCounter,
     pub tls_handshake_errors: IntCounter,
     pub health_checks: IntCounterVec,
     pub ejections: IntCounterVec,
@@ -95,6 +98,11 @@ impl Metrics {
             "Client connections closed at accept because the connection limit was reached.",
             registry
         )?;
+        let send_timeouts = prometheus::register_int_counter_with_registry!(
+            "gantry_client_send_timeouts_total",
+            "Client connections closed because the client took nothing of a response for the entrypoint's send_timeout (stopped reading, or an HTTP/2 flow-control window kept shut).",
+            registry
+        )?;
         let tls_handshake_errors = prometheus::register_int_counter_with_registry!(
             "gantry_tls_handshake_errors_total",
             "TLS handshakes that failed or timed out (no certificate, protocol version, bad client).",
@@ -166,6 +174,7 @@ impl Metrics {
             client_connections,
             client_connections_active,
             refused_connections,
+            send_timeouts,
             tls_handshake_errors,
             health_checks,
             ejections,

@@ -104,7 +104,10 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        match &mut this.kind {
+        if let Some(a) = &mut this.active {
+            a.polled();
+        }
+        let res = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream { body, lease } => {
                 let res = Pin::new(body).poll_frame(cx);
@@ -121,7 +124,11 @@ impl Body for ResponseBody {
                 }
                 res
             }
+        };
+        if let (Poll::Ready(Some(Ok(_))), Some(a)) = (&res, &mut this.active) {
+            a.yielded();
         }
+        res
     }
 
     #[inline]

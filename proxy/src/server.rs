@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, debug_span, warn};
 
-use crate::conn::{Activity, ConnInfo};
+use crate::conn::{ActiveRequest, Activity, ConnInfo};
 use crate::error::ProxyError;
 use crate::io::{ClientIo, FramingFlag, peek_start, wait_for_more};
 use crate::plane::Proxy;
@@ -262,7 +262,7 @@ impl Conn {
                 } else {
                     proxy.handle(req, &info).await
                 };
-                resp.body_mut().set_active(crate::conn::ActiveRequest(act));
+                resp.body_mut().set_active(ActiveRequest::new(act));
                 Ok::<_, Infallible>(resp)
             }
         });
@@ -295,22 +295,34 @@ impl Conn {
                 .writev(false)
                 .max_headers(limits.max_headers as usize)
                 .max_header_size(limits.max_header_bytes as usize);
-            let io = TokioIo::new(ClientIo::new(io, framing));
+            let io = TokioIo::new(ClientIo::new(io, framing, activity.clone()));
             let conn = b.serve_connection(io, service).with_upgrades();
             self.drive(conn, &activity).await;
         }
     }
 
     /// Runs a connection to its end, closing it when it has been idle too long (or never sent a
-    /// complete request head), and asking it to finish gracefully on shutdown.
+    /// complete request head) or when the client stopped taking a response (send timeout), and
+    /// asking it to finish gracefully on shutdown.
     async fn drive<C: Graceful>(&self, conn: C, activity: &Activity) {
         tokio::pin!(conn);
         let limits = &self.config.limits;
         let connected = Instant::now();
+        // What the last look saw. `idle_armed`: the connection was idle then, so idle now with
+        // no request started in between means a whole idle period (true at first: a connection
+        // with no request head by the header timeout is closed).
         let mut last_started = 0u64;
+        let mut idle_armed = true;
+        let mut last_progress = 0u64;
+        let mut last_handed = 0u64;
         // The first look comes at whichever is sooner; until a request head has arrived the
-        // header timeout applies, afterwards the idle timeout.
-        let timer = tokio::time::sleep(limits.header_read_timeout.min(limits.idle_timeout));
+        // header timeout applies, afterwards the idle and send timeouts.
+        let timer = tokio::time::sleep(
+            limits
+                .header_read_timeout
+                .min(limits.idle_timeout)
+                .min(limits.send_timeout),
+        );
         tokio::pin!(timer);
         let cancelled = self.shutdown.cancelled();
         tokio::pin!(cancelled);
@@ -337,15 +349,39 @@ impl Conn {
                     let next = if closing {
                         return; // the grace period after a close request has run out
                     } else if started == 0 && connected.elapsed() < limits.header_read_timeout {
-                        connected + limits.header_read_timeout // no request head yet; still in time
-                    } else if started == finished && started == last_started {
-                        debug!(requests = started, "closing idle connection");
-                        conn.as_mut().graceful();
-                        closing = true;
-                        Instant::now() + Duration::from_secs(1)
+                        // No request head yet; still in time. Looking again within a send
+                        // timeout catches a first request that stalls before the header timeout.
+                        (connected + limits.header_read_timeout).min(Instant::now() + limits.send_timeout)
+                    } else if started == finished {
+                        if idle_armed && started == last_started {
+                            debug!(requests = started, "closing idle connection");
+                            conn.as_mut().graceful();
+                            closing = true;
+                            Instant::now() + Duration::from_secs(1)
+                        } else {
+                            idle_armed = true;
+                            last_started = started;
+                            Instant::now() + limits.idle_timeout
+                        }
                     } else {
-                        last_started = started;
-                        Instant::now() + limits.idle_timeout
+                        // Busy. Stalled if a response handed over before the last look is
+                        // still waiting on the client and the client took nothing since.
+                        let (progress, handed) = (activity.progress(), activity.handed());
+                        if !idle_armed
+                            && activity.waiting_on_client()
+                            && progress == last_progress
+                            && handed == last_handed
+                        {
+                            debug!(
+                                requests = started,
+                                "closing a connection whose client stopped taking its response"
+                            );
+                            self.proxy.metrics.send_timeouts.inc();
+                            return; // dropping the connection closes it; a graceful close would wait on the client
+                        }
+                        idle_armed = false;
+                        (last_progress, last_handed) = (progress, handed);
+                        Instant::now() + limits.send_timeout
                     };
                     timer.as_mut().reset(next);
                 }
@@ -382,18 +418,22 @@ async fn watch<C: Graceful>(
 ) -> Event {
     let mut registered = false;
     std::future::poll_fn(move |cx| {
-        if let Poll::Ready(res) = conn.as_mut().poll(cx) {
-            return Poll::Ready(Event::Done(res));
-        }
         if !registered {
-            registered = true;
+            // Registered before the connection is polled: `Sleep` registers nothing when the
+            // task's cooperative budget is spent (it asks to be polled again instead), and
+            // polling the connection spends it. A poll that found no budget left is repeated.
             if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Timer);
             }
             if !closing && cancelled.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Shutdown);
             }
-        } else {
+            registered = tokio::task::coop::has_budget_remaining();
+        }
+        if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Event::Done(res));
+        }
+        if registered {
             if timer.is_elapsed() {
                 return Poll::Ready(Event::Timer);
             }

@@ -11,6 +11,7 @@ mod etcd_support;
 #[allow(dead_code)]
 mod support;
 
+mod abuse;
 mod admin_api;
 mod balancing;
 mod canary;

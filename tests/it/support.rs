@@ -443,7 +443,11 @@ impl GantryProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
             .args(args)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .env("GANTRY_LOG", "info")
+            // GANTRY_TEST_LOG=debug (or a filter) shows more of the process's log on failures.
+            .env(
+                "GANTRY_LOG",
+                std::env::var("GANTRY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
