@@ -72,7 +72,7 @@ pub use matcher::{HeaderMatch, HostPattern, Match, PathMatch};
 pub use router::Router;
 pub use routing::{RequestView, Route, RoutingTable};
 pub use scale::{Milli, Scale};
-pub use service::{Limits, Policy, Retries, Service, Timeouts};
+pub use service::{Limits, Policy, Retries, SendProxyProtocol, Service, Timeouts};
 pub use state::{Changes, DesiredState};
 pub use store::Store;
 pub use tls::{CertStore, Certificate, TlsCertificates};

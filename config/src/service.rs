@@ -47,6 +47,21 @@ pub struct Service {
     /// Gantry does not recommend a replica count for it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale: Option<Scale>,
+    /// A PROXY protocol header naming the client opens every backend connection (for backends
+    /// that want the client address at L4). Such connections carry one client each, so they
+    /// are not pooled; health checks send a `LOCAL` header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<SendProxyProtocol>,
+}
+
+/// Which PROXY protocol header Gantry sends to a service's backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendProxyProtocol {
+    /// HAProxy's text header.
+    V1,
+    /// HAProxy's binary header.
+    V2,
 }
 
 impl Service {
@@ -65,6 +80,7 @@ impl Service {
             versions: BTreeMap::new(),
             canary: Canary::default(),
             scale: None,
+            proxy_protocol: None,
         }
     }
 }
@@ -165,6 +181,8 @@ pub struct FileService {
     pub versions: Option<BTreeMap<String, i64>>,
     pub canary: Option<FileCanary>,
     pub scale: Option<FileScale>,
+    /// `"v1"` or `"v2"`: send a PROXY protocol header to the backends.
+    pub proxy_protocol: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -296,6 +314,29 @@ pub fn validate_service(
     }
     if let Some(sc) = s.scale {
         service.scale = Some(validate_scale(sc, origin, &format!("{field}.scale"), errs));
+    }
+    if let Some(v) = &s.proxy_protocol {
+        let f = format!("{field}.proxy_protocol");
+        match v.as_str() {
+            "v1" => service.proxy_protocol = Some(SendProxyProtocol::V1),
+            "v2" => service.proxy_protocol = Some(SendProxyProtocol::V2),
+            other => errs.push(
+                origin,
+                &f,
+                format!("{other:?} is not a PROXY protocol version (\"v1\" or \"v2\")"),
+            ),
+        }
+        if service
+            .backends
+            .iter()
+            .any(|b| b.url.scheme == crate::Scheme::H2c)
+        {
+            errs.push(
+                origin,
+                f,
+                "needs http:// backends: an h2c connection is shared by many clients, a PROXY header names one",
+            );
+        }
     }
     (errs.0.len() == before).then_some(service)
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use gantry_config::{HealthCheck, Scheme};
+use gantry_config::{HealthCheck, Scheme, SendProxyProtocol};
 use http::{HeaderValue, Request, header};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -19,8 +19,12 @@ use crate::snapshot::ServiceRuntime;
 /// The active checkers: one task per checked backend, reconciled with every snapshot.
 #[derive(Debug, Default)]
 pub struct Checkers {
-    tasks: Mutex<HashMap<BackendKey, (HealthCheck, JoinHandle<()>)>>,
+    tasks: Mutex<HashMap<BackendKey, (Check, JoinHandle<()>)>>,
 }
+
+/// What a checker does: the check, and the PROXY header its connections start with when the
+/// service sends them (a `LOCAL` one: the check is Gantry's own connection).
+type Check = (HealthCheck, Option<SendProxyProtocol>);
 
 impl Checkers {
     /// Follows a change of services: starts checks for the new services' backends that need
@@ -32,13 +36,14 @@ impl Checkers {
         new: &[Arc<ServiceRuntime>],
         metrics: &crate::metrics::Metrics,
     ) {
-        let mut want: HashMap<BackendKey, (HealthCheck, Arc<BackendState>)> = HashMap::new();
+        let mut want: HashMap<BackendKey, (Check, Arc<BackendState>)> = HashMap::new();
         let mut unchecked = Vec::new();
         for svc in new {
             for b in &svc.backends {
                 match &svc.spec.health_check {
                     Some(hc) => {
-                        want.insert(b.key.clone(), (hc.clone(), b.clone()));
+                        let check = (hc.clone(), svc.spec.proxy_protocol);
+                        want.insert(b.key.clone(), (check, b.clone()));
                     }
                     None => unchecked.push(b.clone()),
                 }
@@ -54,7 +59,7 @@ impl Checkers {
                 task.abort();
             }
         }
-        for (key, (hc, backend)) in want {
+        for (key, (check, backend)) in want {
             if tasks.contains_key(&key) {
                 continue;
             }
@@ -66,8 +71,8 @@ impl Checkers {
                     .health_checks
                     .with_label_values(&[&key.service, &backend.label, "fail"]),
             ];
-            let task = tokio::spawn(run_checks(backend, hc.clone(), counters));
-            tasks.insert(key, (hc, task));
+            let task = tokio::spawn(run_checks(backend, check.clone(), counters));
+            tasks.insert(key, (check, task));
         }
         for b in unchecked {
             b.health.set_check(true, "");
@@ -85,7 +90,12 @@ impl Drop for Checkers {
     }
 }
 
-async fn run_checks(backend: Arc<BackendState>, hc: HealthCheck, [pass, fail]: [prometheus::IntCounter; 2]) {
+async fn run_checks(
+    backend: Arc<BackendState>,
+    (hc, proxy): Check,
+    [pass, fail]: [prometheus::IntCounter; 2],
+) {
+    let preamble = proxy.map(|v| crate::proxy_protocol::header(v, None));
     let mut conn: Option<http1::SendRequest<UpstreamBody>> = None;
     let (mut passes, mut failures) = (0u32, 0u32);
     let mut ever_passed = false;
@@ -93,7 +103,8 @@ async fn run_checks(backend: Arc<BackendState>, hc: HealthCheck, [pass, fail]: [
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = tokio::time::timeout(hc.timeout, probe(&backend, &hc, &mut conn)).await;
+        let result =
+            tokio::time::timeout(hc.timeout, probe(&backend, &hc, preamble.as_deref(), &mut conn)).await;
         let verdict = match result {
             Ok(Ok(status)) if hc.passes(status) => Ok(status),
             Ok(Ok(status)) => Err(format!("health check answered {status}")),
@@ -140,6 +151,7 @@ async fn run_checks(backend: Arc<BackendState>, hc: HealthCheck, [pass, fail]: [
 async fn probe(
     backend: &BackendState,
     hc: &HealthCheck,
+    preamble: Option<&[u8]>,
     conn: &mut Option<http1::SendRequest<UpstreamBody>>,
 ) -> Result<u16, String> {
     let host = hc.host.clone().unwrap_or_else(|| backend.key.url.authority());
@@ -169,7 +181,10 @@ async fn probe(
     let sender = match conn {
         Some(s) if !s.is_closed() => s,
         _ => {
-            let stream = backend.tcp(hc.timeout).await.map_err(|e| e.to_string())?;
+            let stream = backend
+                .tcp(hc.timeout, preamble)
+                .await
+                .map_err(|e| e.to_string())?;
             let (s, c) = http1::handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| e.to_string())?;

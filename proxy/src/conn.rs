@@ -2,7 +2,7 @@
 //! tells the listener when a connection is idle. Shared by `server` (which owns connections) and
 //! the request path (`forward`, `response`), so neither imports the other for it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,6 +15,10 @@ use tokio::sync::OwnedSemaphorePermit;
 pub struct ConnInfo {
     pub entrypoint: usize,
     pub client_ip: IpAddr,
+    /// The client's address and port (from a PROXY header when one came), and the address it
+    /// connected to: what a PROXY header sent to a backend names.
+    pub client_addr: SocketAddr,
+    pub local_addr: SocketAddr,
     /// `client_ip` as a header value, made once per connection for `X-Forwarded-For`.
     pub client_ip_header: HeaderValue,
     /// `X-Forwarded-Proto`: "https" on TLS listeners.

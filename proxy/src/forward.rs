@@ -219,7 +219,7 @@ impl Proxy {
                 };
                 let in_flight = backend.begin();
                 let attempt_start = Instant::now();
-                match send(backend, service, request).await {
+                match send(backend, service, request, conn).await {
                     Ok((resp, sender)) => {
                         let now = Instant::now();
                         backend.observe_latency(now - attempt_start, now);

@@ -1,12 +1,13 @@
-//! The PROXY protocol (HAProxy's v1 text and v2 binary headers, parsed with `ppp`): an L4
-//! balancer in front of Gantry says who the client is before the connection's first byte of
+//! The PROXY protocol (HAProxy's v1 text and v2 binary headers, parsed and built with `ppp`): an
+//! L4 balancer in front of Gantry says who the client is before the connection's first byte of
 //! HTTP or TLS. Accepted only on entrypoints that enable it and only from their trusted peers;
 //! a PROXY header from anyone else, or a malformed one, closes the connection before anything
-//! reaches a backend.
+//! reaches a backend. Gantry sends one in turn to the backends of services that ask for it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use gantry_config::SendProxyProtocol;
 use ppp::{v1, v2};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -123,6 +124,45 @@ async fn wait(until: Instant) -> Result<(), Refused> {
     wait_for_more(until).await.ok_or(Refused::Incomplete)
 }
 
+/// The header that opens a backend connection: the client and the address it connected to, or
+/// (`None`) a connection of Gantry's own, such as a health check (`LOCAL` / `UNKNOWN`).
+pub fn header(version: SendProxyProtocol, conn: Option<(SocketAddr, SocketAddr)>) -> Vec<u8> {
+    // Both ends in one family: an IPv4 client on a dual-stack listener is IPv4-mapped there.
+    let conn = conn.map(|(src, dst)| match (src, dst) {
+        (SocketAddr::V4(_), SocketAddr::V6(_)) => (mapped(src), dst),
+        (SocketAddr::V6(_), SocketAddr::V4(_)) => (src, mapped(dst)),
+        _ => (src, dst),
+    });
+    match version {
+        SendProxyProtocol::V1 => match conn {
+            Some(c) => v1::Addresses::from(c).to_string().into_bytes(),
+            None => v1::Addresses::Unknown.to_string().into_bytes(),
+        },
+        SendProxyProtocol::V2 => {
+            let builder = match conn {
+                Some(c) => v2::Builder::with_addresses(
+                    v2::Version::Two | v2::Command::Proxy,
+                    v2::Protocol::Stream,
+                    c,
+                ),
+                None => v2::Builder::new(
+                    v2::Version::Two | v2::Command::Local,
+                    v2::AddressFamily::Unspecified | v2::Protocol::Unspecified,
+                ),
+            };
+            // Building from addresses alone cannot fail (it writes to a Vec).
+            builder.build().unwrap_or_default()
+        }
+    }
+}
+
+fn mapped(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V4(v4) => SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port())),
+        v6 => v6,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +197,37 @@ mod tests {
             Err(Refused::Malformed)
         );
         assert_eq!(parse(b"PROXY TCP4 1.2.3.4\r\n"), Err(Refused::Malformed));
+    }
+
+    #[test]
+    fn headers_sent_to_backends_parse_back_to_the_client() {
+        let v4: SocketAddr = "192.0.2.9:1234".parse().unwrap();
+        let local4: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let local6: SocketAddr = "[::ffff:10.0.0.1]:80".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::7]:4000".parse().unwrap();
+        for version in [SendProxyProtocol::V1, SendProxyProtocol::V2] {
+            for (client, local) in [(v4, local4), (v6, local6), (v4, local6)] {
+                let got = parse(&header(version, Some((client, local))));
+                let want = match client {
+                    SocketAddr::V4(_) if local.is_ipv6() => mapped(client),
+                    _ => client,
+                };
+                assert_eq!(
+                    got,
+                    Ok(Header::Client(Some(want))),
+                    "{version:?} {client} {local}"
+                );
+            }
+            assert_eq!(
+                parse(&header(version, None)),
+                Ok(Header::Client(None)),
+                "{version:?}"
+            );
+        }
+        assert_eq!(
+            header(SendProxyProtocol::V1, Some((v4, local4))),
+            b"PROXY TCP4 192.0.2.9 10.0.0.1 1234 80\r\n"
+        );
     }
 
     proptest::proptest! {

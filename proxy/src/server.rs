@@ -183,11 +183,16 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         self.active.inc();
         let mut client_ip = canonical_ip(peer.ip());
+        let mut client_addr = peer;
+        let local_addr = stream.local_addr().unwrap_or(peer);
         if self.config.proxy_protocol {
             let trusted = self.config.trusted_ips.iter().any(|n| n.contains(&client_ip));
             let limit = self.config.limits.header_read_timeout;
             match proxy_protocol::read(&mut stream, trusted, limit).await {
-                Ok(proxy_protocol::Header::Client(Some(client))) => client_ip = canonical_ip(client.ip()),
+                Ok(proxy_protocol::Header::Client(Some(client))) => {
+                    client_ip = canonical_ip(client.ip());
+                    client_addr = client;
+                }
                 Ok(_) => {}
                 Err(why) => {
                     let reason = why.reason();
@@ -205,6 +210,8 @@ impl Conn {
         let info = Arc::new(ConnInfo {
             entrypoint: self.entrypoint,
             client_ip,
+            client_addr,
+            local_addr,
             client_ip_header: HeaderValue::from_str(&client_ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             proto: if self.tls.is_some() { "https" } else { "http" },

@@ -10,7 +10,9 @@ use tracing::debug;
 
 use crate::backend::BackendState;
 use crate::body::UpstreamBody;
+use crate::conn::ConnInfo;
 use crate::error::ProxyError;
+use crate::proxy_protocol;
 use crate::snapshot::ServiceRuntime;
 
 /// A failed attempt, with the request back when it never left Gantry (so that it can go to
@@ -30,10 +32,14 @@ impl From<ProxyError> for SendError {
 /// connection that turns out to be closed before the request was written is replaced by a fresh
 /// one, once; a request that was written is never sent again here. h2c: on the backend's shared
 /// HTTP/2 connection.
+///
+/// A service that sends PROXY headers gets a new connection per request, opened with a header
+/// naming this request's client, and never pooled (a pooled connection would name another).
 pub(crate) async fn send(
     backend: &BackendState,
     service: &ServiceRuntime,
     mut req: Request<UpstreamBody>,
+    conn: &ConnInfo,
 ) -> Result<(Response<Incoming>, Option<SendRequest<UpstreamBody>>), SendError> {
     let t = &service.spec.timeouts;
     if backend.key.url.scheme == Scheme::H2c {
@@ -67,11 +73,23 @@ pub(crate) async fn send(
             Ok(Ok(resp)) => Ok((resp, None)),
         };
     }
+    let proxy_header = service
+        .spec
+        .proxy_protocol
+        .map(|v| proxy_protocol::header(v, Some((conn.client_addr, conn.local_addr))));
     loop {
-        let (mut sender, fresh) = match backend.take_idle(t.idle).await {
+        let pooled = match proxy_header {
+            None => backend.take_idle(t.idle).await,
+            Some(_) => None,
+        };
+        let (mut sender, fresh) = match pooled {
             Some(s) => (s, false),
             None => match backend
-                .connect(t.connect, service.spec.limits.max_connections_per_backend)
+                .connect(
+                    t.connect,
+                    service.spec.limits.max_connections_per_backend,
+                    proxy_header.as_deref(),
+                )
                 .await
             {
                 Ok(s) => (s, true),
@@ -85,7 +103,7 @@ pub(crate) async fn send(
         };
         match tokio::time::timeout(t.response_header, sender.try_send_request(req)).await {
             Err(_) => return Err(ProxyError::ResponseTimeout(t.response_header).into()),
-            Ok(Ok(resp)) => return Ok((resp, Some(sender))),
+            Ok(Ok(resp)) => return Ok((resp, proxy_header.is_none().then_some(sender))),
             Ok(Err(mut e)) => match e.take_message() {
                 Some(unsent) if !fresh => {
                     debug!(backend = %backend.label, "pooled connection was closed; retrying on a new one");

@@ -4,12 +4,10 @@
 //! at start. Reads are open to whoever reaches the listener; writes (weights, drain, rollouts)
 //! need `Authorization: Bearer <token>`, and without a configured token they are refused.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gantry_config::MAX_WEIGHT;
 use gantry_config::rollout::RolloutSpec;
 use gantry_control::publish::Publisher;
 use gantry_proxy::{Proxy, Shutdown};
@@ -20,12 +18,12 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prometheus::{Encoder, Registry, TextEncoder};
-use serde_json::Value;
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
 use crate::rollout::{Command, RolloutError, Rollouts};
 
+mod bodies;
 mod views;
 
 use views::{
@@ -298,37 +296,10 @@ impl Admin {
     }
 
     async fn set_weights(&self, service: &str, body: &[u8]) -> Answer {
-        let raw: serde_json::Map<String, Value> = match serde_json::from_slice(body) {
-            Ok(m) => m,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "body: {e}; expected an object of version weights, e.g. {{\"v1\": 95, \"v2\": 5}}"
-                    ),
-                );
-            }
+        let weights = match bodies::weights(body) {
+            Ok(w) => w,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
-        let mut weights = BTreeMap::new();
-        for (v, w) in &raw {
-            match w.as_u64() {
-                Some(n) if n <= u64::from(MAX_WEIGHT) => {
-                    weights.insert(v.clone(), n as u32);
-                }
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("weights.{v}: {w} is not a whole number in 0..={MAX_WEIGHT}"),
-                    );
-                }
-            }
-        }
-        if weights.values().all(|&w| w == 0) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "weights: at least one version needs a weight above 0",
-            );
-        }
         if let Some(refusal) = self.check_versions(service, weights.keys().map(String::as_str)) {
             return refusal;
         }
@@ -349,25 +320,14 @@ impl Admin {
     }
 
     fn drain(&self, service: &str, body: &[u8]) -> Answer {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Drain {
-            url: String,
-        }
-        let d: Drain = match serde_json::from_slice(body) {
-            Ok(d) => d,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("body: {e}; expected {{\"url\": \"http://host:port\"}}"),
-                );
-            }
+        let wanted = match bodies::drain(body) {
+            Ok(url) => url,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
         let snap = self.proxy.snapshot();
         let Some(svc) = snap.service_named(service) else {
             return error(StatusCode::NOT_FOUND, format!("no service {service:?}"));
         };
-        let wanted = d.url.trim_end_matches('/');
         let Some(b) = svc.backends.iter().find(|b| b.key.url.to_string() == wanted) else {
             return error(
                 StatusCode::NOT_FOUND,
@@ -380,7 +340,7 @@ impl Admin {
             StatusCode::OK,
             &Drained {
                 service,
-                backend: wanted,
+                backend: &wanted,
                 state: "draining",
             },
         )

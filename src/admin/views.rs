@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use gantry_config::{
-    Backend, Canary, HealthCheck, Limits, Outlier, Policy, Retries, Router, Scale, Service, Timeouts,
+    Backend, Canary, HealthCheck, Limits, Outlier, Policy, Retries, Router, Scale, SendProxyProtocol,
+    Service, Timeouts,
 };
 use gantry_control::publish::{Refusal, SourceStatus};
 use gantry_control::scaler::Action;
@@ -41,6 +42,8 @@ pub struct ServiceView<'a> {
     pub canary: &'a Canary,
     #[serde(skip_serializing_if = "none")]
     pub scale: &'a Option<Scale>,
+    #[serde(skip_serializing_if = "none")]
+    pub proxy_protocol: &'a Option<SendProxyProtocol>,
 }
 
 // The same fields are skipped as in `Service`'s own serialization; these take the view's
@@ -77,6 +80,7 @@ impl<'a> ServiceView<'a> {
             versions: &spec.versions,
             canary: &spec.canary,
             scale: &spec.scale,
+            proxy_protocol: &spec.proxy_protocol,
         }
     }
 }

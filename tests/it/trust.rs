@@ -338,3 +338,168 @@ async fn a_proxy_protocol_header_from_an_untrusted_peer_closes_the_connection() 
     );
     g.running.shutdown().await;
 }
+
+/// A backend behind a PROXY protocol listener: every connection must open with a PROXY header
+/// (decoded here by hand, v1 and v2 over IPv4 or `LOCAL`), and every answer names what that
+/// connection's header said, e.g. `v2 127.0.0.1:40000 -> 127.0.0.1:8080`.
+struct ProxyProtocolBackend {
+    addr: std::net::SocketAddr,
+    headers: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ProxyProtocolBackend {
+    async fn start() -> Self {
+        use tokio::io::AsyncReadExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let headers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = headers.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut first = [0u8; 16];
+                    if s.read_exact(&mut first[..6]).await.is_err() {
+                        return;
+                    }
+                    let said = if &first[..6] == b"PROXY " {
+                        let mut line = b"PROXY ".to_vec();
+                        while !line.ends_with(b"\r\n") && line.len() < 108 {
+                            let mut b = [0u8; 1];
+                            s.read_exact(&mut b).await.unwrap();
+                            line.push(b[0]);
+                        }
+                        let words: Vec<String> = String::from_utf8_lossy(&line)
+                            .split_whitespace()
+                            .map(String::from)
+                            .collect();
+                        match words.as_slice() {
+                            [_, proto, src, dst, sport, dport] if proto == "TCP4" => {
+                                format!("v1 {src}:{sport} -> {dst}:{dport}")
+                            }
+                            [_, unknown] if unknown == "UNKNOWN" => "v1 UNKNOWN".into(),
+                            other => format!("bad v1 header {other:?}"),
+                        }
+                    } else {
+                        s.read_exact(&mut first[6..]).await.unwrap();
+                        assert_eq!(&first[..12], b"\r\n\r\n\0\r\nQUIT\n", "no PROXY header");
+                        let mut rest = vec![0u8; u16::from_be_bytes([first[14], first[15]]) as usize];
+                        s.read_exact(&mut rest).await.unwrap();
+                        match (first[12], first[13]) {
+                            (0x20, _) => "v2 LOCAL".into(),
+                            (0x21, 0x11) => {
+                                let ip = |b: &[u8]| std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+                                let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+                                format!(
+                                    "v2 {}:{} -> {}:{}",
+                                    ip(&rest[0..4]),
+                                    port(&rest[8..10]),
+                                    ip(&rest[4..8]),
+                                    port(&rest[10..12])
+                                )
+                            }
+                            other => format!("unexpected v2 command/family {other:?}"),
+                        }
+                    };
+                    seen.lock().unwrap().push(said.clone());
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let said = said.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(said),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        ProxyProtocolBackend { addr, headers }
+    }
+
+    fn headers(&self) -> Vec<String> {
+        self.headers.lock().unwrap().clone()
+    }
+}
+
+/// Sends one request on a new connection (after `prefix`, if any) and returns the connection's
+/// local address and the answer's body.
+async fn request_from_new_connection(
+    addr: std::net::SocketAddr,
+    prefix: &[u8],
+    host: &str,
+) -> (std::net::SocketAddr, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let me = s.local_addr().unwrap();
+    let mut bytes = prefix.to_vec();
+    bytes.extend(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes());
+    s.write_all(&bytes).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    (me, raw.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_that_ask_get_a_proxy_header_naming_each_client() {
+    let backend = ProxyProtocolBackend::start().await;
+    let g = Gantry::start(&format!(
+        r#"
+[entrypoints.web]
+address = "127.0.0.1:0"
+trusted_ips = ["127.0.0.0/8"]
+proxy_protocol = true
+[routers.v1]
+hosts = ["v1.test"]
+service = "v1"
+[routers.v2]
+hosts = ["v2.test"]
+service = "v2"
+[services.v1]
+proxy_protocol = "v1"
+backends = [{{ url = "http://{addr}" }}]
+[services.v2]
+proxy_protocol = "v2"
+health_check = {{ path = "/health", interval = "100ms" }}
+backends = [{{ url = "http://{addr}" }}]
+"#,
+        addr = backend.addr
+    ))
+    .await;
+    let gantry = g.addr();
+
+    // Each client connection's request reaches the backend on a connection of its own whose
+    // header names that client: connections are never shared between clients.
+    for version in ["v1", "v2"] {
+        for _ in 0..3 {
+            let (me, said) = request_from_new_connection(gantry, b"", &format!("{version}.test")).await;
+            assert_eq!(said, format!("{version} {me} -> {gantry}"));
+        }
+    }
+
+    // Behind a trusted balancer, the header names the client the balancer named.
+    let (_, said) =
+        request_from_new_connection(gantry, b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\n", "v2.test").await;
+    assert_eq!(said, format!("v2 203.0.113.7:5555 -> {gantry}"));
+
+    // Health checks are Gantry's own connections: LOCAL, and they pass.
+    eventually(
+        Duration::from_secs(5),
+        "a health check with a LOCAL header",
+        || async { backend.headers().contains(&"v2 LOCAL".to_string()).then_some(()) },
+    )
+    .await;
+    let services = admin_json(g.running.admin_addr, "/api/v1/routes").await;
+    assert!(
+        services.to_string().contains("\"proxy_protocol\":\"v2\""),
+        "{services}"
+    );
+    g.running.shutdown().await;
+}

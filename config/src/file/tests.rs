@@ -119,6 +119,15 @@ backends = [
   { url = "http://10.0.0.3", weight = 20000 },
 ]
 timeouts = { connect = "5" }
+proxy_protocol = "v3"
+
+[services.s2]
+proxy_protocol = "v2"
+backends = [{ url = "h2c://10.0.0.4" }]
+
+[entrypoints.web]
+address = "127.0.0.1:80"
+limits = { send_timeout = "0s" }
 "#;
     let errs = load(bad, "conf/gantry.toml").unwrap_err();
     let text = errs.to_string();
@@ -131,6 +140,9 @@ timeouts = { connect = "5" }
         "conf/gantry.toml: services.s1.backends[1].url: \"http://10.0.0.2/path\": a backend URL cannot carry a path",
         "conf/gantry.toml: services.s1.backends[2].weight: 20000 is out of range",
         "conf/gantry.toml: services.s1.timeouts.connect: invalid duration \"5\": missing unit",
+        "conf/gantry.toml: services.s1.proxy_protocol: \"v3\" is not a PROXY protocol version",
+        "conf/gantry.toml: services.s2.proxy_protocol: needs http:// backends",
+        "conf/gantry.toml: entrypoints.web.limits.send_timeout: must be greater than zero",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }

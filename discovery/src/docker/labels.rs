@@ -6,7 +6,7 @@
 //! gantry.routing.port_80:   'shop.example.com'                              same grammar
 //! gantry.http.routers.<name>.rule | priority | service | entrypoints | strip_prefix
 //!                           | redirect_https | max_body_bytes               full form
-//! gantry.http.services.<name>.port | scheme | policy | hash_on | slow_start
+//! gantry.http.services.<name>.port | scheme | policy | hash_on | slow_start | proxy_protocol
 //!                           | health_check.* | timeouts.* | outlier.* | retries.* | limits.*
 //! gantry.enable  gantry.version  gantry.weight  gantry.docker.network  gantry.port
 //! aliyun.scale  gantry.scale.min | max | target | utilization | window | burst_window

@@ -234,7 +234,7 @@ impl BackendState {
             return Ok(s);
         }
         let stream = self
-            .tcp(connect_timeout)
+            .tcp(connect_timeout, None)
             .await
             .inspect_err(|_| self.connect_errors.inc())?;
         let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -261,37 +261,47 @@ impl BackendState {
         Ok(sender)
     }
 
-    pub(crate) async fn tcp(&self, connect_timeout: Duration) -> Result<TcpStream, ConnectError> {
+    /// Opens a TCP connection to the backend and writes `preamble` (a PROXY protocol header)
+    /// first, all within `connect_timeout`.
+    pub(crate) async fn tcp(
+        &self,
+        connect_timeout: Duration,
+        preamble: Option<&[u8]>,
+    ) -> Result<TcpStream, ConnectError> {
         let connecting = async {
-            match &self.target {
+            let mut stream = match &self.target {
                 Target::Addr(a) => TcpStream::connect(*a).await,
                 Target::Name(n) => TcpStream::connect(n.as_str()).await,
+            }?;
+            let _ = stream.set_nodelay(true);
+            if let Some(p) = preamble {
+                tokio::io::AsyncWriteExt::write_all(&mut stream, p).await?;
             }
+            Ok(stream)
         };
-        let stream = match tokio::time::timeout(connect_timeout, connecting).await {
-            Err(_) => return Err(ConnectError::Timeout(connect_timeout)),
-            Ok(Err(e)) => return Err(ConnectError::Refused(e)),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+        match tokio::time::timeout(connect_timeout, connecting).await {
+            Err(_) => Err(ConnectError::Timeout(connect_timeout)),
+            Ok(Err(e)) => Err(ConnectError::Refused(e)),
+            Ok(Ok(s)) => Ok(s),
+        }
     }
 
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)
     }
 
-    /// Opens a new HTTP/1.1 connection to the backend.
+    /// Opens a new HTTP/1.1 connection to the backend, sending `preamble` first.
     pub async fn connect(
         &self,
         connect_timeout: Duration,
         max_connections: u32,
+        preamble: Option<&[u8]>,
     ) -> Result<SendRequest<UpstreamBody>, ConnectError> {
         if self.open.fetch_add(1, Ordering::Relaxed) >= max_connections {
             self.open.fetch_sub(1, Ordering::Relaxed);
             return Err(ConnectError::Limit);
         }
-        match self.connect_inner(connect_timeout).await {
+        match self.connect_inner(connect_timeout, preamble).await {
             Ok(sender) => Ok(sender),
             Err(e) => {
                 self.open.fetch_sub(1, Ordering::Relaxed);
@@ -307,8 +317,9 @@ impl BackendState {
     async fn connect_inner(
         &self,
         connect_timeout: Duration,
+        preamble: Option<&[u8]>,
     ) -> Result<SendRequest<UpstreamBody>, ConnectError> {
-        let stream = self.tcp(connect_timeout).await?;
+        let stream = self.tcp(connect_timeout, preamble).await?;
         // writev off: a request head and a small body go out in one write(2).
         let (sender, conn) = http1::Builder::new()
             .writev(false)
