@@ -50,6 +50,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub services: BTreeMap<String, FileService>,
     #[serde(default)]
+    pub middlewares: BTreeMap<String, crate::middleware::FileMiddleware>,
+    #[serde(default)]
     pub rollouts: BTreeMap<String, crate::rollout::FileRollout>,
 }
 
@@ -237,7 +239,7 @@ impl FileConfig {
             check_name(&mut errs, origin, &field, &service);
             rollouts.extend(r.validate(&service, origin, &field, &mut errs));
         }
-        let mut state = match validate_state(self.routers, self.services, origin) {
+        let mut state = match validate_state(self.routers, self.services, self.middlewares, origin) {
             Ok(s) => s,
             Err(e) => {
                 errs.extend(e);

@@ -49,6 +49,7 @@ pub mod hash;
 pub mod health;
 pub mod listener;
 pub mod matcher;
+pub mod middleware;
 pub mod rollout;
 pub mod router;
 pub mod routing;

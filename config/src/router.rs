@@ -29,6 +29,9 @@ pub struct Router {
     pub max_body_bytes: u64,
     /// On a plain-HTTP entrypoint, answer 308 with the https:// URL instead of proxying.
     pub redirect_https: bool,
+    /// Middlewares run in this order (names; declared by any source).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub middlewares: Vec<String>,
 }
 
 /// The default request-body limit of a router. Bodies are streamed, never held in memory, so the
@@ -51,6 +54,7 @@ pub struct FileRouter {
     pub service: Option<String>,
     pub max_body_bytes: Option<FileSize>,
     pub redirect_https: Option<bool>,
+    pub middlewares: Option<Vec<String>>,
 }
 
 pub fn validate_router(
@@ -181,7 +185,24 @@ pub fn validate_router(
             String::new()
         }
     };
+    let mut middlewares = Vec::new();
+    for (i, m) in r.middlewares.iter().flatten().enumerate() {
+        let m = m.trim();
+        if !check_name(errs, origin, &format!("{field}.middlewares[{i}]"), m) {
+            continue;
+        }
+        if middlewares.iter().any(|x| x == m) {
+            errs.push(
+                origin,
+                format!("{field}.middlewares[{i}]"),
+                format!("{m:?} is listed twice"),
+            );
+        } else {
+            middlewares.push(m.to_string());
+        }
+    }
     (errs.0.len() == before).then_some(Router {
+        middlewares,
         max_body_bytes,
         redirect_https,
         entrypoints,

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::{HeaderMap, Method};
 
 use crate::error::Errors;
+use crate::middleware::Middleware;
 use crate::tls::CertStore;
 use crate::{Changes, DesiredState, HostPattern, Match, PathMatch, Router, Service};
 
@@ -54,7 +55,13 @@ pub struct Route {
     pub entrypoints: Vec<String>,
     /// Indexes of the entrypoints the route is attached to.
     attached: Box<[usize]>,
+    /// The route's middlewares in order, each with its declaration (`None`: no source declares
+    /// it, and the route answers 503 until one does).
+    pub middlewares: Box<[UsedMiddleware]>,
 }
+
+/// A middleware a route names, and its declaration (`None`: nobody declares it).
+pub type UsedMiddleware = (Arc<str>, Option<Arc<Middleware>>);
 
 impl Route {
     /// The router this route was compiled from.
@@ -67,6 +74,7 @@ impl Route {
             service: self.service_name.to_string(),
             max_body_bytes: self.max_body_bytes,
             redirect_https: self.redirect_https,
+            middlewares: self.middlewares.iter().map(|(n, _)| n.to_string()).collect(),
         }
     }
 }
@@ -200,6 +208,7 @@ pub struct RoutingTable {
     users: imbl::HashMap<Id, imbl::OrdSet<Id>>,
     indexes: Vec<HostIndex>,
     certs: Arc<CertStore>,
+    middlewares: imbl::OrdMap<Arc<str>, Arc<Middleware>>,
 }
 
 /// The outcome of [`RoutingTable::apply`]: the next table, and the changes it refused.
@@ -209,6 +218,9 @@ pub struct Applied {
     /// Per refused item (`routers.<name>` or `services.<name>`), why. A refused item keeps its
     /// previous value (or stays absent).
     pub refused: BTreeMap<String, Errors>,
+    /// Per route built by this change (`routers.<name>`): the middlewares it names that nobody
+    /// declares (`Some`; it answers 503), or `None` when it has them all.
+    pub dangling: BTreeMap<String, Option<Errors>>,
 }
 
 impl RoutingTable {
@@ -225,6 +237,7 @@ impl RoutingTable {
             users: imbl::HashMap::new(),
             indexes: entrypoints.iter().map(|_| HostIndex::default()).collect(),
             certs: Arc::new(CertStore::default()),
+            middlewares: imbl::OrdMap::new(),
         }
     }
 
@@ -275,9 +288,36 @@ impl RoutingTable {
             );
             changed_services.insert(id);
         }
-        for (name, router) in &changes.routers {
+        // Middlewares before routers, which resolve them. A route that uses a changed middleware
+        // is built again (it is not in `changes`) so that it sees the change.
+        let mut changed_middlewares = BTreeSet::new();
+        for (name, m) in &changes.middlewares {
+            let name: Arc<str> = Arc::from(name.as_str());
+            match m {
+                Some(m) => t.middlewares.insert(name.clone(), Arc::new(m.clone())),
+                None => t.middlewares.remove(&name),
+            };
+            changed_middlewares.insert(name);
+        }
+        let users_of_changed: Vec<(String, Option<Router>)> = if changed_middlewares.is_empty() {
+            Vec::new()
+        } else {
+            t.routes
+                .iter()
+                .filter(|r| !changes.routers.contains_key(&*r.name))
+                .filter(|r| r.middlewares.iter().any(|(n, _)| changed_middlewares.contains(n)))
+                .map(|r| (r.name.to_string(), Some(r.router())))
+                .collect()
+        };
+        let mut dangling = BTreeMap::new();
+        for (name, router) in changes
+            .routers
+            .iter()
+            .chain(users_of_changed.iter().map(|(n, r)| (n, r)))
+        {
             let field = format!("routers.{name}");
             let Some(r) = router else {
+                dangling.insert(field.clone(), None);
                 if let Some(id) = t.routes.id_of(name) {
                     t.unindex(id, &mut stale);
                     t.routes.remove(name);
@@ -313,10 +353,25 @@ impl RoutingTable {
                 refused.insert(field, errs);
                 continue;
             };
+            let middlewares: Box<[UsedMiddleware]> = r
+                .middlewares
+                .iter()
+                .map(|m| (Arc::from(m.as_str()), t.middlewares.get(m.as_str()).cloned()))
+                .collect();
+            let mut missing = Errors::new();
+            for (m, _) in middlewares.iter().filter(|(_, d)| d.is_none()) {
+                missing.push(
+                    &origin_of(&field),
+                    format!("{field}.middlewares"),
+                    format!("unknown middleware {m:?}: the router answers 503 until it is declared"),
+                );
+            }
+            dangling.insert(field.clone(), (!missing.is_empty()).then_some(missing));
             let name: Arc<str> = Arc::from(name.as_str());
             let id = t.routes.id_for(&name);
             t.unindex(id, &mut stale);
             let route = Arc::new(Route {
+                middlewares,
                 id,
                 name,
                 matcher: r.matcher.clone(),
@@ -370,7 +425,11 @@ impl RoutingTable {
         }
         t.changed_routes = changed_routes.into_iter().collect();
         t.changed_services = changed_services.into_iter().collect();
-        Applied { table: t, refused }
+        Applied {
+            table: t,
+            refused,
+            dangling,
+        }
     }
 
     /// Removes route `id` from the membership of its hosts and from its service's users.
@@ -574,6 +633,11 @@ impl RoutingTable {
 
     pub fn service_named(&self, name: &str) -> Option<&Arc<ServiceEntry>> {
         self.services.id_of(name).and_then(|id| self.services.get(id))
+    }
+
+    /// Every declared middleware, by name.
+    pub fn middlewares(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<Middleware>)> {
+        self.middlewares.iter()
     }
 
     pub fn service_count(&self) -> usize {

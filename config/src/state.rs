@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::error::Errors;
+use crate::middleware::{FileMiddleware, Middleware, validate_middleware};
 use crate::router::{FileRouter, Router, validate_router};
 use crate::service::{FileService, Service, validate_service};
 
@@ -16,6 +17,8 @@ use crate::service::{FileService, Service, validate_service};
 pub struct DesiredState {
     pub routers: BTreeMap<String, Router>,
     pub services: BTreeMap<String, Service>,
+    /// Declared once by name, used by routers of any source.
+    pub middlewares: BTreeMap<String, Middleware>,
     pub tls: crate::tls::TlsCertificates,
     /// Version weights set over a service whichever source declares it (etcd `weights/` keys,
     /// the admin API, a rollout): service -> version -> weight. They replace the service's own
@@ -30,6 +33,7 @@ pub struct DesiredState {
 pub struct Changes {
     pub routers: BTreeMap<String, Option<Router>>,
     pub services: BTreeMap<String, Option<Service>>,
+    pub middlewares: BTreeMap<String, Option<Middleware>>,
     /// The new certificates, when they changed.
     pub tls: Option<crate::tls::TlsCertificates>,
     pub weights: BTreeMap<String, Option<BTreeMap<String, u32>>>,
@@ -37,7 +41,11 @@ pub struct Changes {
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.routers.is_empty() && self.services.is_empty() && self.tls.is_none() && self.weights.is_empty()
+        self.routers.is_empty()
+            && self.services.is_empty()
+            && self.middlewares.is_empty()
+            && self.tls.is_none()
+            && self.weights.is_empty()
     }
 
     /// Everything in `state`, as additions.
@@ -50,6 +58,11 @@ impl Changes {
                 .collect(),
             services: state
                 .services
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect(),
+            middlewares: state
+                .middlewares
                 .iter()
                 .map(|(k, v)| (k.clone(), Some(v.clone())))
                 .collect(),
@@ -67,6 +80,7 @@ impl Changes {
         Self {
             routers: diff(&old.routers, &new.routers),
             services: diff(&old.services, &new.services),
+            middlewares: diff(&old.middlewares, &new.middlewares),
             tls: (old.tls != new.tls).then(|| new.tls.clone()),
             weights: diff(&old.weights, &new.weights),
         }
@@ -76,6 +90,7 @@ impl Changes {
     pub fn apply_to(&self, state: &mut DesiredState) {
         patch(&mut state.routers, &self.routers);
         patch(&mut state.services, &self.services);
+        patch(&mut state.middlewares, &self.middlewares);
         patch(&mut state.weights, &self.weights);
         if let Some(tls) = &self.tls {
             state.tls = tls.clone();
@@ -113,11 +128,13 @@ fn patch<T: Clone>(map: &mut BTreeMap<String, T>, changes: &BTreeMap<String, Opt
         }
     }
 }
-/// Validates routers and services together (a router must name a service that exists in the
-/// same input or, once merged, in another source; that cross-check happens at compile time).
+/// Validates routers, services and middlewares together (a router must name a service that
+/// exists in the same input or, once merged, in another source; that cross-check happens at
+/// compile time, as does the one for middlewares).
 pub fn validate_state(
     routers: BTreeMap<String, FileRouter>,
     services: BTreeMap<String, FileService>,
+    middlewares: BTreeMap<String, FileMiddleware>,
     origin: &str,
 ) -> Result<DesiredState, Errors> {
     let mut errs = Errors::new();
@@ -132,6 +149,12 @@ pub fn validate_state(
         let field = format!("services.{name}");
         if let Some(service) = validate_service(s, origin, &field, &name, &mut errs) {
             state.services.insert(name, service);
+        }
+    }
+    for (name, m) in middlewares {
+        let field = format!("middlewares.{name}");
+        if let Some(m) = validate_middleware(m, origin, &field, &name, &mut errs) {
+            state.middlewares.insert(name, m);
         }
     }
     errs.into_result(state)

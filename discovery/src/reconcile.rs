@@ -152,6 +152,9 @@ pub struct Reconciler {
     table: Arc<RoutingTable>,
     /// Items the table refused: field (`routers.<name>`) -> (the source it came from, why).
     refused: BTreeMap<String, (SourceId, Errors)>,
+    /// Routers live without some of their middlewares (they answer 503): field -> (the source
+    /// that declares the router, which middlewares).
+    dangling: BTreeMap<String, (SourceId, Errors)>,
     /// Items ignored because an earlier source declares the same name: (source, field) -> the
     /// winner's origin.
     shadowed: BTreeMap<(SourceId, String), String>,
@@ -185,6 +188,7 @@ impl Reconciler {
             sources: BTreeMap::new(),
             live: DesiredState::default(),
             refused: BTreeMap::new(),
+            dangling: BTreeMap::new(),
             shadowed: BTreeMap::new(),
             sink,
         }
@@ -302,6 +306,22 @@ impl Reconciler {
                 merged.services.insert(name.clone(), value);
             }
         }
+        for name in changes.middlewares.keys() {
+            let field = format!("middlewares.{name}");
+            let (winner, value) = self.winner(
+                src,
+                origin,
+                &field,
+                name,
+                &changes.middlewares,
+                |s| &s.middlewares,
+                &mut shadowed,
+            );
+            owners.insert(field, winner);
+            if self.live.middlewares.get(name.as_str()) != value.as_ref() {
+                merged.middlewares.insert(name.clone(), value);
+            }
+        }
         if let Some(pending) = &changes.tls {
             // Certificates are not merged: the first source that has any provides them all.
             let empty = SourceState::default();
@@ -357,6 +377,8 @@ impl Reconciler {
             let name = field.split_once('.').map_or("", |(_, n)| n);
             if field.starts_with("routers.") {
                 changes.routers.contains_key(name)
+            } else if field.starts_with("middlewares.") {
+                changes.middlewares.contains_key(name)
             } else {
                 changes.services.contains_key(name)
             }
@@ -399,13 +421,21 @@ impl Reconciler {
                     .iter()
                     .filter(|(_, v)| v.is_none())
                     .map(|(n, _)| format!("routers.{n}"));
-                let gone = gone.chain(
-                    changes
-                        .services
-                        .iter()
-                        .filter(|(_, v)| v.is_none())
-                        .map(|(n, _)| format!("services.{n}")),
-                );
+                let gone = gone
+                    .chain(
+                        changes
+                            .services
+                            .iter()
+                            .filter(|(_, v)| v.is_none())
+                            .map(|(n, _)| format!("services.{n}")),
+                    )
+                    .chain(
+                        changes
+                            .middlewares
+                            .iter()
+                            .filter(|(_, v)| v.is_none())
+                            .map(|(n, _)| format!("middlewares.{n}")),
+                    );
                 for field in gone.collect::<Vec<_>>() {
                     entry.origins.remove(&field);
                 }
@@ -435,6 +465,28 @@ impl Reconciler {
                 None => self.refused.remove(field),
             };
         }
+        for (field, missing) in applied.map(|a| &a.dangling).into_iter().flatten() {
+            match missing {
+                Some(e) => {
+                    let name = field.strip_prefix("routers.").unwrap_or(field);
+                    let owner = owners.get(field).copied().or_else(|| self.router_owner(name));
+                    if let Some(owner) = owner {
+                        self.dangling.insert(field.clone(), (owner, e.clone()));
+                    }
+                }
+                None => {
+                    self.dangling.remove(field);
+                }
+            }
+        }
+    }
+
+    /// The source whose router `name` is live: the first in precedence order that declares it.
+    fn router_owner(&self, name: &str) -> Option<SourceId> {
+        self.sources
+            .iter()
+            .find(|(_, st)| st.state.routers.contains_key(name))
+            .map(|(&s, _)| s)
     }
 
     /// Publish: what the table took becomes live; a table that changed goes to the sink.
@@ -445,6 +497,8 @@ impl Reconciler {
                 live.routers.remove(name);
             } else if let Some(name) = field.strip_prefix("services.") {
                 live.services.remove(name);
+            } else if let Some(name) = field.strip_prefix("middlewares.") {
+                live.middlewares.remove(name);
             }
         }
         if !applied.refused.is_empty() {
@@ -456,7 +510,11 @@ impl Reconciler {
         }
         live.apply_to(&mut self.live);
         let table = applied.table;
-        if table.changed_routes().is_empty() && table.changed_services().is_empty() && merged.tls.is_none() {
+        if table.changed_routes().is_empty()
+            && table.changed_services().is_empty()
+            && merged.tls.is_none()
+            && merged.middlewares.is_empty()
+        {
             return Outcome::Unchanged;
         }
         let table = Arc::new(table);
@@ -546,7 +604,7 @@ impl Reconciler {
                     );
                 }
             }
-            for (owner, errors) in self.refused.values() {
+            for (owner, errors) in self.refused.values().chain(self.dangling.values()) {
                 if *owner == s {
                     w.extend(errors.clone());
                 }

@@ -2,6 +2,7 @@
 //! and a short plain-text body that says which failure it was.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,6 +58,14 @@ pub enum ProxyError {
     CircuitOpen,
     /// Every backend failed its health checks and the one tried could not be reached.
     NoHealthyBackend,
+    /// An `ip_allow` middleware refused the client address.
+    Forbidden,
+    /// A `basic_auth` middleware found no valid credentials (challenge for this realm).
+    Unauthorized(Arc<str>),
+    /// A `rate_limit` middleware: retry after this many seconds.
+    RateLimited(u64),
+    /// The router names a middleware that no source declares: nothing is let through.
+    MissingMiddleware { router: Arc<str>, middleware: Arc<str> },
 }
 
 /// The client-body error behind an upstream failure, if that is what it was.
@@ -172,6 +181,10 @@ impl ProxyError {
             ProxyError::ConnectTimeout(_) | ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::MissingMiddleware { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -199,6 +212,10 @@ impl ProxyError {
             ProxyError::Connect(_) => "connect_failed",
             ProxyError::ResponseTimeout(_) => "response_timeout",
             ProxyError::Upstream(_) => "upstream_failed",
+            ProxyError::Forbidden => "forbidden",
+            ProxyError::Unauthorized(_) => "unauthorized",
+            ProxyError::RateLimited(_) => "rate_limited",
+            ProxyError::MissingMiddleware { .. } => "missing_middleware",
         }
     }
 
@@ -253,6 +270,12 @@ impl ProxyError {
                 "502 bad gateway: backend sent an invalid response\n".into()
             }
             ProxyError::Upstream(_) => "502 bad gateway: backend connection failed\n".into(),
+            ProxyError::Forbidden => "403 forbidden: the client address is not allowed\n".into(),
+            ProxyError::Unauthorized(_) => "401 unauthorized: valid credentials are needed\n".into(),
+            ProxyError::RateLimited(s) => format!("429 too many requests: retry in {s} s\n"),
+            ProxyError::MissingMiddleware { router, middleware } => format!(
+                "503 service unavailable: router {router} uses middleware {middleware:?}, which is not declared\n"
+            ),
         }
     }
 }
@@ -284,6 +307,18 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
     if err.closes_connection() {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    match err {
+        ProxyError::Unauthorized(realm) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        ProxyError::RateLimited(secs) => {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+        }
+        _ => {}
     }
     resp
 }

@@ -150,6 +150,18 @@ impl Proxy {
         } else {
             conn.client_ip
         };
+        // The router's middlewares (boxed: a router without them keeps a small future).
+        if let Some(chain) = &r.route_rt.chain
+            && let Err((middleware, e)) =
+                Box::pin(chain.request(&r.route.name, req.headers_mut(), client_ip)).await
+        {
+            self.metrics
+                .middleware_refusals
+                .with_label_values(&[&r.route.name, &middleware, e.kind()])
+                .inc();
+            r.route_rt.no_backend.inc(e.status().as_u16());
+            return self.fail(&e, request_id);
+        }
         let Picked {
             _service_in_flight,
             mut pick,
@@ -242,7 +254,14 @@ impl Proxy {
                             sender,
                             max_idle: limits.max_idle_per_backend as usize,
                         };
-                        return self.respond(resp, lease, upgraded, conn, request_id);
+                        return self.respond(
+                            resp,
+                            lease,
+                            upgraded,
+                            conn,
+                            request_id,
+                            route_rt.chain.as_ref(),
+                        );
                     }
                     Err(e) => {
                         if e.error.is_backend_fault() {
@@ -515,6 +534,7 @@ impl Proxy {
         upgraded: Option<(hyper::upgrade::OnUpgrade, HeaderValue, bool)>,
         conn: &Arc<ConnInfo>,
         request_id: HeaderValue,
+        chain: Option<&crate::middleware::Chain>,
     ) -> Response<ResponseBody> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some((client_upgrade, proto, h2)) = upgraded
@@ -540,6 +560,9 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
+        if let Some(chain) = chain {
+            chain.response(&mut parts.headers);
+        }
         parts.headers.entry(X_REQUEST_ID.clone()).or_insert(request_id);
         Response::from_parts(parts, ResponseBody::upstream(body, lease))
     }

@@ -36,6 +36,7 @@ pub mod forward;
 pub mod headers;
 pub mod io;
 pub mod metrics;
+pub mod middleware;
 pub mod plane;
 pub mod proxy_protocol;
 pub mod request_id;

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub version_duration: HistogramVec,
     /// Malformed requests refused before routing, by reason.
     pub refused_requests: IntCounterVec,
+    /// Requests a router's middleware answered itself, by router, middleware and reason.
+    pub middleware_refusals: IntCounterVec,
 }
 
 /// Latency buckets of the per-version histogram: fine below 100 ms, where canary gates compare
@@ -165,7 +167,16 @@ impl Metrics {
             &["reason"],
             registry
         )?;
+        let middleware_refusals = prometheus::register_int_counter_vec_with_registry!(
+            Opts::new(
+                "gantry_middleware_refusals_total",
+                "Requests a router's middleware answered itself, by router, middleware and reason (forbidden, unauthorized, rate_limited, missing_middleware).",
+            ),
+            &["router", "middleware", "reason"],
+            registry
+        )?;
         Ok(Self {
+            middleware_refusals,
             refused_requests,
             requests,
             duration,

@@ -403,6 +403,8 @@ pub struct RouteRuntime {
     /// routes does not create 50,000 series up front.
     per_backend: Box<[OnceLock<ClassCounters>]>,
     pub no_backend: ClassCounters,
+    /// The router's middlewares; `None` when it has none (the request path pays one check).
+    pub chain: Option<crate::middleware::Chain>,
 }
 
 impl RouteRuntime {
@@ -510,6 +512,7 @@ impl Snapshot {
                     histogram: metrics.route_histogram(&r.name, &svc.name),
                     per_backend: (0..svc.backends.len()).map(|_| OnceLock::new()).collect(),
                     no_backend: metrics.class_counters(&r.name, &svc.name, ""),
+                    chain: crate::middleware::Chain::new(&r.middlewares),
                 }))
             });
             if let Some(new) = &new {

@@ -419,6 +419,7 @@ impl Admin {
                     .map(|r| (r.name.to_string(), r.router()))
                     .collect(),
                 services,
+                middlewares: snap.table.middlewares().map(|(n, m)| (&**n, &**m)).collect(),
             },
         )
     }

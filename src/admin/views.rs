@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use gantry_config::middleware::Middleware;
 use gantry_config::{
     Backend, Canary, HealthCheck, Limits, Outlier, Policy, Retries, Router, Scale, SendProxyProtocol,
     Service, Timeouts,
@@ -21,6 +22,8 @@ pub struct RoutesView<'a> {
     pub entrypoints: &'a [String],
     pub routers: BTreeMap<String, Router>,
     pub services: BTreeMap<String, ServiceView<'a>>,
+    /// Every declared middleware (basic_auth shows user names, never hashes).
+    pub middlewares: BTreeMap<&'a str, &'a Middleware>,
 }
 
 /// A service as configured, its backends with their state.

@@ -24,6 +24,7 @@ mod headers;
 mod health;
 mod hygiene;
 mod image;
+mod middleware;
 mod reload;
 mod routing;
 mod scaling;

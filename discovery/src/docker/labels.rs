@@ -8,6 +8,8 @@
 //!                           | redirect_https | max_body_bytes               full form
 //! gantry.http.services.<name>.port | scheme | policy | hash_on | slow_start | proxy_protocol
 //!                           | health_check.* | timeouts.* | outlier.* | retries.* | limits.*
+//! gantry.http.middlewares.<name>.<type>.<option>                          middlewares
+//! gantry.middlewares: 'a,b'  (the compact routes' middlewares)
 //! gantry.enable  gantry.version  gantry.weight  gantry.docker.network  gantry.port
 //! aliyun.scale  gantry.scale.min | max | target | utilization | window | burst_window
 //! ```
@@ -20,6 +22,7 @@ use gantry_config::MAX_WEIGHT;
 use gantry_config::canary::check_version;
 use gantry_config::check::check_name;
 use gantry_config::compact::compact_route;
+use gantry_config::middleware::FileMiddleware;
 use gantry_config::router::FileRouter;
 use gantry_config::scale::FileScale;
 use gantry_config::service::FileService;
@@ -117,6 +120,10 @@ pub struct ContainerDecl {
     /// `gantry.port`: the port of the default service full-form routers use.
     pub default_port: Option<u16>,
     pub scale: ScaleDecl,
+    /// `gantry.http.middlewares.<name>.<type>.<option>`: declared here, usable by any router.
+    pub middlewares: BTreeMap<String, FileMiddleware>,
+    /// `gantry.middlewares=a,b`: the middlewares of the container's compact routes.
+    pub route_middlewares: Vec<String>,
 }
 
 /// Where problems of a container come from.
@@ -142,6 +149,7 @@ pub fn parse(f: &ContainerFacts, exposed_by_default: bool) -> (ContainerDecl, Er
     };
     let mut routers: BTreeMap<String, toml::Table> = BTreeMap::new();
     let mut services: BTreeMap<String, toml::Table> = BTreeMap::new();
+    let mut middlewares: BTreeMap<String, toml::Table> = BTreeMap::new();
     for (key, value) in &f.labels {
         let rest = match (key.strip_prefix("gantry."), key.strip_prefix("aliyun.")) {
             (Some(r), _) => r,
@@ -169,6 +177,14 @@ pub fn parse(f: &ContainerFacts, exposed_by_default: bool) -> (ContainerDecl, Er
             "weight" => d.weight = number(&mut errs, &o, key, value, 0, MAX_WEIGHT).unwrap_or(1),
             "docker.network" => d.network = Some(value.trim().to_string()),
             "port" => d.default_port = port(&mut errs, &o, key, value),
+            "middlewares" => {
+                d.route_middlewares = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }
             "scale.min" => d.scale.min = number(&mut errs, &o, key, value, 1, 1000),
             "scale.max" => d.scale.max = number(&mut errs, &o, key, value, 1, 1000),
             "scale.target" => d.scale.target = float(&mut errs, &o, key, value, 0.01, 1e6),
@@ -184,6 +200,14 @@ pub fn parse(f: &ContainerFacts, exposed_by_default: bool) -> (ContainerDecl, Er
                 &o,
                 key,
                 &r["http.routers.".len()..],
+                value,
+            ),
+            r if r.starts_with("http.middlewares.") => full_form(
+                &mut middlewares,
+                &mut errs,
+                &o,
+                key,
+                &r["http.middlewares.".len()..],
                 value,
             ),
             r if r.starts_with("http.services.") => full_form(
@@ -212,6 +236,14 @@ pub fn parse(f: &ContainerFacts, exposed_by_default: bool) -> (ContainerDecl, Er
             && let Some(r) = typed::<FileRouter>(table, &mut errs, &o, &prefix)
         {
             d.routers.insert(name, r);
+        }
+    }
+    for (name, table) in middlewares {
+        let prefix = format!("gantry.http.middlewares.{name}");
+        if check_name(&mut errs, &o, &label(&prefix), &name)
+            && let Some(m) = typed::<FileMiddleware>(table, &mut errs, &o, &prefix)
+        {
+            d.middlewares.insert(name, m);
         }
     }
     for (name, mut table) in services {
@@ -330,7 +362,18 @@ fn full_form(
 /// Label values are text; the settings they fill are typed. Lists are comma-separated.
 fn infer(key: &str, value: &str) -> toml::Value {
     let v = value.trim();
-    if matches!(key, "entrypoints" | "methods" | "hosts" | "expected_statuses") {
+    if matches!(
+        key,
+        "entrypoints"
+            | "methods"
+            | "hosts"
+            | "expected_statuses"
+            | "middlewares"
+            | "allow"
+            | "deny"
+            | "remove"
+            | "users"
+    ) {
         return toml::Value::Array(v.split(',').map(|i| infer("", i)).collect());
     }
     if let Ok(i) = v.parse::<i64>() {

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use gantry_config::compact::route_service_name;
+use gantry_config::middleware::{FileMiddleware, validate_middleware};
 use gantry_config::router::{FileRouter, validate_router};
 use gantry_config::scale::FileScale;
 use gantry_config::service::{FileService, validate_service};
@@ -92,6 +93,8 @@ struct RouteGroup {
     members: Vec<Contribution>,
     /// The scaling labels of the first container (by name) that declares the route.
     scale: Option<FileScale>,
+    /// `gantry.middlewares` of that container.
+    middlewares: Vec<String>,
 }
 
 struct FullService {
@@ -114,6 +117,7 @@ pub fn desired(containers: &BTreeMap<String, Observed>, opts: &DockerOptions) ->
             all.compact_routes(c, &decl, opts);
             all.full_services(c, &decl, opts);
             all.full_routers(c, &decl);
+            all.middlewares(c, &decl);
         }
     }
     all.into_state(opts)
@@ -127,6 +131,7 @@ struct Declared {
     routes: BTreeMap<(String, Option<String>), RouteGroup>,
     routers: BTreeMap<String, (FileRouter, String)>,
     services: BTreeMap<String, FullService>,
+    middlewares: BTreeMap<String, (FileMiddleware, String)>,
     problems: Errors,
 }
 
@@ -158,6 +163,7 @@ impl Declared {
                 port_owner: c.facts.name.clone(),
                 members: Vec::new(),
                 scale: scale.clone(),
+                middlewares: decl.route_middlewares.clone(),
             });
             if group.project != decl.project {
                 self.problems.push(
@@ -175,6 +181,16 @@ impl Declared {
                     ),
                 );
                 continue;
+            }
+            if group.middlewares != decl.route_middlewares {
+                self.problems.push(
+                    &o,
+                    "label gantry.middlewares",
+                    format!(
+                        "differs from that of container {}, which routes {} too; using theirs",
+                        group.port_owner, r.host
+                    ),
+                );
             }
             if group.scale != scale {
                 self.problems.push(
@@ -274,6 +290,25 @@ impl Declared {
         }
     }
 
+    /// `gantry.http.middlewares.*`: the first declaration of a name wins; a different one is
+    /// reported.
+    fn middlewares(&mut self, c: &Observed, decl: &ContainerDecl) {
+        for (name, m) in &decl.middlewares {
+            match self.middlewares.get(name) {
+                Some((existing, owner)) if existing != m => self.problems.push(
+                    &origin(&c.facts.name),
+                    format!("label gantry.http.middlewares.{name}"),
+                    format!("differs from its declaration on container {owner}; ignored"),
+                ),
+                Some(_) => {}
+                None => {
+                    self.middlewares
+                        .insert(name.clone(), (m.clone(), c.facts.name.clone()));
+                }
+            }
+        }
+    }
+
     /// Validates what was gathered into a desired state: compact routes first, then full-form
     /// services and routers whose names they do not already use.
     fn into_state(mut self, opts: &DockerOptions) -> (DesiredState, Errors) {
@@ -286,6 +321,7 @@ impl Declared {
                 path_prefix: path,
                 redirect_https: Some(group.https),
                 service: Some(name.clone()),
+                middlewares: (!group.middlewares.is_empty()).then_some(group.middlewares),
                 ..Default::default()
             };
             if let Some(r) =
@@ -346,6 +382,17 @@ impl Declared {
                 &mut self.problems,
             ) {
                 state.routers.insert(name, r);
+            }
+        }
+        for (name, (m, owner)) in std::mem::take(&mut self.middlewares) {
+            if let Some(m) = validate_middleware(
+                m,
+                &origin(&owner),
+                &format!("label gantry.http.middlewares.{name}"),
+                &name,
+                &mut self.problems,
+            ) {
+                state.middlewares.insert(name, m);
             }
         }
         (state, self.problems)

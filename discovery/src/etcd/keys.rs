@@ -1,5 +1,5 @@
 //! Every etcd key Gantry reads or writes, in one place: the configuration the etcd source reads
-//! (`routers/`, `services/`, `backends/`, `weights/`) and what the control plane writes
+//! (`routers/`, `services/`, `backends/`, `weights/`, `middlewares/`) and what the control plane writes
 //! (`instances/`, `rollouts/`, `scaling/`). Readers parse a key with [`kind`]; writers name one
 //! with [`Keys`]. Nothing else spells a key.
 //!
@@ -8,6 +8,7 @@
 //! <prefix>services/<name>                 a service's settings (JSON)
 //! <prefix>backends/<service>/<id>         one backend (JSON)          written by `gantry register` too
 //! <prefix>weights/<service>               version weights             written by rollouts, the admin API
+//! <prefix>middlewares/<name>              a middleware (JSON)         read by the etcd source
 //! <prefix>instances/<id>                  an instance's record        written by each instance (lease)
 //! <prefix>rollouts/<service>/spec         a rollout as declared       the file, the admin API, etcdctl
 //! <prefix>rollouts/<service>/state        phase, step, weight         written by the driver
@@ -133,6 +134,7 @@ pub enum Kind {
     Service(String),
     Backend(String, String),
     Weights(String),
+    Middleware(String),
     /// Not configuration (`instances/`, ...), or outside the prefix.
     Ignored,
     Stray,
@@ -153,6 +155,7 @@ pub fn kind(prefix: &str, key: &str) -> Kind {
             Kind::Backend(service.to_string(), id.to_string())
         }
         ["weights", service] if !service.is_empty() => Kind::Weights(service.to_string()),
+        ["middlewares", name] if !name.is_empty() => Kind::Middleware(name.to_string()),
         _ => Kind::Stray,
     }
 }

@@ -6,6 +6,7 @@
 //! <prefix>services/<name>           JSON service  (the fields of [services.<name>], backends optional)
 //! <prefix>backends/<service>/<id>   JSON backend  {"url": ..., "weight": ..., "version": ...}
 //! <prefix>weights/<service>         JSON version weights {"v1": 95, "v2": 5}
+//! <prefix>middlewares/<name>        JSON middleware (the fields of [middlewares.<name>])
 //! <prefix>instances/<id>            written by each Gantry instance (not configuration)
 //! <prefix>rollouts/..., scaling/... reserved for rollouts and scaling decisions
 //! ```
@@ -24,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use gantry_config::backend::{FileBackend, validate_backend};
 use gantry_config::canary::check_version;
+use gantry_config::middleware::{FileMiddleware, Middleware, validate_middleware};
 use gantry_config::router::{FileRouter, validate_router};
 use gantry_config::service::{FileService, validate_service};
 use gantry_config::{Backend, Changes, DesiredState, Errors, MAX_WEIGHT, Router, Service};
@@ -63,6 +65,7 @@ pub struct Layout {
     settings: BTreeMap<String, (Service, String)>,
     backends: BTreeMap<String, BTreeMap<String, (Backend, String)>>,
     weights: BTreeMap<String, (BTreeMap<String, u32>, String)>,
+    middlewares: BTreeMap<String, Middleware>,
     /// How many routers name each service.
     named: BTreeMap<String, usize>,
     /// Problems of single keys, and of assembling each service from its keys.
@@ -93,10 +96,28 @@ impl Layout {
         let mut routers = BTreeSet::new();
         let mut services = BTreeSet::new();
         let mut weights = BTreeSet::new();
+        let mut middlewares = BTreeSet::new();
         for (key, entry) in events {
-            self.set(key, entry.as_ref(), &mut routers, &mut services, &mut weights);
+            self.set(
+                key,
+                entry.as_ref(),
+                &mut routers,
+                &mut services,
+                &mut weights,
+                &mut middlewares,
+            );
         }
         let mut changes = Changes::default();
+        for name in middlewares {
+            let new = self.middlewares.get(&name);
+            if self.state.middlewares.get(&name) != new {
+                changes.middlewares.insert(name.clone(), new.cloned());
+                match new {
+                    Some(m) => self.state.middlewares.insert(name, m.clone()),
+                    None => self.state.middlewares.remove(&name),
+                };
+            }
+        }
         for name in weights {
             let new = self.weights.get(&name).map(|(w, _)| w);
             if self.state.weights.get(&name) != new {
@@ -137,6 +158,7 @@ impl Layout {
         routers: &mut BTreeSet<String>,
         services: &mut BTreeSet<String>,
         weights: &mut BTreeSet<String>,
+        middlewares: &mut BTreeSet<String>,
     ) {
         let kind = kind(&self.prefix, key);
         if kind == Kind::Ignored {
@@ -219,11 +241,26 @@ impl Layout {
                 }
                 weights.insert(service);
             }
+            (Kind::Middleware(name), e) => {
+                let new = e
+                    .and_then(|e| json::<FileMiddleware>(e, &o, &mut problems))
+                    .and_then(|m| validate_middleware(m, &o, "value", &name, &mut problems));
+                match (e, new) {
+                    (None, _) => {
+                        self.middlewares.remove(&name);
+                    }
+                    (Some(_), Some(m)) => {
+                        self.middlewares.insert(name.clone(), m);
+                    }
+                    (Some(_), None) => return self.problems(key, problems),
+                }
+                middlewares.insert(name);
+            }
             (Kind::Stray, Some(_)) => problems.push(
                 &o,
                 "",
                 format!(
-                    "key outside the layout (expected {p}routers/<name>, {p}services/<name>, {p}backends/<service>/<id> or {p}weights/<service>)",
+                    "key outside the layout (expected {p}routers/<name>, {p}services/<name>, {p}backends/<service>/<id>, {p}weights/<service> or {p}middlewares/<name>)",
                     p = self.prefix
                 ),
             ),

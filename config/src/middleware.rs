@@ -1,0 +1,537 @@
+//! Middlewares: what a router does to a request before it is forwarded, and to the response on
+//! its way back (header rules, IP allow lists, basic authentication, rate limits). Declared once
+//! by name with one type and its options, attached to routers in order; validated from their
+//! raw shape, which is the same in the file, in Docker labels and in etcd.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::check::check_name;
+use crate::duration;
+use crate::error::Errors;
+
+/// One middleware: its type and options.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Middleware {
+    Headers(HeaderRules),
+    IpAllow(IpAllow),
+    BasicAuth(BasicAuth),
+    RateLimit(RateLimit),
+}
+
+impl Middleware {
+    /// The type's name, as declared (`headers`, `ip_allow`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Middleware::Headers(_) => "headers",
+            Middleware::IpAllow(_) => "ip_allow",
+            Middleware::BasicAuth(_) => "basic_auth",
+            Middleware::RateLimit(_) => "rate_limit",
+        }
+    }
+}
+
+/// Header edits on requests (before forwarding) and responses (before answering).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HeaderRules {
+    pub request: HeaderEdits,
+    pub response: HeaderEdits,
+}
+
+/// Edits applied in order: remove, then set (replacing), then add (appending).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HeaderEdits {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeaderEdits {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// The response headers of the `security = true` preset (explicit `response.set` values win).
+pub const SECURITY_HEADERS: [(&str, &str); 4] = [
+    ("strict-transport-security", "max-age=31536000; includeSubDomains"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "strict-origin-when-cross-origin"),
+    ("x-frame-options", "DENY"),
+];
+
+/// Requests from the resolved client address: refused with 403 when it is in `deny`, or when
+/// `allow` is not empty and it is not in `allow`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IpAllow {
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+}
+
+impl IpAllow {
+    pub fn permits(&self, ip: std::net::IpAddr) -> bool {
+        !self.deny.iter().any(|n| n.contains(&ip))
+            && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip)))
+    }
+}
+
+/// HTTP basic authentication against bcrypt hashes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BasicAuth {
+    pub realm: String,
+    /// User -> bcrypt hash. Never shown: the admin API lists the user names only.
+    #[serde(serialize_with = "user_names")]
+    pub users: BTreeMap<String, String>,
+    /// Remove `Authorization` before forwarding (default true).
+    pub remove_header: bool,
+    /// Send the authenticated user's name upstream in this header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_header: Option<String>,
+}
+
+fn user_names<S: Serializer>(users: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(users.keys())
+}
+
+/// A token bucket per key: `average` requests per `period` on the long run, `burst` at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RateLimit {
+    pub average: u32,
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub period: Duration,
+    pub burst: u32,
+    pub key: RateKey,
+}
+
+/// What a rate limit counts by.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    /// The resolved client address (the default).
+    ClientIp,
+    /// A request header's value (requests without it share one bucket).
+    Header(String),
+    /// One bucket for the whole router.
+    Router,
+}
+
+impl Serialize for RateKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RateKey::ClientIp => s.serialize_str("client_ip"),
+            RateKey::Header(h) => s.serialize_str(&format!("header:{h}")),
+            RateKey::Router => s.serialize_str("router"),
+        }
+    }
+}
+
+/// A middleware as written: exactly one of the types.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMiddleware {
+    pub headers: Option<FileHeaders>,
+    pub ip_allow: Option<FileIpAllow>,
+    pub basic_auth: Option<FileBasicAuth>,
+    pub rate_limit: Option<FileRateLimit>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHeaders {
+    pub request: Option<FileHeaderEdits>,
+    pub response: Option<FileHeaderEdits>,
+    /// Adds HSTS, `X-Content-Type-Options`, `Referrer-Policy` and `X-Frame-Options` to responses.
+    pub security: Option<bool>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHeaderEdits {
+    #[serde(default, deserialize_with = "text_values")]
+    pub set: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "text_values")]
+    pub add: Option<BTreeMap<String, String>>,
+    pub remove: Option<Vec<String>>,
+}
+
+/// Header values are text, but a label value like `10` or `true` arrives typed: take it as the
+/// text it was.
+fn text_values<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        S(String),
+        I(i64),
+        F(f64),
+        B(bool),
+    }
+    let map: Option<BTreeMap<String, Text>> = Option::deserialize(d)?;
+    Ok(map.map(|m| {
+        m.into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Text::S(s) => s,
+                    Text::I(i) => i.to_string(),
+                    Text::F(f) => f.to_string(),
+                    Text::B(b) => b.to_string(),
+                };
+                (k, v)
+            })
+            .collect()
+    }))
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIpAllow {
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBasicAuth {
+    /// `user:bcrypt-hash` entries, as `htpasswd -nbB user password` prints them.
+    pub users: Option<Vec<String>>,
+    pub realm: Option<String>,
+    pub remove_header: Option<bool>,
+    pub user_header: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimit {
+    pub average: Option<i64>,
+    pub period: Option<String>,
+    pub burst: Option<i64>,
+    /// `client_ip` (default), `header:NAME` or `router`.
+    pub key: Option<String>,
+}
+
+pub fn validate_middleware(
+    m: FileMiddleware,
+    origin: &str,
+    field: &str,
+    name: &str,
+    errs: &mut Errors,
+) -> Option<Middleware> {
+    let before = errs.0.len();
+    check_name(errs, origin, field, name);
+    let declared = [
+        m.headers.is_some(),
+        m.ip_allow.is_some(),
+        m.basic_auth.is_some(),
+        m.rate_limit.is_some(),
+    ];
+    if declared.iter().filter(|&&d| d).count() != 1 {
+        errs.push(
+            origin,
+            field,
+            "declare exactly one type: headers, ip_allow, basic_auth or rate_limit",
+        );
+        return None;
+    }
+    let out = if let Some(h) = m.headers {
+        Middleware::Headers(validate_headers(h, origin, &format!("{field}.headers"), errs))
+    } else if let Some(a) = m.ip_allow {
+        Middleware::IpAllow(validate_ip_allow(a, origin, &format!("{field}.ip_allow"), errs))
+    } else if let Some(b) = m.basic_auth {
+        Middleware::BasicAuth(validate_basic_auth(
+            b,
+            origin,
+            &format!("{field}.basic_auth"),
+            errs,
+        ))
+    } else {
+        let r = m.rate_limit.unwrap_or_default();
+        Middleware::RateLimit(validate_rate_limit(
+            r,
+            origin,
+            &format!("{field}.rate_limit"),
+            errs,
+        ))
+    };
+    (errs.0.len() == before).then_some(out)
+}
+
+fn validate_headers(h: FileHeaders, origin: &str, field: &str, errs: &mut Errors) -> HeaderRules {
+    let mut rules = HeaderRules {
+        request: edits(h.request, origin, &format!("{field}.request"), errs),
+        response: edits(h.response, origin, &format!("{field}.response"), errs),
+    };
+    if h.security == Some(true) {
+        for (n, v) in SECURITY_HEADERS {
+            rules
+                .response
+                .set
+                .entry(n.to_string())
+                .or_insert_with(|| v.to_string());
+        }
+    }
+    if rules.request.is_empty() && rules.response.is_empty() {
+        errs.push(
+            origin,
+            field,
+            "no header edits: set request/response set, add or remove, or security = true",
+        );
+    }
+    rules
+}
+
+fn edits(e: Option<FileHeaderEdits>, origin: &str, field: &str, errs: &mut Errors) -> HeaderEdits {
+    let Some(e) = e else {
+        return HeaderEdits::default();
+    };
+    let mut out = HeaderEdits::default();
+    for (part, map, slot) in [("set", e.set, &mut out.set), ("add", e.add, &mut out.add)] {
+        for (n, v) in map.into_iter().flatten() {
+            let f = format!("{field}.{part}.{n}");
+            if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                errs.push(origin, &f, format!("{n:?} is not a header name"));
+            } else if http::HeaderValue::from_str(&v).is_err() {
+                errs.push(origin, &f, format!("{v:?} is not a header value"));
+            } else {
+                slot.insert(n.to_ascii_lowercase(), v);
+            }
+        }
+    }
+    for (i, n) in e.remove.into_iter().flatten().enumerate() {
+        match http::HeaderName::from_bytes(n.trim().as_bytes()) {
+            Ok(h) => out.remove.push(h.as_str().to_string()),
+            Err(_) => errs.push(
+                origin,
+                format!("{field}.remove[{i}]"),
+                format!("{n:?} is not a header name"),
+            ),
+        }
+    }
+    out
+}
+
+fn validate_ip_allow(a: FileIpAllow, origin: &str, field: &str, errs: &mut Errors) -> IpAllow {
+    let allow = a.allow.unwrap_or_default();
+    let deny = a.deny.unwrap_or_default();
+    if allow.is_empty() && deny.is_empty() {
+        errs.push(origin, field, "needs allow or deny (a list of networks)");
+    }
+    IpAllow {
+        allow: crate::listener::validate_trusted_ips(&allow, origin, &format!("{field}.allow"), errs),
+        deny: crate::listener::validate_trusted_ips(&deny, origin, &format!("{field}.deny"), errs),
+    }
+}
+
+fn validate_basic_auth(b: FileBasicAuth, origin: &str, field: &str, errs: &mut Errors) -> BasicAuth {
+    let before = errs.0.len();
+    let mut users = BTreeMap::new();
+    for (i, entry) in b.users.into_iter().flatten().enumerate() {
+        let f = format!("{field}.users[{i}]");
+        let Some((user, hash)) = entry.trim().split_once(':') else {
+            errs.push(
+                origin,
+                &f,
+                "expected user:bcrypt-hash (as `htpasswd -nbB user password` prints)",
+            );
+            continue;
+        };
+        let bcrypt = ["$2a$", "$2b$", "$2x$", "$2y$"]
+            .iter()
+            .any(|p| hash.starts_with(p));
+        if user.is_empty() {
+            errs.push(origin, &f, "empty user name");
+        } else if !bcrypt {
+            // Named without echoing the hash or password.
+            let what = if hash.starts_with("$apr1$") || hash.starts_with("$1$") {
+                "an MD5 hash"
+            } else if hash.starts_with("{SHA}") {
+                "a SHA-1 hash"
+            } else {
+                "not a bcrypt hash (plaintext or crypt)"
+            };
+            errs.push(
+                origin,
+                &f,
+                format!("user {user:?}: {what}; only bcrypt is accepted (htpasswd -B)"),
+            );
+        } else if users.insert(user.to_string(), hash.to_string()).is_some() {
+            errs.push(origin, &f, format!("user {user:?} is listed twice"));
+        }
+    }
+    if users.is_empty() && errs.0.len() == before {
+        errs.push(
+            origin,
+            format!("{field}.users"),
+            "no users: nobody could get through",
+        );
+    }
+    let realm = b.realm.unwrap_or_else(|| "gantry".into());
+    if realm.contains('"') || http::HeaderValue::from_str(&realm).is_err() {
+        errs.push(
+            origin,
+            format!("{field}.realm"),
+            format!("{realm:?} cannot be quoted in a header"),
+        );
+    }
+    if let Some(h) = &b.user_header
+        && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+    {
+        errs.push(
+            origin,
+            format!("{field}.user_header"),
+            format!("{h:?} is not a header name"),
+        );
+    }
+    BasicAuth {
+        realm,
+        users,
+        remove_header: b.remove_header.unwrap_or(true),
+        user_header: b.user_header.map(|h| h.to_ascii_lowercase()),
+    }
+}
+
+fn validate_rate_limit(r: FileRateLimit, origin: &str, field: &str, errs: &mut Errors) -> RateLimit {
+    let average = match r.average {
+        Some(a) if (1..=1_000_000).contains(&a) => a as u32,
+        Some(a) => {
+            errs.push(
+                origin,
+                format!("{field}.average"),
+                format!("{a} is out of range 1..=1000000"),
+            );
+            1
+        }
+        None => {
+            errs.push(origin, format!("{field}.average"), "missing");
+            1
+        }
+    };
+    let period = match r.period.as_deref().map(duration::parse) {
+        None => Duration::from_secs(1),
+        Some(Ok(d)) if !d.is_zero() && d <= Duration::from_secs(3600) => d,
+        Some(Ok(_)) => {
+            errs.push(origin, format!("{field}.period"), "must be in 1ms..=1h");
+            Duration::from_secs(1)
+        }
+        Some(Err(e)) => {
+            errs.push(origin, format!("{field}.period"), e);
+            Duration::from_secs(1)
+        }
+    };
+    let burst = match r.burst {
+        None => average,
+        Some(b) if (1..=1_000_000).contains(&b) => b as u32,
+        Some(b) => {
+            errs.push(
+                origin,
+                format!("{field}.burst"),
+                format!("{b} is out of range 1..=1000000"),
+            );
+            1
+        }
+    };
+    let key = match r.key.as_deref().map(str::trim) {
+        None | Some("client_ip") => RateKey::ClientIp,
+        Some("router") => RateKey::Router,
+        Some(k) => match k.strip_prefix("header:") {
+            Some(h) if http::HeaderName::from_bytes(h.as_bytes()).is_ok() => {
+                RateKey::Header(h.to_ascii_lowercase())
+            }
+            _ => {
+                errs.push(
+                    origin,
+                    format!("{field}.key"),
+                    format!("{k:?}: use client_ip, header:NAME or router"),
+                );
+                RateKey::ClientIp
+            }
+        },
+    };
+    RateLimit {
+        average,
+        period,
+        burst,
+        key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(toml_text: &str) -> Result<Middleware, String> {
+        let m: FileMiddleware = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        let mut errs = Errors::new();
+        validate_middleware(m, "test.toml", "middlewares.m", "m", &mut errs).ok_or_else(|| errs.to_string())
+    }
+
+    #[test]
+    fn each_type_validates_and_bad_declarations_name_their_field() {
+        let h = check(
+            "[headers]\nsecurity = true\nrequest = { set = { X-Env = \"prod\" }, remove = [\"X-Debug\"] }\n",
+        )
+        .unwrap();
+        let Middleware::Headers(h) = h else { panic!() };
+        assert_eq!(h.request.set["x-env"], "prod");
+        assert_eq!(h.request.remove, ["x-debug"]);
+        assert_eq!(h.response.set["x-frame-options"], "DENY");
+
+        let a =
+            check("[ip_allow]\nallow = [\"10.0.0.0/8\", \"192.0.2.7\"]\ndeny = [\"10.1.0.0/16\"]\n").unwrap();
+        let Middleware::IpAllow(a) = a else { panic!() };
+        assert!(a.permits("10.2.3.4".parse().unwrap()));
+        assert!(!a.permits("10.1.3.4".parse().unwrap()));
+        assert!(!a.permits("192.0.2.8".parse().unwrap()));
+
+        let r = check("[rate_limit]\naverage = 50\nburst = 10\nkey = \"header:X-Api-Key\"\n").unwrap();
+        assert_eq!(
+            r,
+            Middleware::RateLimit(RateLimit {
+                average: 50,
+                period: Duration::from_secs(1),
+                burst: 10,
+                key: RateKey::Header("x-api-key".into())
+            })
+        );
+
+        for (text, expected) in [
+            ("", "declare exactly one type"),
+            (
+                "[headers]\n[ip_allow]\nallow = [\"10.0.0.0/8\"]\n",
+                "declare exactly one type",
+            ),
+            ("[compress]\n", "unknown field `compress`"),
+            (
+                "[headers]\nrequest = { set = { \"bad name\" = \"x\" } }\n",
+                "middlewares.m.headers.request.set.bad name: \"bad name\" is not a header name",
+            ),
+            (
+                "[ip_allow]\nallow = [\"10.0.0.0/33\"]\n",
+                "middlewares.m.ip_allow.allow[0]",
+            ),
+            ("[ip_allow]\n", "needs allow or deny"),
+            (
+                "[basic_auth]\nusers = [\"admin:secret\"]\n",
+                "only bcrypt is accepted",
+            ),
+            ("[basic_auth]\nusers = [\"admin:$apr1$abc$def\"]\n", "an MD5 hash"),
+            ("[basic_auth]\nusers = []\n", "no users"),
+            (
+                "[rate_limit]\nburst = 5\n",
+                "middlewares.m.rate_limit.average: missing",
+            ),
+            (
+                "[rate_limit]\naverage = 5\nkey = \"cookie:x\"\n",
+                "use client_ip, header:NAME or router",
+            ),
+        ] {
+            let err = check(text).unwrap_err();
+            assert!(err.contains(expected), "{text:?}: {err}");
+            assert!(!err.contains("secret"), "a password was echoed: {err}");
+        }
+    }
+}
