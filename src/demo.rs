@@ -111,6 +111,8 @@ pub async fn backends_and_config(shutdown: CancellationToken) -> std::io::Result
     let shop2 = spawn("shop-2", "v1", 0).await?;
     let shop3 = spawn("shop-3", "v2", 0).await?;
     let slow = spawn("slow-1", "v1", 100).await?;
+    // The demo's one user, demo:demo (cost 5: a demo, not a vault).
+    let demo_hash = bcrypt::hash("demo", 5).map_err(std::io::Error::other)?;
     let text = format!(
         r#"
 [entrypoints.web]
@@ -188,6 +190,26 @@ service = "slow"
 backends = [{{ url = "http://{slow}" }}]
 scale = {{ min = 1, max = 8, target = 2, utilization = 1.0, window = "20s" }}
 
+# Middlewares: /private is behind a rate limit (5/s, burst 5), basic auth (demo:demo) and the
+# security headers, in that order.
+[routers.private]
+hosts = ["127.0.0.1", "localhost"]
+path_prefix = "/private"
+service = "web"
+middlewares = ["private-limit", "private-auth", "secure"]
+
+[middlewares.private-limit.rate_limit]
+average = 5
+burst = 5
+
+[middlewares.private-auth.basic_auth]
+realm = "demo"
+users = ["demo:{demo_hash}"]
+user_header = "X-Auth-User"
+
+[middlewares.secure.headers]
+security = true
+
 [services.sticky]
 policy = "hash"
 hash_on = "header:X-User"
@@ -226,6 +248,11 @@ Try:
   # seconds, and comes back down once a whole 20 s window agrees
   for c in $(seq 8); do (for i in $(seq 100); do curl -s http://{proxy}/slow >/dev/null; done) & done
   curl -s http://{admin}/api/v1/scaling
+  # middlewares: /private wants demo:demo (401 without), adds security headers, and allows
+  # 5 requests a second (429 beyond)
+  curl -si http://{proxy}/private | head -1
+  curl -si -u demo:demo http://{proxy}/private | grep -i -e ^HTTP -e x-frame-options
+  for i in $(seq 10); do curl -s -o /dev/null -w '%{{http_code}} ' -u demo:demo http://{proxy}/private; done; echo
   # the live routing table and metrics
   curl -s http://{admin}/api/v1/routes
   curl -s http://{admin}/metrics | grep gantry_requests_total

@@ -32,6 +32,8 @@ use crate::snapshot::{Pick, PickContext, RouteRuntime, ServiceRuntime, Snapshot}
 use crate::upstream::{SendError, Template, is_idempotent, send};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// How long a tunnel waits for the client to close its side once the backend has closed.
+const TUNNEL_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// What one scan of the request's header names found.
 #[derive(Default)]
 struct Framing {
@@ -594,8 +596,12 @@ impl Proxy {
     }
 
     /// Copies bytes both ways between an upgraded client connection and an upgraded backend
-    /// connection until either side closes. The tunnel keeps the request in flight on its backend
-    /// and the client connection under the listener's connection limit.
+    /// connection. The tunnel keeps the request in flight on its backend and the client
+    /// connection under the listener's connection limit.
+    ///
+    /// It ends when both sides have closed, or soon after the backend has: a WebSocket whose
+    /// server closed its connection is over, and a client that keeps its side open (an HTTP/2
+    /// stream it never ends) must not hold the backend's slot, and shutdown, until it goes.
     fn tunnel(
         &self,
         client: hyper::upgrade::OnUpgrade,
@@ -607,10 +613,31 @@ impl Proxy {
             let _held = (in_flight, conn);
             match tokio::try_join!(client, backend) {
                 Ok((c, b)) => {
-                    let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
-                    match tokio::io::copy_bidirectional(&mut c, &mut b).await {
-                        Ok((up, down)) => debug!(up, down, "tunnel closed"),
-                        Err(e) => debug!(error = %e, "tunnel ended with an error"),
+                    use tokio::io::AsyncWriteExt;
+                    let (mut client_rx, mut client_tx) = tokio::io::split(TokioIo::new(c));
+                    let (mut backend_rx, mut backend_tx) = tokio::io::split(TokioIo::new(b));
+                    let up = async {
+                        let n = tokio::io::copy(&mut client_rx, &mut backend_tx).await;
+                        let _ = backend_tx.shutdown().await;
+                        n
+                    };
+                    let down = async {
+                        let n = tokio::io::copy(&mut backend_rx, &mut client_tx).await;
+                        let _ = client_tx.shutdown().await;
+                        n
+                    };
+                    tokio::pin!(up, down);
+                    let (up, down) = tokio::select! {
+                        down = &mut down => {
+                            // The backend is done: the client gets a moment to finish its side.
+                            let up = tokio::time::timeout(TUNNEL_LINGER, &mut up).await;
+                            (up.unwrap_or(Ok(0)), down)
+                        }
+                        up = &mut up => (up, down.await),
+                    };
+                    match (up, down) {
+                        (Ok(up), Ok(down)) => debug!(up, down, "tunnel closed"),
+                        (Err(e), _) | (_, Err(e)) => debug!(error = %e, "tunnel ended with an error"),
                     }
                 }
                 Err(e) => debug!(error = %e, "upgrade failed"),

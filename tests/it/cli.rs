@@ -89,6 +89,26 @@ async fn demo_routes_and_balances_with_nothing_installed() {
     assert_eq!(get(&c, p.addr, "nowhere.invalid", "/").await.status, 404);
     let api = get(&c, p.addr, "x", "/api/users").await;
     assert!(api.body.contains("answered GET /users"), "{}", api.body);
+    // /private: basic auth (demo:demo), security headers, then the rate limit (burst 5).
+    assert_eq!(get(&c, p.addr, "127.0.0.1", "/private").await.status, 401);
+    let demo = [("authorization", "Basic ZGVtbzpkZW1v")];
+    let ok = send(&c, p.addr, "GET", "127.0.0.1", "/private", &demo)
+        .await
+        .unwrap();
+    assert_eq!(
+        (ok.status, &ok.headers["x-frame-options"]),
+        (200, &"DENY".parse().unwrap())
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(
+            send(&c, p.addr, "GET", "127.0.0.1", "/private", &demo)
+                .await
+                .unwrap()
+                .status,
+        );
+    }
+    assert!(statuses.contains(&429), "no request was limited: {statuses:?}");
     let ready = eventually(Duration::from_secs(5), "readyz", || async {
         let a = admin_get(p.admin, "/readyz").await;
         (a.status == 200).then_some(a)

@@ -640,3 +640,64 @@ async fn gantry_in_a_container_routes_by_container_ip_on_its_network() {
         );
     }
 }
+
+// Middlewares from labels: declared on a container in Traefik's shape, attached to its compact
+// route with `gantry.middlewares`, next to a middleware the file declares (either source's
+// routers may use either source's middlewares).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middlewares_from_labels_and_the_file_apply_to_a_containers_route() {
+    let _lock = lock().await;
+    let mut cleanup = Cleanup::default();
+    let host = format!("{}.test", unique("mw"));
+    run_backend(
+        &mut cleanup,
+        &[
+            ("gantry.routing.port_80", &host),
+            ("gantry.middlewares", "sec,auth"),
+            (
+                "gantry.http.middlewares.sec.headers.response.set.X-Frame-Options",
+                "DENY",
+            ),
+            ("gantry.http.middlewares.sec.headers.response.set.X-Max", "10"),
+            (
+                "gantry.http.middlewares.sec.headers.request.remove",
+                "X-Debug,X-Trace",
+            ),
+        ],
+        &[],
+    );
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let g = gantry_on_docker(
+        &format!("[middlewares.auth.basic_auth]\nusers = [\"ops:{hash}\"]\n"),
+        None,
+    )
+    .await;
+    let c = client();
+    let challenged = eventually(Duration::from_secs(20), "the route behind basic auth", || async {
+        let a = get(&c, g.addr(), &host, "/").await;
+        (a.status == 401).then_some(a)
+    })
+    .await;
+    assert_eq!(challenged.headers["www-authenticate"], "Basic realm=\"gantry\"");
+    use base64::Engine;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("ops:s3cret")
+    );
+    let a = send(&c, g.addr(), "GET", &host, "/", &[("authorization", &auth)])
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.headers["x-frame-options"], "DENY");
+    assert_eq!(a.headers["x-max"], "10");
+    let routes = admin_json(g.running.admin_addr, "/api/v1/routes").await;
+    let router = routes["routers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|r| r["match"]["hosts"][0] == host.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(router["middlewares"], serde_json::json!(["sec", "auth"]));
+    g.running.shutdown().await;
+}

@@ -622,3 +622,85 @@ async fn bad_keys_are_reported_with_key_and_revision_and_the_rest_serves() {
     assert_eq!(get(&client(), g.addr(), "other.test", "/").await.status, 404);
     g.running.shutdown().await;
 }
+
+// Middlewares in etcd: declared under `middlewares/`, named by an etcd router and by a router of
+// the file (either source's routers may use either source's middlewares); a bad value keeps the
+// last good one; deleting it makes its routers answer 503, never let through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middlewares_from_etcd_apply_to_routers_of_either_source() {
+    let _one = ETCD_LOCK.lock().await;
+    let etcd = Etcd::start().await;
+    let mut c = etcd.client().await;
+    let app = Backend::start("app", Behavior::Name).await;
+    let g = start(
+        &etcd,
+        &format!(
+            "[routers.filed]\nhosts = [\"filed.test\"]\nservice = \"app\"\nmiddlewares = [\"tag\"]\n\
+             [services.app]\nbackends = [{{ url = \"{}\" }}]\n",
+            app.url()
+        ),
+    )
+    .await;
+    put(
+        &mut c,
+        "/gantry/middlewares/tag",
+        r#"{"headers": {"response": {"set": {"X-Tag": "from-etcd"}}}}"#,
+    )
+    .await;
+    put(
+        &mut c,
+        "/gantry/middlewares/office",
+        r#"{"ip_allow": {"allow": ["10.0.0.0/8"]}}"#,
+    )
+    .await;
+    put(
+        &mut c,
+        "/gantry/routers/etcd-routed",
+        r#"{"hosts": ["etcd.test"], "service": "app", "middlewares": ["tag", "office"]}"#,
+    )
+    .await;
+    let cl = client();
+    let tagged = eventually(
+        Duration::from_secs(15),
+        "the file router tagged by etcd",
+        || async {
+            let a = get(&cl, g.addr(), "filed.test", "/").await;
+            (a.status == 200 && a.headers.get("x-tag").is_some_and(|v| v == "from-etcd")).then_some(a)
+        },
+    )
+    .await;
+    assert_eq!(tagged.body, "app");
+    eventually(
+        Duration::from_secs(15),
+        "the etcd router refusing loopback",
+        || async { (get(&cl, g.addr(), "etcd.test", "/").await.status == 403).then_some(()) },
+    )
+    .await;
+
+    // A bad value is reported with its key and the last good one keeps working.
+    put(
+        &mut c,
+        "/gantry/middlewares/tag",
+        r#"{"headers": {"response": {"set": {"bad name": "x"}}}}"#,
+    )
+    .await;
+    eventually(Duration::from_secs(15), "the bad middleware reported", || async {
+        let s = etcd_status(&g).await.to_string();
+        s.contains("etcd key /gantry/middlewares/tag").then_some(())
+    })
+    .await;
+    assert_eq!(
+        get(&cl, g.addr(), "filed.test", "/").await.headers["x-tag"],
+        "from-etcd"
+    );
+
+    // Deleted: its routers answer 503 (fail closed) and say why.
+    delete(&mut c, "/gantry/middlewares/office").await;
+    let refused = eventually(Duration::from_secs(15), "503 without the middleware", || async {
+        let a = get(&cl, g.addr(), "etcd.test", "/").await;
+        (a.status == 503).then_some(a)
+    })
+    .await;
+    assert!(refused.body.contains("middleware \"office\""), "{}", refused.body);
+    g.running.shutdown().await;
+}

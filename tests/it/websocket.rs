@@ -69,19 +69,20 @@ async fn a_websocket_echoes_a_thousand_messages_through_gantry() {
     echo_a_thousand_and_close(&mut ws).await;
     drop(ws);
     // The tunnel counted as in flight on its backend while open, and no longer once closed.
-    let admin = g.running.admin_addr;
-    eventually(
-        std::time::Duration::from_secs(5),
-        "the tunnel to close",
-        || async {
-            let m = admin_get(admin, "/metrics").await.body;
-            m.lines()
-                .any(|l| l.starts_with("gantry_backend_requests_in_flight{") && l.ends_with(" 0"))
-                .then_some(())
-        },
-    )
-    .await;
+    tunnel_closed(&g).await;
     g.running.shutdown().await;
+}
+
+/// Waits until no tunnel is in flight on the backend.
+async fn tunnel_closed(g: &Gantry) {
+    let admin = g.running.admin_addr;
+    eventually(Duration::from_secs(5), "the tunnel to close", || async {
+        let m = admin_get(admin, "/metrics").await.body;
+        m.lines()
+            .any(|l| l.starts_with("gantry_backend_requests_in_flight{") && l.ends_with(" 0"))
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,5 +151,9 @@ async fn a_websocket_opened_over_http2_echoes_a_thousand_messages_through_gantry
     )
     .await;
     echo_a_thousand_and_close(&mut ws).await;
+    // The backend closed after the close handshake; the client still holds its stream open
+    // (`ws` is alive), which must not keep the tunnel, its backend slot, or shutdown waiting.
+    tunnel_closed(&g).await;
     g.running.shutdown().await;
+    drop(ws);
 }
