@@ -21,7 +21,8 @@ fn label_key() -> impl Strategy<Value = String> {
         "aliyun\\.scale",
         "gantry\\.(version|weight|enable|middlewares|docker\\.network)",
         "gantry\\.scale\\.(min|max|target|utilization|window|burst_window|x)",
-        "gantry\\.http\\.(routers|services)\\.[a-z]{1,4}\\.[a-z.]{1,24}",
+        "gantry\\.http\\.(routers|services|middlewares)\\.[a-z]{1,4}\\.[a-z._]{1,24}",
+        "gantry\\.http\\.middlewares\\.[a-z]{1,4}\\.(headers\\.(request|response)\\.(set|add|remove)(\\.[A-Za-z-]{1,6})?|ip_allow\\.(allow|deny)|basic_auth\\.(users|realm)|rate_limit\\.(average|burst|key))",
         "[a-z.]{1,20}",
     ]
 }
@@ -70,10 +71,12 @@ proptest! {
     fn any_etcd_key_and_value_gives_state_or_a_warning_that_names_the_key(
         entries in prop::collection::vec(
             (
-                "/g/(routers|services|backends|weights|instances|x)/[a-z]{0,4}(/[a-z0-9]{0,3})?",
+                "/g/(routers|services|backends|weights|instances|middlewares|x)/[a-z]{0,4}(/[a-z0-9]{0,3})?",
                 prop_oneof![
                     any::<Vec<u8>>(),
                     "\\{(\"(hosts|service|url|weight|version|path_prefix|policy)\": (\"[a-z0-9:/.]{0,12}\"|[0-9-]{1,6}|\\[\"[a-z.]{0,6}\"\\]), ?){0,4}\\}"
+                        .prop_map(String::into_bytes),
+                    "\\{\"(headers|ip_allow|basic_auth|rate_limit)\": \\{(\"(set|allow|deny|users|average|burst|key|request)\": (\"[a-z0-9:/.]{0,12}\"|[0-9-]{1,6}|\\[\"[a-z0-9./:]{0,8}\"\\]), ?){0,3}\\}\\}"
                         .prop_map(String::into_bytes),
                 ],
             ),
