@@ -71,6 +71,10 @@ impl DemoBackend {
                                 req.uri().path()
                             );
                             let mut r = Response::new(Full::new(Bytes::from(body)));
+                            r.headers_mut().insert(
+                                header::CONTENT_TYPE,
+                                header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                            );
                             if let Ok(v) = header::HeaderValue::from_str(&me.name) {
                                 r.headers_mut().insert("x-backend", v);
                             }
@@ -190,13 +194,13 @@ service = "slow"
 backends = [{{ url = "http://{slow}" }}]
 scale = {{ min = 1, max = 8, target = 2, utilization = 1.0, window = "20s" }}
 
-# Middlewares: /private is behind a rate limit (5/s, burst 5), basic auth (demo:demo) and the
-# security headers, in that order.
+# Middlewares: /private is behind a rate limit (5/s, burst 5), basic auth (demo:demo), the
+# security headers and compression, in that order.
 [routers.private]
 hosts = ["127.0.0.1", "localhost"]
 path_prefix = "/private"
 service = "web"
-middlewares = ["private-limit", "private-auth", "secure"]
+middlewares = ["private-limit", "private-auth", "secure", "squeeze"]
 
 [middlewares.private-limit.rate_limit]
 average = 5
@@ -209,6 +213,9 @@ user_header = "X-Auth-User"
 
 [middlewares.secure.headers]
 security = true
+
+[middlewares.squeeze.compress]
+min_bytes = 0
 
 [services.sticky]
 policy = "hash"
@@ -252,6 +259,7 @@ Try:
   # 5 requests a second (429 beyond)
   curl -si http://{proxy}/private | head -1
   curl -si -u demo:demo http://{proxy}/private | grep -i -e ^HTTP -e x-frame-options
+  curl -s --compressed -u demo:demo -D - -o /dev/null http://{proxy}/private | grep -i content-encoding
   for i in $(seq 10); do curl -s -o /dev/null -w '%{{http_code}} ' -u demo:demo http://{proxy}/private; done; echo
   # the live routing table and metrics
   curl -s http://{admin}/api/v1/routes

@@ -21,6 +21,7 @@ pub enum Middleware {
     IpAllow(IpAllow),
     BasicAuth(BasicAuth),
     RateLimit(RateLimit),
+    Compress(Compress),
 }
 
 impl Middleware {
@@ -31,6 +32,7 @@ impl Middleware {
             Middleware::IpAllow(_) => "ip_allow",
             Middleware::BasicAuth(_) => "basic_auth",
             Middleware::RateLimit(_) => "rate_limit",
+            Middleware::Compress(_) => "compress",
         }
     }
 }
@@ -131,6 +133,49 @@ impl Serialize for RateKey {
     }
 }
 
+/// Response compression, streamed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Compress {
+    /// The codings Gantry may use, in its order of preference (after the client's q-values).
+    pub encodings: Vec<Encoding>,
+    /// Responses that declare fewer bytes are sent as they are.
+    pub min_bytes: u64,
+    /// Content types compressed (a trailing `/` matches a family: `text/`).
+    pub content_types: Vec<String>,
+    pub exclude_content_types: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    Zstd,
+    Br,
+    Gzip,
+}
+
+impl Encoding {
+    pub fn token(self) -> &'static str {
+        match self {
+            Encoding::Zstd => "zstd",
+            Encoding::Br => "br",
+            Encoding::Gzip => "gzip",
+        }
+    }
+}
+
+/// What `compress` compresses when `content_types` is not given: text that compresses well.
+pub const DEFAULT_COMPRESSED_TYPES: [&str; 9] = [
+    "text/",
+    "application/json",
+    "application/javascript",
+    "application/xml",
+    "application/xhtml+xml",
+    "application/wasm",
+    "application/manifest+json",
+    "image/svg+xml",
+    "font/ttf",
+];
+
 /// A middleware as written: exactly one of the types.
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +184,16 @@ pub struct FileMiddleware {
     pub ip_allow: Option<FileIpAllow>,
     pub basic_auth: Option<FileBasicAuth>,
     pub rate_limit: Option<FileRateLimit>,
+    pub compress: Option<FileCompress>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCompress {
+    pub encodings: Option<Vec<String>>,
+    pub min_bytes: Option<crate::size::FileSize>,
+    pub content_types: Option<Vec<String>>,
+    pub exclude_content_types: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -228,12 +283,13 @@ pub fn validate_middleware(
         m.ip_allow.is_some(),
         m.basic_auth.is_some(),
         m.rate_limit.is_some(),
+        m.compress.is_some(),
     ];
     if declared.iter().filter(|&&d| d).count() != 1 {
         errs.push(
             origin,
             field,
-            "declare exactly one type: headers, ip_allow, basic_auth or rate_limit",
+            "declare exactly one type: headers, ip_allow, basic_auth, rate_limit or compress",
         );
         return None;
     }
@@ -248,6 +304,8 @@ pub fn validate_middleware(
             &format!("{field}.basic_auth"),
             errs,
         ))
+    } else if let Some(c) = m.compress {
+        Middleware::Compress(validate_compress(c, origin, &format!("{field}.compress"), errs))
     } else {
         let r = m.rate_limit.unwrap_or_default();
         Middleware::RateLimit(validate_rate_limit(
@@ -391,6 +449,80 @@ fn validate_basic_auth(b: FileBasicAuth, origin: &str, field: &str, errs: &mut E
         users,
         remove_header: b.remove_header.unwrap_or(true),
         user_header: b.user_header.map(|h| h.to_ascii_lowercase()),
+    }
+}
+
+fn validate_compress(c: FileCompress, origin: &str, field: &str, errs: &mut Errors) -> Compress {
+    let given = c.encodings.is_some();
+    let mut encodings = Vec::new();
+    for (i, e) in c
+        .encodings
+        .unwrap_or_else(|| vec!["zstd".into(), "br".into(), "gzip".into()])
+        .iter()
+        .enumerate()
+    {
+        let enc = match e.trim() {
+            "zstd" => Encoding::Zstd,
+            "br" => Encoding::Br,
+            "gzip" => Encoding::Gzip,
+            other => {
+                errs.push(
+                    origin,
+                    format!("{field}.encodings[{i}]"),
+                    format!("{other:?}: use zstd, br or gzip"),
+                );
+                continue;
+            }
+        };
+        if !encodings.contains(&enc) {
+            encodings.push(enc);
+        }
+    }
+    if encodings.is_empty() && given {
+        errs.push(
+            origin,
+            format!("{field}.encodings"),
+            "empty: nothing to compress with",
+        );
+    }
+    let min_bytes = match c.min_bytes.map(|s| s.bytes()) {
+        None => 1024,
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            errs.push(origin, format!("{field}.min_bytes"), e);
+            0
+        }
+    };
+    let types = |list: Vec<String>, name: &str, errs: &mut Errors| -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, t) in list.into_iter().enumerate() {
+            let t = t.trim().to_ascii_lowercase();
+            let t = t.strip_suffix('*').unwrap_or(&t).to_string();
+            if !t.contains('/') || t.contains(|c: char| c.is_whitespace() || c == ';') {
+                errs.push(
+                    origin,
+                    format!("{field}.{name}[{i}]"),
+                    format!("{t:?} is not a content type like text/html or text/"),
+                );
+            } else {
+                out.push(t);
+            }
+        }
+        out
+    };
+    let content_types = match c.content_types {
+        None => DEFAULT_COMPRESSED_TYPES.iter().map(|t| t.to_string()).collect(),
+        Some(list) => types(list, "content_types", errs),
+    };
+    Compress {
+        encodings,
+        min_bytes,
+        content_types,
+        exclude_content_types: types(
+            c.exclude_content_types.unwrap_or_default(),
+            "exclude_content_types",
+            errs,
+        ),
     }
 }
 

@@ -153,16 +153,20 @@ impl Proxy {
             conn.client_ip
         };
         // The router's middlewares (boxed: a router without them keeps a small future).
-        if let Some(chain) = &r.route_rt.chain
-            && let Err((middleware, e)) =
-                Box::pin(chain.request(&r.route.name, req.headers_mut(), client_ip)).await
-        {
-            self.metrics
-                .middleware_refusals
-                .with_label_values(&[&r.route.name, &middleware, e.kind()])
-                .inc();
-            r.route_rt.no_backend.inc(e.status().as_u16());
-            return self.fail(&e, request_id);
+        let mut plan = crate::middleware::Plan::default();
+        if let Some(chain) = &r.route_rt.chain {
+            let head = req.method() == Method::HEAD;
+            match Box::pin(chain.request(&r.route.name, req.headers_mut(), client_ip, head)).await {
+                Ok(p) => plan = p,
+                Err((middleware, e)) => {
+                    self.metrics
+                        .middleware_refusals
+                        .with_label_values(&[&r.route.name, &middleware, e.kind()])
+                        .inc();
+                    r.route_rt.no_backend.inc(e.status().as_u16());
+                    return self.fail(&e, request_id);
+                }
+            }
         }
         let Picked {
             _service_in_flight,
@@ -262,7 +266,7 @@ impl Proxy {
                             upgraded,
                             conn,
                             request_id,
-                            route_rt.chain.as_ref(),
+                            route_rt.chain.as_ref().map(|c| (c, plan)),
                         );
                     }
                     Err(e) => {
@@ -536,7 +540,7 @@ impl Proxy {
         upgraded: Option<(hyper::upgrade::OnUpgrade, HeaderValue, bool)>,
         conn: &Arc<ConnInfo>,
         request_id: HeaderValue,
-        chain: Option<&crate::middleware::Chain>,
+        chain: Option<(&crate::middleware::Chain, crate::middleware::Plan)>,
     ) -> Response<ResponseBody> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some((client_upgrade, proto, h2)) = upgraded
@@ -562,11 +566,12 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
-        if let Some(chain) = chain {
-            chain.response(&mut parts.headers);
+        let mut body = ResponseBody::upstream(body, lease);
+        if let Some((chain, plan)) = chain {
+            body = chain.response(&mut parts, body, plan);
         }
         parts.headers.entry(X_REQUEST_ID.clone()).or_insert(request_id);
-        Response::from_parts(parts, ResponseBody::upstream(body, lease))
+        Response::from_parts(parts, body)
     }
 
     /// Counts a failure against a backend; ejects it when it crossed the outlier threshold.

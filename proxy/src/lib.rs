@@ -30,6 +30,7 @@ pub mod balance;
 pub mod body;
 pub mod checks;
 pub mod clock;
+pub mod compress;
 pub mod conn;
 pub mod error;
 pub mod forward;

@@ -10,7 +10,13 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gantry_config::middleware::{BasicAuth, HeaderEdits, IpAllow, Middleware, RateKey, RateLimit};
+use gantry_config::middleware::{
+    BasicAuth, Compress, Encoding, HeaderEdits, IpAllow, Middleware, RateKey, RateLimit,
+};
+use http::response::Parts;
+
+use crate::compress;
+use crate::response::ResponseBody;
 use gantry_config::routing::UsedMiddleware;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -25,6 +31,15 @@ pub struct Chain {
     steps: Box<[(Arc<str>, Step)]>,
     /// Every `headers` middleware's response edits, in order.
     response: Box<[Edits]>,
+    /// The first `compress` middleware.
+    compress: Option<Compress>,
+}
+
+/// What the request side decided for the response: the coding to compress it with, if it
+/// turns out to be compressible.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Plan {
+    encoding: Option<Encoding>,
 }
 
 #[derive(Debug)]
@@ -47,6 +62,7 @@ impl Chain {
             .map(|(name, _)| name.clone());
         let mut steps = Vec::new();
         let mut response = Vec::new();
+        let mut compress = None;
         for (name, m) in middlewares
             .iter()
             .filter_map(|(n, m)| Some((n.clone(), m.as_deref()?)))
@@ -59,6 +75,10 @@ impl Chain {
                     response.push(Edits::new(&h.response));
                     Step::Headers(Edits::new(&h.request))
                 }
+                Middleware::Compress(c) => {
+                    compress.get_or_insert_with(|| c.clone());
+                    continue;
+                }
             };
             steps.push((name, step));
         }
@@ -66,6 +86,7 @@ impl Chain {
             missing,
             steps: steps.into(),
             response: response.into(),
+            compress,
         })
     }
 
@@ -76,7 +97,8 @@ impl Chain {
         router: &Arc<str>,
         headers: &mut HeaderMap,
         client_ip: IpAddr,
-    ) -> Result<(), (Arc<str>, ProxyError)> {
+        head: bool,
+    ) -> Result<Plan, (Arc<str>, ProxyError)> {
         if let Some(m) = &self.missing {
             let e = ProxyError::MissingMiddleware {
                 router: router.clone(),
@@ -102,13 +124,27 @@ impl Chain {
             };
             verdict.map_err(|e| (name.clone(), e))?;
         }
-        Ok(())
+        let encoding = match &self.compress {
+            Some(c) if !head => compress::negotiate(headers.get(header::ACCEPT_ENCODING), &c.encodings),
+            _ => None,
+        };
+        Ok(Plan { encoding })
     }
 
-    /// Applies the response edits.
-    pub fn response(&self, headers: &mut HeaderMap) {
+    /// Applies the response edits, and compression when planned and the response allows it.
+    pub fn response(&self, parts: &mut Parts, body: ResponseBody, plan: Plan) -> ResponseBody {
         for e in self.response.iter() {
-            e.apply(headers);
+            e.apply(&mut parts.headers);
+        }
+        match &self.compress {
+            Some(c) if compress::compressible(c, parts) => {
+                compress::set_headers(&mut parts.headers, plan.encoding);
+                match plan.encoding {
+                    Some(e) => body.encoded(e),
+                    None => body,
+                }
+            }
+            _ => body,
         }
     }
 }

@@ -47,9 +47,17 @@ pub struct ResponseBody {
 
 #[derive(Debug)]
 enum Kind {
-    Upstream { body: Incoming, lease: Option<Lease> },
+    Upstream {
+        body: Incoming,
+        lease: Option<Lease>,
+    },
     Full(Option<Bytes>),
+    /// A backend's body encoded by the `compress` middleware as it streams.
+    Encoded(Box<crate::compress::Encoded>),
 }
+
+/// What can end a response body early: the backend's connection, or an encoder.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ResponseBody {
     pub fn empty() -> Self {
@@ -78,6 +86,15 @@ impl ResponseBody {
         b
     }
 
+    /// This body, encoded as it streams.
+    pub(crate) fn encoded(self, encoding: gantry_config::middleware::Encoding) -> Self {
+        let active = None;
+        Self {
+            kind: Kind::Encoded(Box::new(crate::compress::Encoded::new(self, encoding))),
+            active,
+        }
+    }
+
     pub(crate) fn set_active(&mut self, active: ActiveRequest) {
         self.active = Some(active);
     }
@@ -96,13 +113,13 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         if let Some(a) = &mut this.active {
             a.polled();
@@ -122,8 +139,11 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Err(_))) => *lease = None,
                     Poll::Pending => {}
                 }
-                res
+                res.map(|f| f.map(|r| r.map_err(BodyError::from)))
             }
+            Kind::Encoded(e) => e
+                .poll_data(cx)
+                .map(|d| d.map(|r| r.map(Frame::data).map_err(BodyError::from))),
         };
         if let (Poll::Ready(Some(Ok(_))), Some(a)) = (&res, &mut this.active) {
             a.yielded();
@@ -136,6 +156,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
             Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Encoded(_) => false,
         }
     }
 
@@ -145,6 +166,7 @@ impl Body for ResponseBody {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::Encoded(_) => SizeHint::default(),
         }
     }
 }

@@ -109,6 +109,22 @@ async fn demo_routes_and_balances_with_nothing_installed() {
         );
     }
     assert!(statuses.contains(&429), "no request was limited: {statuses:?}");
+    // Once the bucket has refilled, the answer comes compressed.
+    let squeezed = eventually(Duration::from_secs(5), "a request within the limit", || async {
+        let a = send(
+            &c,
+            p.addr,
+            "GET",
+            "127.0.0.1",
+            "/private",
+            &[demo[0], ("accept-encoding", "gzip")],
+        )
+        .await
+        .unwrap();
+        (a.status == 200).then_some(a)
+    })
+    .await;
+    assert_eq!(squeezed.headers["content-encoding"], "gzip");
     let ready = eventually(Duration::from_secs(5), "readyz", || async {
         let a = admin_get(p.admin, "/readyz").await;
         (a.status == 200).then_some(a)

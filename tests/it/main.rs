@@ -16,6 +16,7 @@ mod admin_api;
 mod balancing;
 mod canary;
 mod cli;
+mod compress;
 mod docker;
 mod errors;
 mod etcd;

@@ -373,6 +373,9 @@ fn infer(key: &str, value: &str) -> toml::Value {
             | "deny"
             | "remove"
             | "users"
+            | "encodings"
+            | "content_types"
+            | "exclude_content_types"
     ) {
         return toml::Value::Array(v.split(',').map(|i| infer("", i)).collect());
     }
