@@ -22,6 +22,7 @@ pub enum Middleware {
     BasicAuth(BasicAuth),
     RateLimit(RateLimit),
     Compress(Compress),
+    Redirect(Redirect),
 }
 
 impl Middleware {
@@ -33,6 +34,7 @@ impl Middleware {
             Middleware::BasicAuth(_) => "basic_auth",
             Middleware::RateLimit(_) => "rate_limit",
             Middleware::Compress(_) => "compress",
+            Middleware::Redirect(_) => "redirect",
         }
     }
 }
@@ -133,6 +135,24 @@ impl Serialize for RateKey {
     }
 }
 
+/// A redirect instead of proxying: by a regex on the full URL, or to another scheme. Permanent:
+/// 301 for GET and HEAD, 308 otherwise; temporary: 302 and 307 (the method is kept).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Redirect {
+    #[serde(flatten)]
+    pub target: RedirectTarget,
+    pub permanent: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum RedirectTarget {
+    /// `scheme://host/path?query` matching `regex` goes to `replacement` (`${1}` for groups).
+    Regex { regex: String, replacement: String },
+    /// Requests on another scheme go to this one (and `port`, else the scheme's default).
+    Scheme { scheme: String, port: Option<u16> },
+}
+
 /// Response compression, streamed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Compress {
@@ -185,6 +205,17 @@ pub struct FileMiddleware {
     pub basic_auth: Option<FileBasicAuth>,
     pub rate_limit: Option<FileRateLimit>,
     pub compress: Option<FileCompress>,
+    pub redirect: Option<FileRedirect>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRedirect {
+    pub regex: Option<String>,
+    pub replacement: Option<String>,
+    pub scheme: Option<String>,
+    pub port: Option<i64>,
+    pub permanent: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -284,12 +315,13 @@ pub fn validate_middleware(
         m.basic_auth.is_some(),
         m.rate_limit.is_some(),
         m.compress.is_some(),
+        m.redirect.is_some(),
     ];
     if declared.iter().filter(|&&d| d).count() != 1 {
         errs.push(
             origin,
             field,
-            "declare exactly one type: headers, ip_allow, basic_auth, rate_limit or compress",
+            "declare exactly one type: headers, ip_allow, basic_auth, rate_limit, compress or redirect",
         );
         return None;
     }
@@ -304,6 +336,8 @@ pub fn validate_middleware(
             &format!("{field}.basic_auth"),
             errs,
         ))
+    } else if let Some(r) = m.redirect {
+        Middleware::Redirect(validate_redirect(r, origin, &format!("{field}.redirect"), errs))
     } else if let Some(c) = m.compress {
         Middleware::Compress(validate_compress(c, origin, &format!("{field}.compress"), errs))
     } else {
@@ -450,6 +484,55 @@ fn validate_basic_auth(b: FileBasicAuth, origin: &str, field: &str, errs: &mut E
         remove_header: b.remove_header.unwrap_or(true),
         user_header: b.user_header.map(|h| h.to_ascii_lowercase()),
     }
+}
+
+fn validate_redirect(r: FileRedirect, origin: &str, field: &str, errs: &mut Errors) -> Redirect {
+    let permanent = r.permanent.unwrap_or(false);
+    let target = match (r.regex, r.replacement, r.scheme) {
+        (Some(regex), Some(replacement), None) if r.port.is_none() => {
+            match regex::RegexBuilder::new(&regex).size_limit(1 << 20).build() {
+                Ok(_) => {}
+                Err(e) => errs.push(origin, format!("{field}.regex"), format!("invalid regex: {e}")),
+            }
+            if replacement.trim().is_empty() {
+                errs.push(origin, format!("{field}.replacement"), "empty");
+            }
+            RedirectTarget::Regex { regex, replacement }
+        }
+        (None, None, Some(scheme)) => {
+            let scheme = scheme.trim().to_ascii_lowercase();
+            if scheme != "http" && scheme != "https" {
+                errs.push(
+                    origin,
+                    format!("{field}.scheme"),
+                    format!("{scheme:?}: use http or https"),
+                );
+            }
+            let port = match r.port {
+                None => None,
+                Some(p) => match u16::try_from(p) {
+                    Ok(p) if p > 0 => Some(p),
+                    _ => {
+                        errs.push(origin, format!("{field}.port"), format!("{p} is not a port"));
+                        None
+                    }
+                },
+            };
+            RedirectTarget::Scheme { scheme, port }
+        }
+        _ => {
+            errs.push(
+                origin,
+                field,
+                "give either regex and replacement, or scheme (and port)",
+            );
+            RedirectTarget::Scheme {
+                scheme: "https".into(),
+                port: None,
+            }
+        }
+    };
+    Redirect { target, permanent }
 }
 
 fn validate_compress(c: FileCompress, origin: &str, field: &str, errs: &mut Errors) -> Compress {
@@ -636,7 +719,7 @@ mod tests {
                 "[headers]\n[ip_allow]\nallow = [\"10.0.0.0/8\"]\n",
                 "declare exactly one type",
             ),
-            ("[compress]\n", "unknown field `compress`"),
+            ("[forward_auth]\n", "unknown field `forward_auth`"),
             (
                 "[headers]\nrequest = { set = { \"bad name\" = \"x\" } }\n",
                 "middlewares.m.headers.request.set.bad name: \"bad name\" is not a header name",
@@ -659,6 +742,20 @@ mod tests {
             (
                 "[rate_limit]\naverage = 5\nkey = \"cookie:x\"\n",
                 "use client_ip, header:NAME or router",
+            ),
+            (
+                "[redirect]\nregex = \"(\"\nreplacement = \"x\"\n",
+                "middlewares.m.redirect.regex: invalid regex",
+            ),
+            (
+                "[redirect]\nregex = \"x\"\n",
+                "give either regex and replacement, or scheme",
+            ),
+            ("[redirect]\nscheme = \"ftp\"\n", "use http or https"),
+            ("[compress]\nencodings = [\"lz4\"]\n", "use zstd, br or gzip"),
+            (
+                "[compress]\ncontent_types = [\"html\"]\n",
+                "is not a content type",
             ),
         ] {
             let err = check(text).unwrap_err();

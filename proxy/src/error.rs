@@ -66,6 +66,8 @@ pub enum ProxyError {
     RateLimited(u64),
     /// The router names a middleware that no source declares: nothing is let through.
     MissingMiddleware { router: Arc<str>, middleware: Arc<str> },
+    /// A `redirect` middleware: this status, to this location.
+    Redirect(StatusCode, HeaderValue),
 }
 
 /// The client-body error behind an upstream failure, if that is what it was.
@@ -185,6 +187,7 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::MissingMiddleware { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Redirect(status, _) => *status,
         }
     }
 
@@ -216,6 +219,7 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::MissingMiddleware { .. } => "missing_middleware",
+            ProxyError::Redirect(..) => "redirected",
         }
     }
 
@@ -273,6 +277,11 @@ impl ProxyError {
             ProxyError::Forbidden => "403 forbidden: the client address is not allowed\n".into(),
             ProxyError::Unauthorized(_) => "401 unauthorized: valid credentials are needed\n".into(),
             ProxyError::RateLimited(s) => format!("429 too many requests: retry in {s} s\n"),
+            ProxyError::Redirect(status, location) => format!(
+                "{} redirect to {}\n",
+                status.as_u16(),
+                location.to_str().unwrap_or("")
+            ),
             ProxyError::MissingMiddleware { router, middleware } => format!(
                 "503 service unavailable: router {router} uses middleware {middleware:?}, which is not declared\n"
             ),
@@ -317,6 +326,9 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
         ProxyError::RateLimited(secs) => {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+        }
+        ProxyError::Redirect(_, location) => {
+            resp.headers_mut().insert(header::LOCATION, location.clone());
         }
         _ => {}
     }

@@ -155,8 +155,16 @@ impl Proxy {
         // The router's middlewares (boxed: a router without them keeps a small future).
         let mut plan = crate::middleware::Plan::default();
         if let Some(chain) = &r.route_rt.chain {
-            let head = req.method() == Method::HEAD;
-            match Box::pin(chain.request(&r.route.name, req.headers_mut(), client_ip, head)).await {
+            let (mut parts, body) = req.into_parts();
+            let line = crate::middleware::RequestLine {
+                scheme: conn.proto,
+                host: r.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+                path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                method: &parts.method,
+            };
+            let verdict = Box::pin(chain.request(&r.route.name, &mut parts.headers, client_ip, line)).await;
+            req = Request::from_parts(parts, body);
+            match verdict {
                 Ok(p) => plan = p,
                 Err((middleware, e)) => {
                     self.metrics

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gantry_config::middleware::{
-    BasicAuth, Compress, Encoding, HeaderEdits, IpAllow, Middleware, RateKey, RateLimit,
+    BasicAuth, Compress, Encoding, HeaderEdits, IpAllow, Middleware, RateKey, RateLimit, Redirect,
+    RedirectTarget,
 };
 use http::response::Parts;
 
@@ -42,8 +43,19 @@ pub struct Plan {
     encoding: Option<Encoding>,
 }
 
+/// What a redirect needs to know of the request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLine<'a> {
+    pub scheme: &'a str,
+    /// As the request named it (`host[:port]`).
+    pub host: &'a str,
+    pub path_and_query: &'a str,
+    pub method: &'a http::Method,
+}
+
 #[derive(Debug)]
 enum Step {
+    Redirect(Redirector),
     IpAllow(IpAllow),
     BasicAuth(Arc<Auth>),
     RateLimit(Limiter),
@@ -79,6 +91,10 @@ impl Chain {
                     compress.get_or_insert_with(|| c.clone());
                     continue;
                 }
+                Middleware::Redirect(r) => match Redirector::new(r) {
+                    Some(r) => Step::Redirect(r),
+                    None => continue,
+                },
             };
             steps.push((name, step));
         }
@@ -97,8 +113,9 @@ impl Chain {
         router: &Arc<str>,
         headers: &mut HeaderMap,
         client_ip: IpAddr,
-        head: bool,
+        line: RequestLine<'_>,
     ) -> Result<Plan, (Arc<str>, ProxyError)> {
+        let head = line.method == http::Method::HEAD;
         if let Some(m) = &self.missing {
             let e = ProxyError::MissingMiddleware {
                 router: router.clone(),
@@ -108,6 +125,10 @@ impl Chain {
         }
         for (name, step) in self.steps.iter() {
             let verdict = match step {
+                Step::Redirect(r) => match r.answer(&line) {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                },
                 Step::IpAllow(a) => {
                     if a.permits(client_ip) {
                         Ok(())
@@ -146,6 +167,83 @@ impl Chain {
             }
             _ => body,
         }
+    }
+}
+
+/// A `redirect` middleware, its regex compiled.
+#[derive(Debug)]
+struct Redirector {
+    target: Target,
+    permanent: bool,
+}
+
+#[derive(Debug)]
+enum Target {
+    Regex(regex::Regex, String),
+    Scheme(String, Option<u16>),
+}
+
+impl Redirector {
+    fn new(r: &Redirect) -> Option<Self> {
+        let target = match &r.target {
+            RedirectTarget::Regex { regex, replacement } => Target::Regex(
+                regex::RegexBuilder::new(regex).size_limit(1 << 20).build().ok()?,
+                replacement.clone(),
+            ),
+            RedirectTarget::Scheme { scheme, port } => Target::Scheme(scheme.clone(), *port),
+        };
+        Some(Redirector {
+            target,
+            permanent: r.permanent,
+        })
+    }
+
+    /// The redirect for this request, if it is one to redirect.
+    fn answer(&self, l: &RequestLine<'_>) -> Option<ProxyError> {
+        let location = match &self.target {
+            Target::Regex(re, replacement) => {
+                let url = format!("{}://{}{}", l.scheme, l.host, l.path_and_query);
+                if !re.is_match(&url) {
+                    return None;
+                }
+                re.replace(&url, replacement.as_str()).into_owned()
+            }
+            Target::Scheme(scheme, port) => {
+                if l.scheme == scheme {
+                    return None;
+                }
+                let name = host_without_port(l.host);
+                let default = if scheme == "https" { 443 } else { 80 };
+                match port.filter(|&p| p != default) {
+                    Some(p) => format!("{scheme}://{name}:{p}{}", l.path_and_query),
+                    None => format!("{scheme}://{name}{}", l.path_and_query),
+                }
+            }
+        };
+        let safe = matches!(*l.method, http::Method::GET | http::Method::HEAD);
+        let status = match (self.permanent, safe) {
+            (true, true) => http::StatusCode::MOVED_PERMANENTLY,
+            (true, false) => http::StatusCode::PERMANENT_REDIRECT,
+            (false, true) => http::StatusCode::FOUND,
+            (false, false) => http::StatusCode::TEMPORARY_REDIRECT,
+        };
+        // A replacement that makes no valid header value is no redirect (and no crash).
+        let location = HeaderValue::from_str(&location).ok()?;
+        Some(ProxyError::Redirect(status, location))
+    }
+}
+
+/// `example.com:8080` -> `example.com`; `[::1]:8080` -> `[::1]`.
+fn host_without_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return match rest.find(']') {
+            Some(i) => &host[..i + 2],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(i) => &host[..i],
+        None => host,
     }
 }
 
@@ -450,6 +548,57 @@ mod tests {
         let ip = IpAddr::from(std::net::Ipv4Addr::new(192, 0, 2, 1));
         assert!(l.admit(&h, ip, later).is_ok());
         assert!(l.tracked() <= 2, "{}", l.tracked());
+    }
+
+    #[test]
+    fn redirects_by_regex_and_by_scheme_keep_path_and_query_and_the_method() {
+        let re = Redirector::new(&Redirect {
+            target: RedirectTarget::Regex {
+                regex: "^https?://old\\.test/(.*)$".into(),
+                replacement: "https://new.test/${1}".into(),
+            },
+            permanent: true,
+        })
+        .unwrap();
+        let get = http::Method::GET;
+        let post = http::Method::POST;
+        let line = |host, pq, method| RequestLine {
+            scheme: "http",
+            host,
+            path_and_query: pq,
+            method,
+        };
+        let answer = |r: &Redirector, l| match r.answer(&l) {
+            Some(ProxyError::Redirect(s, loc)) => Some((s.as_u16(), loc.to_str().unwrap().to_string())),
+            _ => None,
+        };
+        assert_eq!(
+            answer(&re, line("old.test", "/a/b?x=1", &get)),
+            Some((301, "https://new.test/a/b?x=1".into()))
+        );
+        assert_eq!(answer(&re, line("old.test", "/a", &post)).unwrap().0, 308);
+        assert_eq!(answer(&re, line("other.test", "/a", &get)), None);
+        let https = Redirector::new(&Redirect {
+            target: RedirectTarget::Scheme {
+                scheme: "https".into(),
+                port: Some(8443),
+            },
+            permanent: false,
+        })
+        .unwrap();
+        assert_eq!(
+            answer(&https, line("h.test:8080", "/p?q", &get)),
+            Some((302, "https://h.test:8443/p?q".into()))
+        );
+        assert_eq!(
+            answer(&https, line("[::1]:8080", "/", &post)),
+            Some((307, "https://[::1]:8443/".into()))
+        );
+        let already = RequestLine {
+            scheme: "https",
+            ..line("h.test", "/", &get)
+        };
+        assert_eq!(answer(&https, already), None);
     }
 
     #[test]

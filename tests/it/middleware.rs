@@ -294,3 +294,43 @@ async fn a_bad_middleware_is_refused_with_its_origin_and_the_last_good_table_ser
     assert_eq!(get(&client(), g.addr(), "h", "/").await.headers["x-tag"], "one");
     g.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_by_regex_and_to_https_answer_without_the_backend() {
+    let b = Backend::start("b", Behavior::Name).await;
+    let g = Gantry::start(&format!(
+        r#"
+[routers.old]
+hosts = ["old.test"]
+service = "svc"
+middlewares = ["moved"]
+[routers.secure]
+hosts = ["secure.test"]
+service = "svc"
+middlewares = ["to-https"]
+[services.svc]
+backends = [{{ url = "{}" }}]
+[middlewares.moved.redirect]
+regex = '^http://old\.test/docs/(.*)$'
+replacement = "https://new.test/manual/${{1}}"
+permanent = true
+[middlewares.to-https.redirect]
+scheme = "https"
+"#,
+        b.url()
+    ))
+    .await;
+    let c = client();
+    let moved = get(&c, g.addr(), "old.test", "/docs/intro?lang=en").await;
+    assert_eq!(moved.status, 301);
+    assert_eq!(moved.headers["location"], "https://new.test/manual/intro?lang=en");
+    // Not matched by the regex: proxied.
+    assert_eq!(get(&c, g.addr(), "old.test", "/other").await.status, 200);
+    let post = send(&c, g.addr(), "POST", "secure.test:8080", "/form", &[])
+        .await
+        .unwrap();
+    assert_eq!(post.status, 307, "a temporary redirect keeps the method");
+    assert_eq!(post.headers["location"], "https://secure.test/form");
+    assert_eq!(b.requests(), 1, "only the unmatched request reached the backend");
+    g.running.shutdown().await;
+}
