@@ -464,9 +464,8 @@ impl Limiter {
             ),
         };
         let now = nanos_since_epoch(now);
-        let Ok(mut b) = self.keys.lock() else {
-            return Ok(());
-        };
+        // A limit fails closed: a lock poisoned by a panic elsewhere still counts.
+        let mut b = self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let key = if b.full_at.len() >= MAX_KEYS && !b.full_at.contains_key(&key) {
             if now.saturating_sub(b.swept) >= SWEEP_EVERY {
                 b.swept = now;
