@@ -239,7 +239,7 @@ impl FileConfig {
             check_name(&mut errs, origin, &field, &service);
             rollouts.extend(r.validate(&service, origin, &field, &mut errs));
         }
-        let mut state = match validate_state(self.routers, self.services, self.middlewares, origin) {
+        let mut state = match validate_state(self.routers, self.services, self.middlewares, origin, read) {
             Ok(s) => s,
             Err(e) => {
                 errs.extend(e);

@@ -9,6 +9,16 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize, Serializer};
 
+mod basic_auth;
+mod cors;
+mod errors;
+mod forward_auth;
+
+pub use basic_auth::{BasicAuth, FileBasicAuth};
+pub use cors::{Cors, FileCors};
+pub use errors::{ErrorPage, ErrorPages, FileErrors, StatusText};
+pub use forward_auth::{FileForwardAuth, ForwardAuth};
+
 use crate::check::check_name;
 use crate::duration;
 use crate::error::Errors;
@@ -23,6 +33,8 @@ pub enum Middleware {
     RateLimit(RateLimit),
     Compress(Compress),
     Redirect(Redirect),
+    ForwardAuth(ForwardAuth),
+    Errors(ErrorPages),
 }
 
 impl Middleware {
@@ -35,6 +47,8 @@ impl Middleware {
             Middleware::RateLimit(_) => "rate_limit",
             Middleware::Compress(_) => "compress",
             Middleware::Redirect(_) => "redirect",
+            Middleware::ForwardAuth(_) => "forward_auth",
+            Middleware::Errors(_) => "errors",
         }
     }
 }
@@ -44,6 +58,8 @@ impl Middleware {
 pub struct HeaderRules {
     pub request: HeaderEdits,
     pub response: HeaderEdits,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
 }
 
 /// Edits applied in order: remove, then set (replacing), then add (appending).
@@ -84,24 +100,6 @@ impl IpAllow {
         !self.deny.iter().any(|n| n.contains(&ip))
             && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip)))
     }
-}
-
-/// HTTP basic authentication against bcrypt hashes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct BasicAuth {
-    pub realm: String,
-    /// User -> bcrypt hash. Never shown: the admin API lists the user names only.
-    #[serde(serialize_with = "user_names")]
-    pub users: BTreeMap<String, String>,
-    /// Remove `Authorization` before forwarding (default true).
-    pub remove_header: bool,
-    /// Send the authenticated user's name upstream in this header.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_header: Option<String>,
-}
-
-fn user_names<S: Serializer>(users: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(users.keys())
 }
 
 /// A token bucket per key: `average` requests per `period` on the long run, `burst` at once.
@@ -206,6 +204,8 @@ pub struct FileMiddleware {
     pub rate_limit: Option<FileRateLimit>,
     pub compress: Option<FileCompress>,
     pub redirect: Option<FileRedirect>,
+    pub forward_auth: Option<FileForwardAuth>,
+    pub errors: Option<FileErrors>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -234,6 +234,7 @@ pub struct FileHeaders {
     pub response: Option<FileHeaderEdits>,
     /// Adds HSTS, `X-Content-Type-Options`, `Referrer-Policy` and `X-Frame-Options` to responses.
     pub security: Option<bool>,
+    pub cors: Option<FileCors>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -282,16 +283,6 @@ pub struct FileIpAllow {
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileBasicAuth {
-    /// `user:bcrypt-hash` entries, as `htpasswd -nbB user password` prints them.
-    pub users: Option<Vec<String>>,
-    pub realm: Option<String>,
-    pub remove_header: Option<bool>,
-    pub user_header: Option<String>,
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FileRateLimit {
     pub average: Option<i64>,
     pub period: Option<String>,
@@ -300,11 +291,15 @@ pub struct FileRateLimit {
     pub key: Option<String>,
 }
 
+/// Validates one middleware; `read` reads the files it names (an htpasswd file, an error page),
+/// relative to the config file (sources other than the file pass [`crate::file::no_files`]: a
+/// container label must not make Gantry read files on its host).
 pub fn validate_middleware(
     m: FileMiddleware,
     origin: &str,
     field: &str,
     name: &str,
+    read: crate::file::ReadFile<'_>,
     errs: &mut Errors,
 ) -> Option<Middleware> {
     let before = errs.0.len();
@@ -316,12 +311,14 @@ pub fn validate_middleware(
         m.rate_limit.is_some(),
         m.compress.is_some(),
         m.redirect.is_some(),
+        m.forward_auth.is_some(),
+        m.errors.is_some(),
     ];
     if declared.iter().filter(|&&d| d).count() != 1 {
         errs.push(
             origin,
             field,
-            "declare exactly one type: headers, ip_allow, basic_auth, rate_limit, compress or redirect",
+            "declare exactly one type: headers, ip_allow, basic_auth, forward_auth, rate_limit, compress, redirect or errors",
         );
         return None;
     }
@@ -330,10 +327,26 @@ pub fn validate_middleware(
     } else if let Some(a) = m.ip_allow {
         Middleware::IpAllow(validate_ip_allow(a, origin, &format!("{field}.ip_allow"), errs))
     } else if let Some(b) = m.basic_auth {
-        Middleware::BasicAuth(validate_basic_auth(
+        Middleware::BasicAuth(basic_auth::validate_basic_auth(
             b,
             origin,
             &format!("{field}.basic_auth"),
+            read,
+            errs,
+        ))
+    } else if let Some(f) = m.forward_auth {
+        Middleware::ForwardAuth(forward_auth::validate_forward_auth(
+            f,
+            origin,
+            &format!("{field}.forward_auth"),
+            errs,
+        ))
+    } else if let Some(e) = m.errors {
+        Middleware::Errors(errors::validate_errors(
+            e,
+            origin,
+            &format!("{field}.errors"),
+            read,
             errs,
         ))
     } else if let Some(r) = m.redirect {
@@ -356,6 +369,9 @@ fn validate_headers(h: FileHeaders, origin: &str, field: &str, errs: &mut Errors
     let mut rules = HeaderRules {
         request: edits(h.request, origin, &format!("{field}.request"), errs),
         response: edits(h.response, origin, &format!("{field}.response"), errs),
+        cors: h
+            .cors
+            .map(|c| cors::validate_cors(c, origin, &format!("{field}.cors"), errs)),
     };
     if h.security == Some(true) {
         for (n, v) in SECURITY_HEADERS {
@@ -366,11 +382,11 @@ fn validate_headers(h: FileHeaders, origin: &str, field: &str, errs: &mut Errors
                 .or_insert_with(|| v.to_string());
         }
     }
-    if rules.request.is_empty() && rules.response.is_empty() {
+    if rules.request.is_empty() && rules.response.is_empty() && rules.cors.is_none() {
         errs.push(
             origin,
             field,
-            "no header edits: set request/response set, add or remove, or security = true",
+            "no header edits: set request/response set, add or remove, security = true, or cors",
         );
     }
     rules
@@ -412,78 +428,32 @@ fn validate_ip_allow(a: FileIpAllow, origin: &str, field: &str, errs: &mut Error
     if allow.is_empty() && deny.is_empty() {
         errs.push(origin, field, "needs allow or deny (a list of networks)");
     }
-    IpAllow {
+    let rule = IpAllow {
         allow: crate::listener::validate_trusted_ips(&allow, origin, &format!("{field}.allow"), errs),
         deny: crate::listener::validate_trusted_ips(&deny, origin, &format!("{field}.deny"), errs),
-    }
-}
-
-fn validate_basic_auth(b: FileBasicAuth, origin: &str, field: &str, errs: &mut Errors) -> BasicAuth {
-    let before = errs.0.len();
-    let mut users = BTreeMap::new();
-    for (i, entry) in b.users.into_iter().flatten().enumerate() {
-        let f = format!("{field}.users[{i}]");
-        let Some((user, hash)) = entry.trim().split_once(':') else {
-            errs.push(
-                origin,
-                &f,
-                "expected user:bcrypt-hash (as `htpasswd -nbB user password` prints)",
-            );
-            continue;
-        };
-        let bcrypt = ["$2a$", "$2b$", "$2x$", "$2y$"]
-            .iter()
-            .any(|p| hash.starts_with(p));
-        if user.is_empty() {
-            errs.push(origin, &f, "empty user name");
-        } else if !bcrypt {
-            // Named without echoing the hash or password.
-            let what = if hash.starts_with("$apr1$") || hash.starts_with("$1$") {
-                "an MD5 hash"
-            } else if hash.starts_with("{SHA}") {
-                "a SHA-1 hash"
-            } else {
-                "not a bcrypt hash (plaintext or crypt)"
-            };
-            errs.push(
-                origin,
-                &f,
-                format!("user {user:?}: {what}; only bcrypt is accepted (htpasswd -B)"),
-            );
-        } else if users.insert(user.to_string(), hash.to_string()).is_some() {
-            errs.push(origin, &f, format!("user {user:?} is listed twice"));
+    };
+    // Lists that say nothing or contradict themselves are mistakes, not rules.
+    for (list, nets) in [("allow", &rule.allow), ("deny", &rule.deny)] {
+        for (i, n) in nets.iter().enumerate() {
+            if let Some(wider) = nets[..i].iter().find(|w| w.contains(n) || n.contains(*w)) {
+                errs.push(
+                    origin,
+                    format!("{field}.{list}[{i}]"),
+                    format!("{n} overlaps {wider}, listed before it"),
+                );
+            }
         }
     }
-    if users.is_empty() && errs.0.len() == before {
-        errs.push(
-            origin,
-            format!("{field}.users"),
-            "no users: nobody could get through",
-        );
+    for (i, n) in rule.allow.iter().enumerate() {
+        if let Some(d) = rule.deny.iter().find(|d| d.contains(n)) {
+            errs.push(
+                origin,
+                format!("{field}.allow[{i}]"),
+                format!("{n} is inside deny {d}: it can never let anyone in"),
+            );
+        }
     }
-    let realm = b.realm.unwrap_or_else(|| "gantry".into());
-    if realm.contains('"') || http::HeaderValue::from_str(&realm).is_err() {
-        errs.push(
-            origin,
-            format!("{field}.realm"),
-            format!("{realm:?} cannot be quoted in a header"),
-        );
-    }
-    if let Some(h) = &b.user_header
-        && http::HeaderName::from_bytes(h.as_bytes()).is_err()
-    {
-        errs.push(
-            origin,
-            format!("{field}.user_header"),
-            format!("{h:?} is not a header name"),
-        );
-    }
-    BasicAuth {
-        realm,
-        users,
-        remove_header: b.remove_header.unwrap_or(true),
-        user_header: b.user_header.map(|h| h.to_ascii_lowercase()),
-    }
+    rule
 }
 
 fn validate_redirect(r: FileRedirect, origin: &str, field: &str, errs: &mut Errors) -> Redirect {
@@ -681,7 +651,15 @@ mod tests {
     fn check(toml_text: &str) -> Result<Middleware, String> {
         let m: FileMiddleware = toml::from_str(toml_text).map_err(|e| e.to_string())?;
         let mut errs = Errors::new();
-        validate_middleware(m, "test.toml", "middlewares.m", "m", &mut errs).ok_or_else(|| errs.to_string())
+        validate_middleware(
+            m,
+            "test.toml",
+            "middlewares.m",
+            "m",
+            &crate::file::no_files,
+            &mut errs,
+        )
+        .ok_or_else(|| errs.to_string())
     }
 
     #[test]
@@ -719,7 +697,28 @@ mod tests {
                 "[headers]\n[ip_allow]\nallow = [\"10.0.0.0/8\"]\n",
                 "declare exactly one type",
             ),
-            ("[forward_auth]\n", "unknown field `forward_auth`"),
+            ("[forward_auth]\n", "is not a URL like"),
+            (
+                "[forward_auth]\naddress = \"https://auth/\"\n",
+                "not supported yet",
+            ),
+            ("[errors]\nstatus = [\"500-599\"]\n", "give either service"),
+            (
+                "[errors]\nstatus = [\"300\"]\nservice = \"pages\"\n",
+                "middlewares.m.errors.status[0]",
+            ),
+            (
+                "[errors]\nstatus = [500]\nfile = \"oops.html\"\n",
+                "this config source cannot refer to files",
+            ),
+            (
+                "[basic_auth]\nusers_file = \"users.htpasswd\"\n",
+                "middlewares.m.basic_auth.users_file: cannot read users.htpasswd",
+            ),
+            (
+                "[headers.cors]\nallow_origins = [\"app.example\"]\n",
+                "is not an origin like",
+            ),
             (
                 "[headers]\nrequest = { set = { \"bad name\" = \"x\" } }\n",
                 "middlewares.m.headers.request.set.bad name: \"bad name\" is not a header name",
@@ -729,6 +728,14 @@ mod tests {
                 "middlewares.m.ip_allow.allow[0]",
             ),
             ("[ip_allow]\n", "needs allow or deny"),
+            (
+                "[ip_allow]\nallow = [\"10.1.0.0/16\"]\ndeny = [\"10.0.0.0/8\"]\n",
+                "middlewares.m.ip_allow.allow[0]: 10.1.0.0/16 is inside deny 10.0.0.0/8",
+            ),
+            (
+                "[ip_allow]\nallow = [\"10.0.0.0/8\", \"10.2.0.0/16\"]\n",
+                "middlewares.m.ip_allow.allow[1]: 10.2.0.0/16 overlaps 10.0.0.0/8",
+            ),
             (
                 "[basic_auth]\nusers = [\"admin:secret\"]\n",
                 "only bcrypt is accepted",

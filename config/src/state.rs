@@ -136,6 +136,7 @@ pub fn validate_state(
     services: BTreeMap<String, FileService>,
     middlewares: BTreeMap<String, FileMiddleware>,
     origin: &str,
+    read: crate::file::ReadFile<'_>,
 ) -> Result<DesiredState, Errors> {
     let mut errs = Errors::new();
     let mut state = DesiredState::default();
@@ -153,7 +154,7 @@ pub fn validate_state(
     }
     for (name, m) in middlewares {
         let field = format!("middlewares.{name}");
-        if let Some(m) = validate_middleware(m, origin, &field, &name, &mut errs) {
+        if let Some(m) = validate_middleware(m, origin, &field, &name, read, &mut errs) {
             state.middlewares.insert(name, m);
         }
     }

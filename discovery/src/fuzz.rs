@@ -22,7 +22,7 @@ fn label_key() -> impl Strategy<Value = String> {
         "gantry\\.(version|weight|enable|middlewares|docker\\.network)",
         "gantry\\.scale\\.(min|max|target|utilization|window|burst_window|x)",
         "gantry\\.http\\.(routers|services|middlewares)\\.[a-z]{1,4}\\.[a-z._]{1,24}",
-        "gantry\\.http\\.middlewares\\.[a-z]{1,4}\\.(headers\\.(request|response)\\.(set|add|remove)(\\.[A-Za-z-]{1,6})?|ip_allow\\.(allow|deny)|basic_auth\\.(users|realm)|rate_limit\\.(average|burst|key))",
+        "gantry\\.http\\.middlewares\\.[a-z]{1,4}\\.(headers\\.(request|response)\\.(set|add|remove)(\\.[A-Za-z-]{1,6})?|ip_allow\\.(allow|deny)|basic_auth\\.(users|realm|users_file)|rate_limit\\.(average|burst|key)|headers\\.cors\\.(allow_origins|allow_methods|allow_credentials|max_age)|forward_auth\\.(address|timeout|response_headers)|errors\\.(status|service|path|file)|redirect\\.(regex|replacement|scheme|permanent))",
         "[a-z.]{1,20}",
     ]
 }

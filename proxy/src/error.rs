@@ -68,6 +68,13 @@ pub enum ProxyError {
     MissingMiddleware { router: Arc<str>, middleware: Arc<str> },
     /// A `redirect` middleware: this status, to this location.
     Redirect(StatusCode, HeaderValue),
+    /// A `forward_auth` middleware's auth service could not be reached, or broke off: 502.
+    AuthUnavailable(&'static str),
+    /// A `forward_auth` middleware's auth service did not answer in time: 504.
+    AuthTimeout(Duration),
+    /// A middleware answered the request itself (the auth service's refusal, a CORS
+    /// preflight): this response, named for logs and metrics.
+    Answered(&'static str, Box<Response<ResponseBody>>),
 }
 
 /// The client-body error behind an upstream failure, if that is what it was.
@@ -188,6 +195,9 @@ impl ProxyError {
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::MissingMiddleware { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Redirect(status, _) => *status,
+            ProxyError::AuthUnavailable(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::AuthTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Answered(_, resp) => resp.status(),
         }
     }
 
@@ -220,6 +230,9 @@ impl ProxyError {
             ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::MissingMiddleware { .. } => "missing_middleware",
             ProxyError::Redirect(..) => "redirected",
+            ProxyError::AuthUnavailable(_) => "auth_unavailable",
+            ProxyError::AuthTimeout(_) => "auth_timeout",
+            ProxyError::Answered(kind, _) => kind,
         }
     }
 
@@ -282,6 +295,12 @@ impl ProxyError {
                 status.as_u16(),
                 location.to_str().unwrap_or("")
             ),
+            ProxyError::AuthUnavailable(why) => format!("502 bad gateway: {why}\n"),
+            ProxyError::AuthTimeout(d) => format!(
+                "504 gateway timeout: the auth service did not answer within {}\n",
+                fmt_d(*d)
+            ),
+            ProxyError::Answered(_, resp) => format!("{}\n", resp.status()),
             ProxyError::MissingMiddleware { router, middleware } => format!(
                 "503 service unavailable: router {router} uses middleware {middleware:?}, which is not declared\n"
             ),

@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gantry_config::middleware::{
-    BasicAuth, Compress, Encoding, HeaderEdits, IpAllow, Middleware, RateKey, RateLimit, Redirect,
-    RedirectTarget,
+    BasicAuth, Compress, Cors, Encoding, ErrorPages, HeaderEdits, IpAllow, Middleware, RateKey, RateLimit,
+    Redirect, RedirectTarget,
 };
 use http::response::Parts;
 
 use crate::compress;
+use crate::forward_auth::AuthClient;
 use crate::response::ResponseBody;
 use gantry_config::routing::UsedMiddleware;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -34,13 +35,18 @@ pub struct Chain {
     response: Box<[Edits]>,
     /// The first `compress` middleware.
     compress: Option<Compress>,
+    /// The first CORS rule (of a `headers` middleware).
+    cors: Option<Arc<Cors>>,
+    /// Every `errors` middleware, in order: the first that covers a status gives its page.
+    errors: Box<[ErrorPages]>,
 }
 
 /// What the request side decided for the response: the coding to compress it with, if it
-/// turns out to be compressible.
-#[derive(Debug, Default, Clone, Copy)]
+/// turns out to be compressible, and the CORS origin to allow.
+#[derive(Debug, Default, Clone)]
 pub struct Plan {
     encoding: Option<Encoding>,
+    cors_origin: Option<HeaderValue>,
 }
 
 /// What a redirect needs to know of the request.
@@ -60,11 +66,16 @@ enum Step {
     BasicAuth(Arc<Auth>),
     RateLimit(Limiter),
     Headers(Edits),
+    Cors(Arc<Cors>),
+    ForwardAuth(AuthClient),
 }
 
 impl Chain {
-    /// The chain of a router with these middlewares (`Err(name)`: one that is not declared).
-    pub fn new(middlewares: &[UsedMiddleware]) -> Option<Self> {
+    /// The chain of a router with these middlewares. `previous` is the router's chain in the
+    /// snapshot being replaced: a rate limit that did not change keeps its buckets, so that a
+    /// route rebuilt for another reason (its service scaled, another middleware edited) does
+    /// not hand every client a fresh burst.
+    pub fn new(middlewares: &[UsedMiddleware], previous: Option<&Chain>) -> Option<Self> {
         if middlewares.is_empty() {
             return None;
         }
@@ -75,6 +86,8 @@ impl Chain {
         let mut steps = Vec::new();
         let mut response = Vec::new();
         let mut compress = None;
+        let mut cors = None;
+        let mut errors = Vec::new();
         for (name, m) in middlewares
             .iter()
             .filter_map(|(n, m)| Some((n.clone(), m.as_deref()?)))
@@ -82,10 +95,31 @@ impl Chain {
             let step = match m {
                 Middleware::IpAllow(a) => Step::IpAllow(a.clone()),
                 Middleware::BasicAuth(b) => Step::BasicAuth(Arc::new(Auth::new(b))),
-                Middleware::RateLimit(r) => Step::RateLimit(Limiter::new(r)),
+                Middleware::RateLimit(r) => {
+                    let kept = previous.and_then(|p| {
+                        p.steps.iter().find_map(|(n, step)| match step {
+                            Step::RateLimit(l) if *n == name && l.spec == *r => Some(l.keys.clone()),
+                            _ => None,
+                        })
+                    });
+                    Step::RateLimit(Limiter::new(r, kept))
+                }
                 Middleware::Headers(h) => {
                     response.push(Edits::new(&h.response));
+                    if let Some(c) = &h.cors {
+                        let c = Arc::new(c.clone());
+                        cors.get_or_insert_with(|| c.clone());
+                        steps.push((name.clone(), Step::Cors(c)));
+                    }
                     Step::Headers(Edits::new(&h.request))
+                }
+                Middleware::ForwardAuth(f) => match AuthClient::new(f) {
+                    Some(a) => Step::ForwardAuth(a),
+                    None => continue,
+                },
+                Middleware::Errors(e) => {
+                    errors.push(e.clone());
+                    continue;
                 }
                 Middleware::Compress(c) => {
                     compress.get_or_insert_with(|| c.clone());
@@ -103,7 +137,19 @@ impl Chain {
             steps: steps.into(),
             response: response.into(),
             compress,
+            cors,
+            errors: errors.into(),
         })
+    }
+
+    pub fn has_error_pages(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
+    /// The error pages for a response with this status, if a middleware covers it.
+    #[inline]
+    pub fn error_pages(&self, status: u16) -> Option<&ErrorPages> {
+        self.errors.iter().find(|e| e.covers(status))
     }
 
     /// Runs the request side of every middleware in order; the first refusal ends the request
@@ -123,8 +169,17 @@ impl Chain {
             };
             return Err((m.clone(), e));
         }
+        let mut cors_origin = None;
         for (name, step) in self.steps.iter() {
             let verdict = match step {
+                Step::Cors(c) => match crate::cors::check(c, headers, line.method) {
+                    Ok(origin) => {
+                        cors_origin = origin;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                Step::ForwardAuth(a) => a.check(headers, client_ip, &line).await,
                 Step::Redirect(r) => match r.answer(&line) {
                     Some(e) => Err(e),
                     None => Ok(()),
@@ -149,13 +204,19 @@ impl Chain {
             Some(c) if !head => compress::negotiate(headers.get(header::ACCEPT_ENCODING), &c.encodings),
             _ => None,
         };
-        Ok(Plan { encoding })
+        Ok(Plan {
+            encoding,
+            cors_origin,
+        })
     }
 
     /// Applies the response edits, and compression when planned and the response allows it.
     pub fn response(&self, parts: &mut Parts, body: ResponseBody, plan: Plan) -> ResponseBody {
         for e in self.response.iter() {
             e.apply(&mut parts.headers);
+        }
+        if let Some(c) = &self.cors {
+            crate::cors::respond(c, &mut parts.headers, plan.cors_origin);
         }
         match &self.compress {
             Some(c) if compress::compressible(c, parts) => {
@@ -212,12 +273,7 @@ impl Redirector {
                 if l.scheme == scheme {
                     return None;
                 }
-                let name = host_without_port(l.host);
-                let default = if scheme == "https" { 443 } else { 80 };
-                match port.filter(|&p| p != default) {
-                    Some(p) => format!("{scheme}://{name}:{p}{}", l.path_and_query),
-                    None => format!("{scheme}://{name}{}", l.path_and_query),
-                }
+                on_scheme(scheme, host_without_port(l.host), *port, l.path_and_query)
             }
         };
         let safe = matches!(*l.method, http::Method::GET | http::Method::HEAD);
@@ -230,6 +286,16 @@ impl Redirector {
         // A replacement that makes no valid header value is no redirect (and no crash).
         let location = HeaderValue::from_str(&location).ok()?;
         Some(ProxyError::Redirect(status, location))
+    }
+}
+
+/// The same resource on another scheme: `scheme://host[:port]/path?query`, the port left out
+/// when it is the scheme's default. Routers' `redirect_https` use it too.
+pub(crate) fn on_scheme(scheme: &str, host: &str, port: Option<u16>, path_and_query: &str) -> String {
+    let default = if scheme == "https" { 443 } else { 80 };
+    match port.filter(|&p| p != default) {
+        Some(p) => format!("{scheme}://{host}:{p}{path_and_query}"),
+        None => format!("{scheme}://{host}{path_and_query}"),
     }
 }
 
@@ -417,7 +483,10 @@ struct Limiter {
     interval: u64,
     /// How far ahead of now a key's bucket may be and still admit: (burst - 1) intervals.
     tolerance: u64,
-    keys: Mutex<Buckets>,
+    /// As declared: a rebuilt route keeps the buckets of an unchanged limit.
+    spec: RateLimit,
+    /// Shared with the same limit of the route's previous runtime (see [`Chain::new`]).
+    keys: Arc<Mutex<Buckets>>,
 }
 
 #[derive(Debug, Default)]
@@ -441,13 +510,14 @@ enum Key {
 pub(crate) const MAX_KEYS: usize = 65_536;
 
 impl Limiter {
-    fn new(r: &RateLimit) -> Self {
+    fn new(r: &RateLimit, keys: Option<Arc<Mutex<Buckets>>>) -> Self {
         let interval = (r.period.as_nanos() as u64 / u64::from(r.average.max(1))).max(1);
         Limiter {
             key: r.key.clone(),
             interval,
             tolerance: interval.saturating_mul(u64::from(r.burst.max(1)) - 1),
-            keys: Mutex::new(Buckets::default()),
+            spec: r.clone(),
+            keys: keys.unwrap_or_default(),
         }
     }
 
@@ -502,12 +572,41 @@ mod tests {
     use super::*;
 
     fn limiter(average: u32, burst: u32, key: RateKey) -> Limiter {
-        Limiter::new(&RateLimit {
-            average,
-            period: Duration::from_secs(1),
-            burst,
-            key,
-        })
+        Limiter::new(
+            &RateLimit {
+                average,
+                period: Duration::from_secs(1),
+                burst,
+                key,
+            },
+            None,
+        )
+    }
+
+    #[test]
+    fn a_rebuilt_chain_keeps_the_buckets_of_an_unchanged_limit() {
+        let limit = |average| {
+            let m = Middleware::RateLimit(RateLimit {
+                average,
+                period: Duration::from_secs(1),
+                burst: 1,
+                key: RateKey::Router,
+            });
+            vec![(Arc::<str>::from("limit"), Some(Arc::new(m)))]
+        };
+        let admit = |c: &Chain| match &c.steps[0].1 {
+            Step::RateLimit(l) => l
+                .admit(&HeaderMap::new(), [192, 0, 2, 1].into(), Instant::now())
+                .is_ok(),
+            _ => unreachable!(),
+        };
+        let first = Chain::new(&limit(1), None).unwrap();
+        assert!(admit(&first));
+        assert!(!admit(&first));
+        let rebuilt = Chain::new(&limit(1), Some(&first)).unwrap();
+        assert!(!admit(&rebuilt), "a rebuilt route handed out a fresh burst");
+        let changed = Chain::new(&limit(2), Some(&rebuilt)).unwrap();
+        assert!(admit(&changed), "a changed limit starts afresh");
     }
 
     #[test]

@@ -86,6 +86,14 @@ impl ResponseBody {
         b
     }
 
+    /// A body streamed from a connection that is not a backend's (an auth service's answer).
+    pub(crate) fn unleased(body: Incoming) -> Self {
+        Self {
+            kind: Kind::Upstream { body, lease: None },
+            active: None,
+        }
+    }
+
     /// This body, encoded as it streams.
     pub(crate) fn encoded(self, encoding: gantry_config::middleware::Encoding) -> Self {
         let active = None;

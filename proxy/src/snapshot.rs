@@ -506,13 +506,18 @@ impl Snapshot {
         for id in route_ids {
             let new = table.route(id).and_then(|r| {
                 let svc = services.get(r.service as usize)?.as_ref()?;
+                let previous = routes
+                    .get(id as usize)
+                    .and_then(Option::as_ref)
+                    .filter(|p| p.name == r.name)
+                    .and_then(|p| p.chain.as_ref());
                 Some(Arc::new(RouteRuntime {
                     name: r.name.clone(),
                     service: svc.name.clone(),
                     histogram: metrics.route_histogram(&r.name, &svc.name),
                     per_backend: (0..svc.backends.len()).map(|_| OnceLock::new()).collect(),
                     no_backend: metrics.class_counters(&r.name, &svc.name, ""),
-                    chain: crate::middleware::Chain::new(&r.middlewares),
+                    chain: crate::middleware::Chain::new(&r.middlewares, previous),
                 }))
             });
             if let Some(new) = &new {

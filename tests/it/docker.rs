@@ -641,9 +641,10 @@ async fn gantry_in_a_container_routes_by_container_ip_on_its_network() {
     }
 }
 
-// Middlewares from labels: declared on a container in Traefik's shape, attached to its compact
-// route with `gantry.middlewares`, next to a middleware the file declares (either source's
-// routers may use either source's middlewares).
+// Middlewares from labels: declared on a container in Traefik's shape (headers with CORS, a
+// regex redirect, error pages from a file-declared service), attached to its compact route with
+// `gantry.middlewares`, next to a middleware the file declares (either source's routers may use
+// either source's middlewares).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn middlewares_from_labels_and_the_file_apply_to_a_containers_route() {
     let _lock = lock().await;
@@ -653,7 +654,23 @@ async fn middlewares_from_labels_and_the_file_apply_to_a_containers_route() {
         &mut cleanup,
         &[
             ("gantry.routing.port_80", &host),
-            ("gantry.middlewares", "sec,auth"),
+            ("gantry.middlewares", "sec,moved,auth,oops"),
+            (
+                "gantry.http.middlewares.sec.headers.cors.allow_origins",
+                "https://app.test,https://admin.test",
+            ),
+            ("gantry.http.middlewares.sec.headers.cors.max_age", "60"),
+            (
+                "gantry.http.middlewares.moved.redirect.regex",
+                "^http://[^/]+/old/(.*)$",
+            ),
+            (
+                "gantry.http.middlewares.moved.redirect.replacement",
+                "http://new.test/${1}",
+            ),
+            ("gantry.http.middlewares.oops.errors.status", "401"),
+            ("gantry.http.middlewares.oops.errors.service", "error-pages"),
+            ("gantry.http.middlewares.oops.errors.path", "/{status}.html"),
             (
                 "gantry.http.middlewares.sec.headers.response.set.X-Frame-Options",
                 "DENY",
@@ -667,8 +684,13 @@ async fn middlewares_from_labels_and_the_file_apply_to_a_containers_route() {
         &[],
     );
     let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let pages = Backend::start("login-page", Behavior::Name).await;
     let g = gantry_on_docker(
-        &format!("[middlewares.auth.basic_auth]\nusers = [\"ops:{hash}\"]\n"),
+        &format!(
+            "[middlewares.auth.basic_auth]\nusers = [\"ops:{hash}\"]\n\
+             [services.error-pages]\nbackends = [{{ url = \"{}\" }}]\n",
+            pages.url()
+        ),
         None,
     )
     .await;
@@ -679,6 +701,31 @@ async fn middlewares_from_labels_and_the_file_apply_to_a_containers_route() {
     })
     .await;
     assert_eq!(challenged.headers["www-authenticate"], "Basic realm=\"gantry\"");
+    assert_eq!(challenged.body, "login-page", "the labels' error page");
+    assert_eq!(pages.last().uri, "/401.html");
+    // CORS (a preflight carries no credentials: answered before auth) and a regex redirect.
+    let preflight = send(
+        &c,
+        g.addr(),
+        "OPTIONS",
+        &host,
+        "/api",
+        &[
+            ("origin", "https://admin.test"),
+            ("access-control-request-method", "GET"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        preflight.headers["access-control-allow-origin"],
+        "https://admin.test"
+    );
+    assert_eq!(preflight.headers["access-control-max-age"], "60");
+    let moved = get(&c, g.addr(), &host, "/old/page?x=1").await;
+    assert_eq!(moved.status, 302, "{}", moved.body);
+    assert_eq!(moved.headers["location"], "http://new.test/page?x=1");
     use base64::Engine;
     let auth = format!(
         "Basic {}",
@@ -698,6 +745,9 @@ async fn middlewares_from_labels_and_the_file_apply_to_a_containers_route() {
         .find(|r| r["match"]["hosts"][0] == host.as_str())
         .cloned()
         .unwrap();
-    assert_eq!(router["middlewares"], serde_json::json!(["sec", "auth"]));
+    assert_eq!(
+        router["middlewares"],
+        serde_json::json!(["sec", "moved", "auth", "oops"])
+    );
     g.running.shutdown().await;
 }

@@ -12,7 +12,7 @@ use rustix::process::Signal;
 use serde_json::Value;
 
 use crate::etcd_support::{ETCD_LOCK, Etcd, delete, free_port, put};
-use crate::support::{Backend, Behavior, Gantry, admin_get, admin_json, client, eventually, get};
+use crate::support::{Backend, Behavior, Gantry, admin_get, admin_json, client, eventually, get, send};
 
 fn opts(endpoints: Vec<String>) -> gantry::Options {
     gantry::Options {
@@ -632,11 +632,16 @@ async fn middlewares_from_etcd_apply_to_routers_of_either_source() {
     let etcd = Etcd::start().await;
     let mut c = etcd.client().await;
     let app = Backend::start("app", Behavior::Name).await;
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let g = start(
         &etcd,
         &format!(
             "[routers.filed]\nhosts = [\"filed.test\"]\nservice = \"app\"\nmiddlewares = [\"tag\"]\n\
-             [services.app]\nbackends = [{{ url = \"{}\" }}]\n",
+             [services.app]\nbackends = [{{ url = \"{}\" }}]\n\
+             [services.down]\nbackends = [{{ url = \"http://{refused}\" }}]\n",
             app.url()
         ),
     )
@@ -702,5 +707,59 @@ async fn middlewares_from_etcd_apply_to_routers_of_either_source() {
     })
     .await;
     assert!(refused.body.contains("middleware \"office\""), "{}", refused.body);
+
+    // CORS, a redirect and error pages from etcd, on an etcd router over a backend that is down
+    // (Gantry's own 502 gets the page, served by the file's `app`).
+    put(
+        &mut c,
+        "/gantry/middlewares/cors",
+        r#"{"headers": {"cors": {"allow_origins": ["https://app.test"], "allow_methods": ["*"]}}}"#,
+    )
+    .await;
+    put(
+        &mut c,
+        "/gantry/middlewares/moved",
+        r#"{"redirect": {"regex": "^http://pages\\.test/old$", "replacement": "https://pages.test/new", "permanent": true}}"#,
+    )
+    .await;
+    put(
+        &mut c,
+        "/gantry/middlewares/oops",
+        r#"{"errors": {"status": ["500-599"], "service": "app", "path": "/sorry/{status}"}}"#,
+    )
+    .await;
+    put(
+        &mut c,
+        "/gantry/routers/pages",
+        r#"{"hosts": ["pages.test"], "service": "down", "middlewares": ["cors", "moved", "oops"]}"#,
+    )
+    .await;
+    let page = eventually(Duration::from_secs(15), "the etcd error page", || async {
+        let a = get(&cl, g.addr(), "pages.test", "/").await;
+        (a.status == 502 && a.body == "app").then_some(a)
+    })
+    .await;
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(app.last().uri, "/sorry/502");
+    let moved = get(&cl, g.addr(), "pages.test", "/old").await;
+    assert_eq!(
+        (moved.status, &moved.headers["location"]),
+        (301, &"https://pages.test/new".parse().unwrap())
+    );
+    let preflight = send(
+        &cl,
+        g.addr(),
+        "OPTIONS",
+        "pages.test",
+        "/",
+        &[
+            ("origin", "https://app.test"),
+            ("access-control-request-method", "DELETE"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(preflight.status, 204);
+    assert_eq!(preflight.headers["access-control-allow-methods"], "DELETE");
     g.running.shutdown().await;
 }

@@ -13,6 +13,7 @@ mod support;
 
 mod abuse;
 mod admin_api;
+mod auth;
 mod balancing;
 mod canary;
 mod cli;
@@ -26,6 +27,7 @@ mod health;
 mod hygiene;
 mod image;
 mod middleware;
+mod pages;
 mod reload;
 mod routing;
 mod scaling;

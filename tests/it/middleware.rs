@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// A bcrypt hash of `password` (cost 4: the tests check behaviour, not bcrypt's strength).
-fn bcrypt_hash(password: &str) -> String {
+pub(crate) fn bcrypt_hash(password: &str) -> String {
     bcrypt::hash(password, 4).unwrap()
 }
 
-fn basic(user: &str, password: &str) -> String {
+pub(crate) fn basic(user: &str, password: &str) -> String {
     use base64::Engine;
     format!(
         "Basic {}",
@@ -23,7 +23,7 @@ fn basic(user: &str, password: &str) -> String {
 /// One router `web` over `backend` with these middlewares declared and attached, and the
 /// entrypoint trusting loopback peers (so that tests can speak for other client addresses
 /// with `X-Forwarded-For`).
-fn config(backend: &Backend, declared: &str, attached: &[&str]) -> String {
+pub(crate) fn config(backend: &Backend, declared: &str, attached: &[&str]) -> String {
     let attached: Vec<String> = attached.iter().map(|m| format!("{m:?}")).collect();
     format!(
         "[entrypoints.web]\naddress = \"127.0.0.1:0\"\ntrusted_ips = [\"127.0.0.0/8\"]\n\n\

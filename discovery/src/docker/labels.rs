@@ -376,6 +376,13 @@ fn infer(key: &str, value: &str) -> toml::Value {
             | "encodings"
             | "content_types"
             | "exclude_content_types"
+            | "status"
+            | "allow_origins"
+            | "allow_methods"
+            | "allow_headers"
+            | "expose_headers"
+            | "request_headers"
+            | "response_headers"
     ) {
         return toml::Value::Array(v.split(',').map(|i| infer("", i)).collect());
     }

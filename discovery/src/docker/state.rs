@@ -390,6 +390,7 @@ impl Declared {
                 &origin(&owner),
                 &format!("label gantry.http.middlewares.{name}"),
                 &name,
+                &gantry_config::file::no_files,
                 &mut self.problems,
             ) {
                 state.middlewares.insert(name, m);

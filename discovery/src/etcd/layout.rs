@@ -244,7 +244,7 @@ impl Layout {
             (Kind::Middleware(name), e) => {
                 let new = e
                     .and_then(|e| json::<FileMiddleware>(e, &o, &mut problems))
-                    .and_then(|m| validate_middleware(m, &o, "value", &name, &mut problems));
+                    .and_then(|m| validate_middleware(m, &o, "value", &name, &gantry_config::file::no_files, &mut problems));
                 match (e, new) {
                     (None, _) => {
                         self.middlewares.remove(&name);
