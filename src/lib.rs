@@ -57,6 +57,10 @@ pub struct Options {
     /// made (default 1 s).
     pub scale_sample: Option<Duration>,
     pub scale_tick: Option<Duration>,
+    /// `--access-log`: stdout, stderr or a file (over the config's `[access_log] path`).
+    pub access_log: Option<String>,
+    /// `--access-log-format` (over the config's `[access_log] format`).
+    pub access_log_format: Option<gantry_config::access_log::LogFormat>,
 }
 
 /// The `--docker*` flags; each one set overrides the config file's `[docker]` section.
@@ -78,6 +82,8 @@ pub enum StartError {
         error: std::io::Error,
     },
     Metrics(prometheus::Error),
+    /// The access log's file cannot be opened.
+    AccessLog(String, std::io::Error),
 }
 
 impl std::fmt::Display for StartError {
@@ -86,6 +92,7 @@ impl std::fmt::Display for StartError {
             StartError::Config(e) => write!(f, "invalid configuration:\n{e}"),
             StartError::Bind { what, addr, error } => write!(f, "cannot listen on {addr} ({what}): {error}"),
             StartError::Metrics(e) => write!(f, "metrics registry: {e}"),
+            StartError::AccessLog(target, e) => write!(f, "cannot open the access log {target}: {e}"),
         }
     }
 }
@@ -197,6 +204,20 @@ pub fn resolve(
     if let Some(admin) = opts.admin {
         static_config.admin = admin;
     }
+    // The file's access log path is relative to the file; the flag's to the working directory.
+    if let (Some(a), Some(dir)) = (
+        &mut static_config.access_log,
+        opts.config.as_ref().and_then(|c| c.parent()),
+    ) && let gantry_config::access_log::LogTarget::File(p) = &mut a.target
+        && std::path::Path::new(p.as_str()).is_relative()
+    {
+        *p = dir.join(p.as_str()).display().to_string();
+    }
+    static_config.access_log = gantry_config::access_log::AccessLog::with_flags(
+        static_config.access_log.take(),
+        opts.access_log.as_deref(),
+        opts.access_log_format,
+    );
     let docker = match (&opts.docker, &static_config.docker) {
         (None, None) => None,
         (flags, from_file) => {
@@ -267,6 +288,20 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     // 3. Data plane and control plane; the first table is live before `start` returns.
     let registry = Registry::new();
     let proxy = Proxy::new(names.clone(), &registry).map_err(StartError::Metrics)?;
+    if let Some(spec) = &static_config.access_log {
+        let logger = gantry_proxy::access_log::AccessLogger::start(spec.clone(), &registry)
+            .map_err(|e| StartError::AccessLog(format!("{:?}", spec.target), e))?;
+        let _ = proxy.access_log.set(logger.clone());
+        // logrotate's convention: SIGUSR1 reopens the file.
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut usr1) = signal(SignalKind::user_defined1()) {
+            tokio::spawn(async move {
+                while usr1.recv().await.is_some() {
+                    logger.reopen();
+                }
+            });
+        }
+    }
     let status = Arc::new(Publisher::new(proxy.clone(), &registry).map_err(StartError::Metrics)?);
     let mut reconciler = Reconciler::new(names, status.clone());
     let origin = match (&file, &opts.embedded) {

@@ -47,6 +47,12 @@ enum Command {
         /// Admin API address (default 127.0.0.1:8081, or the config's).
         #[arg(long)]
         admin: Option<SocketAddr>,
+        /// Write an access log: stdout, stderr or a file (over the config's [access_log]).
+        #[arg(long, value_name = "stdout|stderr|FILE")]
+        access_log: Option<String>,
+        /// The access log's format (implies --access-log stdout when that is not given).
+        #[arg(long, value_name = "json|common|combined", value_parser = parse_log_format)]
+        access_log_format: Option<gantry_config::access_log::LogFormat>,
         /// Follow a Docker engine: containers' labels become routes. ENDPOINT defaults to
         /// DOCKER_HOST, then unix:///var/run/docker.sock.
         #[arg(long, value_name = "ENDPOINT", num_args = 0..=1, default_missing_value = "")]
@@ -239,6 +245,8 @@ async fn async_main(command: Command) -> ExitCode {
             config,
             listen,
             admin,
+            access_log,
+            access_log_format,
             docker,
             docker_address,
             docker_network,
@@ -268,6 +276,8 @@ async fn async_main(command: Command) -> ExitCode {
                         instance_id,
                     }),
                     driver_ttl: Some(Duration::from_secs(driver_ttl)),
+                    access_log,
+                    access_log_format,
                     ..Default::default()
                 },
                 false,
@@ -369,4 +379,9 @@ fn raise_fd_limit() {
             tracing::warn!(error = %e, "cannot raise the open-files limit");
         }
     }
+}
+
+fn parse_log_format(s: &str) -> Result<gantry_config::access_log::LogFormat, String> {
+    gantry_config::access_log::LogFormat::parse(s)
+        .ok_or_else(|| format!("{s:?}: use json, common or combined"))
 }

@@ -67,6 +67,14 @@ pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::E
     s.serialize_str(&format(*d))
 }
 
+/// serde helper for an optional duration (`null` when absent).
+pub fn serialize_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&format(*d)),
+        None => s.serialize_none(),
+    }
+}
+
 /// `#[serde(with = "crate::duration::text")]`: a duration as users write it, both ways.
 pub mod text {
     pub use super::serialize;

@@ -53,6 +53,7 @@ pub struct FileConfig {
     pub middlewares: BTreeMap<String, crate::middleware::FileMiddleware>,
     #[serde(default)]
     pub rollouts: BTreeMap<String, crate::rollout::FileRollout>,
+    pub access_log: Option<crate::access_log::FileAccessLog>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,7 +86,7 @@ pub struct FileAdmin {
 }
 
 /// The parts of a validated config file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ValidatedFile {
     pub static_config: StaticConfig,
     pub state: DesiredState,
@@ -239,6 +240,9 @@ impl FileConfig {
             check_name(&mut errs, origin, &field, &service);
             rollouts.extend(r.validate(&service, origin, &field, &mut errs));
         }
+        let access_log = self
+            .access_log
+            .map(|a| crate::access_log::validate_access_log(a, origin, &mut errs));
         let mut state = match validate_state(self.routers, self.services, self.middlewares, origin, read) {
             Ok(s) => s,
             Err(e) => {
@@ -255,6 +259,7 @@ impl FileConfig {
                 docker,
                 admin_token_file,
                 rollouts,
+                access_log,
             },
             state,
         })
@@ -290,7 +295,7 @@ fn validate_tls(t: &FileTls, origin: &str, read: ReadFile<'_>, errs: &mut Errors
 mod tests;
 /// Settings read once at start-up: changing them needs a restart, as with Traefik's static
 /// configuration (sockets cannot be re-bound under live connections without surprises).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StaticConfig {
     pub entrypoints: Vec<Entrypoint>,
     pub admin: SocketAddr,
@@ -306,6 +311,9 @@ pub struct StaticConfig {
     /// Rollouts declared in the file, started when Gantry starts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rollouts: Vec<crate::rollout::RolloutSpec>,
+    /// The access log, when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<crate::access_log::AccessLog>,
 }
 
 /// The default drain deadline after SIGTERM.
@@ -328,6 +336,7 @@ impl Default for StaticConfig {
             docker: None,
             admin_token_file: None,
             rollouts: Vec::new(),
+            access_log: None,
         }
     }
 }

@@ -35,6 +35,7 @@
 //! place where a value is checked, and every error names its origin (file, label, etcd key), the
 //! field and the reason.
 
+pub mod access_log;
 pub mod backend;
 pub mod canary;
 pub mod check;

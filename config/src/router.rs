@@ -29,6 +29,8 @@ pub struct Router {
     pub max_body_bytes: u64,
     /// On a plain-HTTP entrypoint, answer 308 with the https:// URL instead of proxying.
     pub redirect_https: bool,
+    /// Requests of this router get access log lines (default true).
+    pub access_log: bool,
     /// Middlewares run in this order (names; declared by any source).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub middlewares: Vec<String>,
@@ -54,6 +56,7 @@ pub struct FileRouter {
     pub service: Option<String>,
     pub max_body_bytes: Option<FileSize>,
     pub redirect_https: Option<bool>,
+    pub access_log: Option<bool>,
     pub middlewares: Option<Vec<String>>,
 }
 
@@ -205,6 +208,7 @@ pub fn validate_router(
         middlewares,
         max_body_bytes,
         redirect_https,
+        access_log: r.access_log.unwrap_or(true),
         entrypoints,
         matcher,
         priority,

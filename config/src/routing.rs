@@ -51,6 +51,7 @@ pub struct Route {
     pub service_name: Arc<str>,
     pub max_body_bytes: u64,
     pub redirect_https: bool,
+    pub access_log: bool,
     /// As declared (empty: all of them).
     pub entrypoints: Vec<String>,
     /// Indexes of the entrypoints the route is attached to.
@@ -74,6 +75,7 @@ impl Route {
             service: self.service_name.to_string(),
             max_body_bytes: self.max_body_bytes,
             redirect_https: self.redirect_https,
+            access_log: self.access_log,
             middlewares: self.middlewares.iter().map(|(n, _)| n.to_string()).collect(),
         }
     }
@@ -381,6 +383,7 @@ impl RoutingTable {
                 service_name: Arc::from(r.service.as_str()),
                 max_body_bytes: r.max_body_bytes,
                 redirect_https: r.redirect_https,
+                access_log: r.access_log,
                 entrypoints: r.entrypoints.clone(),
                 attached: attached.into(),
             });

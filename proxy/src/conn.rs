@@ -29,6 +29,8 @@ pub struct ConnInfo {
     /// The entrypoint's trusted networks (to skip trusted hops in `X-Forwarded-For`).
     pub trusted_ips: Arc<[IpNet]>,
     pub https_port: Option<u16>,
+    /// The TLS version and SNI, once the handshake is done (for the access log).
+    pub tls: crate::access_log::TlsFacts,
     /// The connection's place under the listener's connection limit. It lives as long as this
     /// struct, so an upgraded connection (WebSocket) keeps counting after hyper lets go of it.
     pub(crate) _permit: OwnedSemaphorePermit,

@@ -155,7 +155,14 @@ impl Proxy {
             .filter(|c| c.has_error_pages())
             .map(|_| r.host.clone());
         let chain = r.route_rt.chain.as_ref();
-        let resp = 'answer: {
+        // What the access log line needs of the request's way through (only when it is on).
+        let mut trail = self.access_log.get().map(|_| crate::access_log::Trail {
+            router: Some(r.route.name.clone()),
+            service: Some(r.service.name.clone()),
+            skip: !r.route.access_log,
+            ..Default::default()
+        });
+        let mut resp = 'answer: {
             let client_ip = if conn.trusted_peer {
                 client_address(req.headers(), conn)
             } else {
@@ -262,11 +269,22 @@ impl Proxy {
                     else {
                         break 'answer self.fail(&ProxyError::NoBackend, request_id);
                     };
+                    if let Some(t) = &mut trail {
+                        t.backend = Some(backend.label.clone());
+                        t.version = service.spec.backends[backend_idx]
+                            .version
+                            .as_deref()
+                            .map(Arc::from);
+                        t.attempts = attempts as u32;
+                    }
                     let in_flight = backend.begin();
                     let attempt_start = Instant::now();
                     match send(backend, service, request, conn).await {
                         Ok((resp, sender)) => {
                             let now = Instant::now();
+                            if let Some(t) = &mut trail {
+                                t.upstream = Some(now - start);
+                            }
                             backend.observe_latency(now - attempt_start, now);
                             let status = resp.status().as_u16();
                             counters.inc(status);
@@ -352,6 +370,9 @@ impl Proxy {
                 }
             }
         };
+        if let Some(t) = trail {
+            resp.extensions_mut().insert(t);
+        }
         if let (Some(host), Some(chain)) = (&pages_host, chain)
             && let Some(pages) = chain.error_pages(resp.status().as_u16())
         {
@@ -587,8 +608,21 @@ impl Proxy {
             && let Some((client_upgrade, proto, h2)) = upgraded
         {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
-            self.tunnel(client_upgrade, backend_upgrade, lease.in_flight, conn.clone());
+            let slot = self
+                .access_log
+                .get()
+                .map(|_| crate::access_log::TunnelSlot::default());
+            self.tunnel(
+                client_upgrade,
+                backend_upgrade,
+                lease.in_flight,
+                conn.clone(),
+                slot.clone(),
+            );
             let (mut parts, _) = resp.into_parts();
+            if let Some(s) = slot {
+                parts.extensions.insert(s);
+            }
             strip_hop_by_hop(&mut parts.headers, false);
             if h2 {
                 // RFC 8441: the CONNECT stream is the tunnel once answered 200; the key and
@@ -638,6 +672,10 @@ impl Proxy {
         }
         let mut resp = error_response(err);
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+        if self.access_log.get().is_some() {
+            resp.extensions_mut()
+                .insert(crate::access_log::Failure(err.kind()));
+        }
         resp
     }
 
@@ -654,6 +692,7 @@ impl Proxy {
         backend: hyper::upgrade::OnUpgrade,
         in_flight: InFlight,
         conn: Arc<ConnInfo>,
+        slot: Option<crate::access_log::TunnelSlot>,
     ) {
         self.tunnels.spawn(async move {
             let _held = (in_flight, conn);
@@ -681,12 +720,20 @@ impl Proxy {
                         }
                         up = &mut up => (up, down.await),
                     };
+                    if let Some(s) = &slot {
+                        s.ended(*up.as_ref().unwrap_or(&0), *down.as_ref().unwrap_or(&0));
+                    }
                     match (up, down) {
                         (Ok(up), Ok(down)) => debug!(up, down, "tunnel closed"),
                         (Err(e), _) | (_, Err(e)) => debug!(error = %e, "tunnel ended with an error"),
                     }
                 }
-                Err(e) => debug!(error = %e, "upgrade failed"),
+                Err(e) => {
+                    if let Some(s) = &slot {
+                        s.ended(0, 0);
+                    }
+                    debug!(error = %e, "upgrade failed")
+                }
             }
         });
     }

@@ -25,6 +25,7 @@
 //!
 //! This crate never imports `gantry-discovery`: where routes come from is not its business.
 
+pub mod access_log;
 pub mod backend;
 pub mod balance;
 pub mod body;

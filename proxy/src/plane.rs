@@ -31,6 +31,8 @@ pub struct Proxy {
     pub(crate) entrypoints: Vec<String>,
     /// Upgraded connections (WebSocket tunnels), so that shutdown can wait for them.
     pub(crate) tunnels: tokio_util::task::TaskTracker,
+    /// The access log, when configured (set once, before serving).
+    pub access_log: std::sync::OnceLock<Arc<crate::access_log::AccessLogger>>,
 }
 
 impl Proxy {
@@ -50,6 +52,7 @@ impl Proxy {
             no_route,
             entrypoints,
             tunnels: tokio_util::task::TaskTracker::new(),
+            access_log: std::sync::OnceLock::new(),
         }))
     }
 

@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
+use crate::access_log::{AccessLogger, Line};
 use crate::backend::{BackendState, InFlight};
 use crate::body::UpstreamBody;
 use crate::conn::ActiveRequest;
@@ -43,6 +44,8 @@ pub struct ResponseBody {
     kind: Kind,
     /// Marks the client connection busy until this body is dropped (see `server`).
     active: Option<ActiveRequest>,
+    /// The request's access log line, sent when the body ends or is dropped.
+    log: Option<(Box<Line>, Arc<AccessLogger>)>,
 }
 
 #[derive(Debug)]
@@ -64,6 +67,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Full(None),
             active: None,
+            log: None,
         }
     }
 
@@ -71,6 +75,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Full(Some(bytes)),
             active: None,
+            log: None,
         }
     }
 
@@ -81,6 +86,7 @@ impl ResponseBody {
                 lease: Some(lease),
             },
             active: None,
+            log: None,
         };
         b.check_end();
         b
@@ -91,6 +97,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Upstream { body, lease: None },
             active: None,
+            log: None,
         }
     }
 
@@ -100,7 +107,12 @@ impl ResponseBody {
         Self {
             kind: Kind::Encoded(Box::new(crate::compress::Encoded::new(self, encoding))),
             active,
+            log: None,
         }
+    }
+
+    pub(crate) fn set_log(&mut self, line: Box<Line>, log: Arc<AccessLogger>) {
+        self.log = Some((line, log));
     }
 
     pub(crate) fn set_active(&mut self, active: ActiveRequest) {
@@ -115,6 +127,14 @@ impl ResponseBody {
             && let Some(mut l) = lease.take()
         {
             l.release();
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some((line, log)) = self.log.take() {
+            log.finish(line);
         }
     }
 }
@@ -153,8 +173,13 @@ impl Body for ResponseBody {
                 .poll_data(cx)
                 .map(|d| d.map(|r| r.map(Frame::data).map_err(BodyError::from))),
         };
-        if let (Poll::Ready(Some(Ok(_))), Some(a)) = (&res, &mut this.active) {
-            a.yielded();
+        if let Poll::Ready(Some(Ok(frame))) = &res {
+            if let Some(a) = &mut this.active {
+                a.yielded();
+            }
+            if let (Some((line, _)), Some(data)) = (&mut this.log, frame.data_ref()) {
+                line.sent(data.len());
+            }
         }
         res
     }

@@ -218,13 +218,21 @@ impl Conn {
             trusted_peer: self.config.trusted_ips.iter().any(|n| n.contains(&client_ip)),
             trusted_ips: self.config.trusted_ips.clone(),
             https_port: self.config.https_port,
+            tls: Default::default(),
             _permit: permit,
         });
         let limit = self.config.limits.header_read_timeout;
         match &self.tls {
             Some(acceptor) => match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let session = tls.get_ref().1;
+                    let h2 = session.alpn_protocol() == Some(b"h2");
+                    let version = match session.protocol_version() {
+                        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                        _ => "TLS",
+                    };
+                    let _ = info.tls.set((version, session.server_name().map(Arc::from)));
                     self.serve(tls, info, h2).await;
                 }
                 Ok(Err(e)) => {
@@ -267,7 +275,16 @@ impl Conn {
                         crate::request_id::new_request_id(),
                     )
                 } else {
-                    proxy.handle(req, &info).await
+                    match proxy.access_log.get() {
+                        None => proxy.handle(req, &info).await,
+                        Some(log) => {
+                            let mut req = req;
+                            let line = log.begin(&mut req, &info);
+                            let mut resp = proxy.handle(req, &info).await;
+                            log.attach(line, &mut resp);
+                            resp
+                        }
+                    }
                 };
                 resp.body_mut().set_active(ActiveRequest::new(act));
                 Ok::<_, Infallible>(resp)

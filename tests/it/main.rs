@@ -12,6 +12,7 @@ mod etcd_support;
 mod support;
 
 mod abuse;
+mod access_log;
 mod admin_api;
 mod auth;
 mod balancing;

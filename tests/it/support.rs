@@ -440,6 +440,12 @@ impl GantryProcess {
     /// Starts `gantry ARGS --listen 127.0.0.1:0 --admin 127.0.0.1:0` and waits for its
     /// "listening" log lines.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with_stdout(args, Stdio::null())
+    }
+
+    /// [`GantryProcess::spawn`] with its standard output sent to `stdout` (`Stdio::piped()`:
+    /// taken from `child.stdout`).
+    pub fn spawn_with_stdout(args: &[&str], stdout: Stdio) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
             .args(args)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
@@ -448,7 +454,7 @@ impl GantryProcess {
                 "GANTRY_LOG",
                 std::env::var("GANTRY_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

@@ -58,18 +58,33 @@ where
 async fn a_websocket_echoes_a_thousand_messages_through_gantry() {
     let backend = ws_echo_backend().await;
     let g = Gantry::start(&format!(
-        "[routers.ws]\npath_prefix = \"/ws\"\nservice = \"ws\"\n[services.ws]\nbackends = [{{ url = \"http://{backend}\" }}]\n"
+        "[access_log]\npath = \"access.log\"\n\
+         [routers.ws]\npath_prefix = \"/ws\"\nservice = \"ws\"\n[services.ws]\nbackends = [{{ url = \"http://{backend}\" }}]\n"
     ))
     .await;
+    let log = g.dir.path().join("access.log");
     let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws/chat", g.addr()))
         .await
         .unwrap();
     assert_eq!(resp.status(), 101);
     assert!(resp.headers().contains_key("x-request-id"));
     echo_a_thousand_and_close(&mut ws).await;
+    let open = std::fs::read_to_string(&log).unwrap_or_default();
     drop(ws);
     // The tunnel counted as in flight on its backend while open, and no longer once closed.
     tunnel_closed(&g).await;
+    // Its access log line is written when it closes, with what it carried.
+    assert_eq!(open, "", "the line was written before the tunnel closed");
+    let line: serde_json::Value = eventually(Duration::from_secs(5), "the tunnel's line", || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().next().map(|l| serde_json::from_str(l).unwrap())
+    })
+    .await;
+    assert_eq!(line["status"], 101);
+    assert_eq!(line["upgraded"], true);
+    assert_eq!(line["path"], "/ws/chat");
+    assert!(line["bytes_sent"].as_u64().unwrap() > 10_000, "{line}");
+    assert!(line["bytes_received"].as_u64().unwrap() > 10_000, "{line}");
     g.running.shutdown().await;
 }
 

@@ -287,6 +287,7 @@ fn random_router(rng: &mut fastrand::Rng, services: &[&str]) -> crate::router::R
         service: services[rng.usize(0..services.len())].into(),
         max_body_bytes: 1,
         redirect_https: false,
+        access_log: true,
         middlewares: Vec::new(),
     }
 }

@@ -1,0 +1,548 @@
+//! The access log: one line per request, written off the request path. A request hands its
+//! facts (owned, unformatted) to a bounded queue when its response body ends; one writer thread
+//! formats and writes them through a buffer, flushed whenever the queue runs dry. When the queue
+//! is full the line is dropped and counted (`gantry_access_log_dropped_total`): a slow disk or a
+//! pipe nobody reads never delays a request. SIGUSR1 makes the writer reopen its file
+//! (logrotate's convention) between two lines, so no line is lost or torn.
+//!
+//! Trace context (W3C `traceparent`): a request that comes without one gets one, which the
+//! backend receives; the trace ID is in the line.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use gantry_config::access_log::{AccessLog, LogFormat, LogTarget};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Version};
+use prometheus::IntCounter;
+
+use crate::conn::ConnInfo;
+use crate::forward::X_REQUEST_ID;
+use crate::response::ResponseBody;
+
+/// What `handle` learned about a request, for its line (a response extension, only when the
+/// access log is on).
+#[derive(Clone, Debug, Default)]
+pub struct Trail {
+    pub router: Option<Arc<str>>,
+    pub service: Option<Arc<str>>,
+    pub backend: Option<Arc<str>>,
+    pub version: Option<Arc<str>>,
+    pub attempts: u32,
+    /// From the start of the request to the backend's response head.
+    pub upstream: Option<Duration>,
+    /// Gantry's own failure (`no_route`, `connect_refused`, ...).
+    pub error: Option<&'static str>,
+    /// The router opted out (`access_log = false`).
+    pub skip: bool,
+}
+
+/// Gantry's own failure, as `fail` answered it (a response extension, only when the access log
+/// is on).
+#[derive(Clone, Copy, Debug)]
+pub struct Failure(pub &'static str);
+
+/// Where the line of an upgraded request (a WebSocket) waits for its tunnel to close: a
+/// response extension on the `101`, shared with the tunnel's task. Whichever comes second, the
+/// line or the tunnel's end, sends the line.
+#[derive(Clone, Debug, Default)]
+pub struct TunnelSlot(Arc<std::sync::Mutex<Slot>>);
+
+#[derive(Debug, Default)]
+enum Slot {
+    #[default]
+    Waiting,
+    Line(Box<Line>, Arc<AccessLogger>),
+    Ended {
+        up: u64,
+        down: u64,
+    },
+}
+
+impl TunnelSlot {
+    fn park(&self, line: Box<Line>, log: Arc<AccessLogger>) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match std::mem::take(&mut *s) {
+            Slot::Ended { up, down } => log.finish_tunnel(line, up, down),
+            _ => *s = Slot::Line(line, log),
+        }
+    }
+
+    /// The tunnel closed, having carried these bytes from the client and to it.
+    pub(crate) fn ended(&self, up: u64, down: u64) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match std::mem::take(&mut *s) {
+            Slot::Line(line, log) => log.finish_tunnel(line, up, down),
+            _ => *s = Slot::Ended { up, down },
+        }
+    }
+}
+
+/// One request's facts, owned, waiting for its response body to end.
+#[derive(Debug)]
+pub struct Line {
+    time: SystemTime,
+    start: Instant,
+    client_ip: IpAddr,
+    method: Method,
+    host: Option<HeaderValue>,
+    target: String,
+    version: Version,
+    status: u16,
+    received: Option<u64>,
+    sent: u64,
+    took: Duration,
+    trail: Trail,
+    request_id: Option<HeaderValue>,
+    tls: Option<(&'static str, Option<Arc<str>>)>,
+    user_agent: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    headers: Vec<(HeaderName, Option<HeaderValue>)>,
+    trace_id: Option<String>,
+    /// An upgraded request: the line covers the tunnel's life and bytes.
+    tunnel: bool,
+}
+
+impl Line {
+    /// Counts body bytes as they are sent.
+    #[inline]
+    pub(crate) fn sent(&mut self, n: usize) {
+        self.sent += n as u64;
+    }
+}
+
+/// The access log of a running Gantry.
+pub struct AccessLogger {
+    spec: Arc<AccessLog>,
+    tx: SyncSender<Box<Line>>,
+    dropped: IntCounter,
+    /// Set by SIGUSR1: the writer reopens its file before its next line.
+    reopen: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for AccessLogger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLogger").field("spec", &self.spec).finish()
+    }
+}
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+impl AccessLogger {
+    /// Opens the target (a file in append mode) and starts the writer thread.
+    pub fn start(spec: AccessLog, registry: &prometheus::Registry) -> std::io::Result<Arc<Self>> {
+        let dropped = prometheus::register_int_counter_with_registry!(
+            "gantry_access_log_dropped_total",
+            "Access log lines dropped because the writer's queue was full",
+            registry
+        )
+        .map_err(std::io::Error::other)?;
+        let out = open(&spec.target)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(spec.queue);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let spec = Arc::new(spec);
+        let writer = Writer {
+            spec: spec.clone(),
+            out: std::io::BufWriter::with_capacity(64 * 1024, out),
+            reopen: reopen.clone(),
+        };
+        std::thread::Builder::new()
+            .name("gantry-access-log".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Arc::new(AccessLogger {
+            spec,
+            tx,
+            dropped,
+            reopen,
+        }))
+    }
+
+    /// Asks the writer to reopen its file (SIGUSR1).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+    }
+
+    /// Takes the request's facts before it is handled, and gives it a `traceparent` if it came
+    /// without one (the backend gets it).
+    pub(crate) fn begin<B>(&self, req: &mut Request<B>, conn: &ConnInfo) -> Box<Line> {
+        let h = req.headers();
+        let trace_id = match h.get(&TRACEPARENT).and_then(|v| trace_id(v.as_bytes())) {
+            Some(id) => Some(id),
+            None => {
+                let (id, value) = new_traceparent();
+                req.headers_mut().insert(TRACEPARENT.clone(), value);
+                Some(id)
+            }
+        };
+        let h = req.headers();
+        let uri = req.uri();
+        let target = match (self.spec.query, uri.query()) {
+            (true, Some(q)) => format!("{}?{q}", uri.path()),
+            _ => uri.path().to_string(),
+        };
+        let host = h.get(header::HOST).cloned().or_else(|| {
+            uri.authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        Box::new(Line {
+            time: SystemTime::now(),
+            start: Instant::now(),
+            client_ip: conn.client_ip,
+            method: req.method().clone(),
+            host,
+            target,
+            version: req.version(),
+            status: 0,
+            received: h
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            sent: 0,
+            took: Duration::ZERO,
+            trail: Trail::default(),
+            request_id: None,
+            tls: conn.tls.get().cloned(),
+            user_agent: self
+                .spec
+                .user_agent
+                .then(|| h.get(header::USER_AGENT).cloned())
+                .flatten(),
+            referer: self
+                .spec
+                .referer
+                .then(|| h.get(header::REFERER).cloned())
+                .flatten(),
+            headers: self
+                .spec
+                .headers
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .map(|n| {
+                    let v = h.get(&n).cloned();
+                    (n, v)
+                })
+                .collect(),
+            trace_id,
+            tunnel: false,
+        })
+    }
+
+    /// Attaches the line to the response: it is sent when the body ends (or is dropped).
+    pub(crate) fn attach(self: &Arc<Self>, mut line: Box<Line>, resp: &mut Response<ResponseBody>) {
+        line.status = resp.status().as_u16();
+        line.request_id = resp.headers().get(&X_REQUEST_ID).cloned();
+        if let Some(t) = resp.extensions_mut().remove::<Trail>() {
+            if t.skip {
+                return;
+            }
+            line.trail = t;
+        }
+        if let Some(Failure(kind)) = resp.extensions_mut().remove::<Failure>() {
+            line.trail.error = Some(kind);
+        }
+        if let Some(slot) = resp.extensions_mut().remove::<TunnelSlot>() {
+            slot.park(line, self.clone());
+            return;
+        }
+        resp.body_mut().set_log(line, self.clone());
+    }
+
+    fn finish_tunnel(&self, mut line: Box<Line>, up: u64, down: u64) {
+        line.tunnel = true;
+        line.received = Some(up);
+        line.sent = down;
+        self.finish(line);
+    }
+
+    /// The body ended: the line goes to the writer if the filters keep it.
+    pub(crate) fn finish(&self, mut line: Box<Line>) {
+        line.took = line.start.elapsed();
+        if !self.spec.filters.keeps(line.status, line.took, fastrand::f64) {
+            return;
+        }
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+}
+
+fn open(target: &LogTarget) -> std::io::Result<Box<dyn Write + Send>> {
+    Ok(match target {
+        LogTarget::Stdout => Box::new(std::io::stdout()),
+        LogTarget::Stderr => Box::new(std::io::stderr()),
+        LogTarget::File(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+    })
+}
+
+struct Writer {
+    spec: Arc<AccessLog>,
+    out: std::io::BufWriter<Box<dyn Write + Send>>,
+    reopen: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Box<Line>>) {
+        let mut text = String::with_capacity(512);
+        loop {
+            let line = match rx.try_recv() {
+                Ok(l) => l,
+                Err(_) => {
+                    // Dry: what is buffered goes out now, then wait.
+                    let _ = self.out.flush();
+                    self.check_reopen();
+                    match rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(l) => l,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            let _ = self.out.flush();
+                            return;
+                        }
+                    }
+                }
+            };
+            self.check_reopen();
+            text.clear();
+            format_line(&self.spec, &line, &mut text);
+            text.push('\n');
+            // A full pipe blocks this thread only; the queue absorbs, then drops.
+            let _ = self.out.write_all(text.as_bytes());
+        }
+    }
+
+    fn check_reopen(&mut self) {
+        if self.reopen.swap(false, Ordering::AcqRel) {
+            let _ = self.out.flush();
+            match open(&self.spec.target) {
+                Ok(f) => {
+                    self.out = std::io::BufWriter::with_capacity(64 * 1024, f);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reopen the access log; writing on to the old file")
+                }
+            }
+        }
+    }
+}
+
+fn text(v: &Option<HeaderValue>) -> &str {
+    v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+fn version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// One line, without its newline.
+pub fn format_line(spec: &AccessLog, l: &Line, out: &mut String) {
+    let time = chrono_like(l.time);
+    match spec.format {
+        LogFormat::Json => {
+            let mut m = serde_json::Map::new();
+            let s = |v: &str| serde_json::Value::String(v.to_string());
+            let arc = |v: &Option<Arc<str>>| v.as_deref().map_or(serde_json::Value::Null, s);
+            m.insert("time".into(), s(&time.iso));
+            m.insert("client_ip".into(), s(&l.client_ip.to_string()));
+            m.insert("method".into(), s(l.method.as_str()));
+            m.insert("host".into(), s(text(&l.host)));
+            m.insert("path".into(), s(&l.target));
+            m.insert("protocol".into(), s(version(l.version)));
+            m.insert("status".into(), l.status.into());
+            m.insert(
+                "bytes_received".into(),
+                l.received.map_or(serde_json::Value::Null, Into::into),
+            );
+            m.insert("bytes_sent".into(), l.sent.into());
+            m.insert("duration_ms".into(), ms(l.took));
+            m.insert(
+                "upstream_ms".into(),
+                l.trail.upstream.map_or(serde_json::Value::Null, ms),
+            );
+            m.insert("router".into(), arc(&l.trail.router));
+            m.insert("service".into(), arc(&l.trail.service));
+            m.insert("backend".into(), arc(&l.trail.backend));
+            m.insert("version".into(), arc(&l.trail.version));
+            m.insert("attempts".into(), l.trail.attempts.into());
+            m.insert("retries".into(), l.trail.attempts.saturating_sub(1).into());
+            m.insert("request_id".into(), s(text(&l.request_id)));
+            m.insert(
+                "trace_id".into(),
+                l.trace_id.as_deref().map_or(serde_json::Value::Null, s),
+            );
+            if let Some((v, sni)) = &l.tls {
+                m.insert("tls_version".into(), s(v));
+                m.insert("tls_sni".into(), arc(sni));
+            }
+            if spec.user_agent {
+                m.insert("user_agent".into(), s(text(&l.user_agent)));
+            }
+            if spec.referer {
+                m.insert("referer".into(), s(text(&l.referer)));
+            }
+            if l.tunnel {
+                m.insert("upgraded".into(), true.into());
+            }
+            if let Some(e) = l.trail.error {
+                m.insert("error".into(), s(e));
+            }
+            for (n, v) in &l.headers {
+                let value = match v {
+                    None => serde_json::Value::Null,
+                    Some(_) if spec.redact.iter().any(|r| r == n.as_str()) => s("REDACTED"),
+                    Some(v) => s(&String::from_utf8_lossy(v.as_bytes())),
+                };
+                m.insert(format!("header_{}", n.as_str().replace('-', "_")), value);
+            }
+            let _ = write!(out, "{}", serde_json::Value::Object(m));
+        }
+        LogFormat::Common | LogFormat::Combined => {
+            // host ident user [time] "request" status bytes
+            let _ = write!(
+                out,
+                "{} - - [{}] \"{} {} {}\" {} {}",
+                l.client_ip,
+                time.clf,
+                l.method,
+                clf_escape(&l.target),
+                version(l.version),
+                l.status,
+                l.sent
+            );
+            if spec.format == LogFormat::Combined {
+                let _ = write!(
+                    out,
+                    " \"{}\" \"{}\"",
+                    clf_escape(text(&l.referer)),
+                    clf_escape(text(&l.user_agent))
+                );
+            }
+        }
+    }
+}
+
+fn ms(d: Duration) -> serde_json::Value {
+    serde_json::Number::from_f64((d.as_secs_f64() * 1e6).round() / 1e3)
+        .map_or(serde_json::Value::Null, serde_json::Value::Number)
+}
+
+/// Quotes and control characters escaped, so a line stays one line of the format.
+fn clf_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+struct Times {
+    iso: String,
+    clf: String,
+}
+
+/// UTC times in RFC 3339 (JSON) and CLF's `10/Oct/2000:13:55:36 +0000`.
+fn chrono_like(t: SystemTime) -> Times {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    Times {
+        iso: format!(
+            "{year:04}-{month:02}-{day:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
+            d.subsec_millis()
+        ),
+        clf: format!(
+            "{day:02}/{}/{year:04}:{h:02}:{mi:02}:{s:02} +0000",
+            MONTHS[(month - 1) as usize]
+        ),
+    }
+}
+
+/// The trace ID of a valid `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, not all zeros).
+fn trace_id(v: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(v).ok()?;
+    let mut parts = s.trim().split('-');
+    let (ver, id, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |p: &str, n: usize| {
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    (hex(ver, 2)
+        && ver != "ff"
+        && hex(id, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && id.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0'))
+    .then(|| id.to_string())
+}
+
+/// A new trace: its ID, and the `traceparent` that starts it (sampled).
+fn new_traceparent() -> (String, HeaderValue) {
+    let id = format!("{:032x}", fastrand::u128(1..));
+    let parent = format!("{:016x}", fastrand::u64(1..));
+    let value =
+        HeaderValue::from_str(&format!("00-{id}-{parent}-01")).unwrap_or(HeaderValue::from_static(""));
+    (id, value)
+}
+
+/// Set once per connection after its TLS handshake: (version, SNI).
+pub type TlsFacts = OnceLock<(&'static str, Option<Arc<str>>)>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_traceparents_are_read_and_written_to_their_formats() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(971_186_136_250);
+        let times = chrono_like(t);
+        assert_eq!(times.iso, "2000-10-10T13:55:36.250Z");
+        assert_eq!(times.clf, "10/Oct/2000:13:55:36 +0000");
+        assert_eq!(
+            trace_id(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        for bad in [
+            &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"garbage",
+        ] {
+            assert_eq!(trace_id(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        let (id, v) = new_traceparent();
+        assert_eq!(trace_id(v.as_bytes()), Some(id));
+        assert_eq!(clf_escape("a\"b\nc"), "a\\\"b\\x0ac");
+    }
+}
