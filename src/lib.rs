@@ -288,9 +288,14 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     // 3. Data plane and control plane; the first table is live before `start` returns.
     let registry = Registry::new();
     let proxy = Proxy::new(names.clone(), &registry).map_err(StartError::Metrics)?;
-    if let Some(spec) = &static_config.access_log {
-        let logger = gantry_proxy::access_log::AccessLogger::start(spec.clone(), &registry)
-            .map_err(|e| StartError::AccessLog(format!("{:?}", spec.target), e))?;
+    if static_config.access_log.is_some() || static_config.tracing.is_some() {
+        let spec = &static_config.access_log;
+        let logger = gantry_proxy::access_log::AccessLogger::start(
+            spec.clone(),
+            static_config.tracing.clone(),
+            &registry,
+        )
+        .map_err(|e| StartError::AccessLog(format!("{:?}", spec.as_ref().map(|s| &s.target)), e))?;
         let _ = proxy.access_log.set(logger.clone());
         // logrotate's convention: SIGUSR1 reopens the file.
         use tokio::signal::unix::{SignalKind, signal};

@@ -54,6 +54,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub rollouts: BTreeMap<String, crate::rollout::FileRollout>,
     pub access_log: Option<crate::access_log::FileAccessLog>,
+    pub tracing: Option<crate::traces::FileTracing>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -243,6 +244,9 @@ impl FileConfig {
         let access_log = self
             .access_log
             .map(|a| crate::access_log::validate_access_log(a, origin, &mut errs));
+        let tracing = self
+            .tracing
+            .map(|t| crate::traces::validate_tracing(t, origin, &mut errs));
         let mut state = match validate_state(self.routers, self.services, self.middlewares, origin, read) {
             Ok(s) => s,
             Err(e) => {
@@ -260,6 +264,7 @@ impl FileConfig {
                 admin_token_file,
                 rollouts,
                 access_log,
+                tracing,
             },
             state,
         })
@@ -314,6 +319,9 @@ pub struct StaticConfig {
     /// The access log, when configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_log: Option<crate::access_log::AccessLog>,
+    /// Span export, when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<crate::traces::Tracing>,
 }
 
 /// The default drain deadline after SIGTERM.
@@ -337,6 +345,7 @@ impl Default for StaticConfig {
             admin_token_file: None,
             rollouts: Vec::new(),
             access_log: None,
+            tracing: None,
         }
     }
 }

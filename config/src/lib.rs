@@ -61,6 +61,7 @@ pub mod size;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod traces;
 
 pub use backend::{Backend, BackendUrl, MAX_WEIGHT, Scheme};
 pub use canary::{Canary, Override};

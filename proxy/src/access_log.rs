@@ -40,6 +40,19 @@ pub struct Trail {
     pub error: Option<&'static str>,
     /// The router opted out (`access_log = false`).
     pub skip: bool,
+    /// Spans are exported: `tried` is kept.
+    pub spans: bool,
+    /// Each attempt at a backend (for spans).
+    pub tried: Vec<Tried>,
+}
+
+/// One attempt at a backend, in time since the request started.
+#[derive(Clone, Debug)]
+pub struct Tried {
+    pub backend: Arc<str>,
+    pub start: Duration,
+    pub end: Duration,
+    pub status: u16,
 }
 
 /// Gantry's own failure, as `fail` answered it (a response extension, only when the access log
@@ -104,6 +117,9 @@ pub struct Line {
     referer: Option<HeaderValue>,
     headers: Vec<(HeaderName, Option<HeaderValue>)>,
     trace_id: Option<String>,
+    /// Gantry's span for this request, and the caller's (from its `traceparent`).
+    span_id: u64,
+    parent_span: Option<String>,
     /// An upgraded request: the line covers the tunnel's life and bytes.
     tunnel: bool,
 }
@@ -119,7 +135,9 @@ impl Line {
 /// The access log of a running Gantry.
 pub struct AccessLogger {
     spec: Arc<AccessLog>,
-    tx: SyncSender<Box<Line>>,
+    /// The line writer's queue (`None`: spans only, no access log).
+    tx: Option<SyncSender<Box<Line>>>,
+    spans: Option<Arc<crate::trace_export::SpanExporter>>,
     dropped: IntCounter,
     /// Set by SIGUSR1: the writer reopens its file before its next line.
     reopen: Arc<AtomicBool>,
@@ -134,32 +152,62 @@ impl std::fmt::Debug for AccessLogger {
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 impl AccessLogger {
-    /// Opens the target (a file in append mode) and starts the writer thread.
-    pub fn start(spec: AccessLog, registry: &prometheus::Registry) -> std::io::Result<Arc<Self>> {
+    /// Opens the log's target (a file in append mode) and starts its writer thread, and the
+    /// span exporter (call within a runtime). Either may be absent.
+    pub fn start(
+        log: Option<AccessLog>,
+        tracing: Option<gantry_config::traces::Tracing>,
+        registry: &prometheus::Registry,
+    ) -> std::io::Result<Arc<Self>> {
         let dropped = prometheus::register_int_counter_with_registry!(
             "gantry_access_log_dropped_total",
             "Access log lines dropped because the writer's queue was full",
             registry
         )
         .map_err(std::io::Error::other)?;
-        let out = open(&spec.target)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(spec.queue);
         let reopen = Arc::new(AtomicBool::new(false));
-        let spec = Arc::new(spec);
-        let writer = Writer {
-            spec: spec.clone(),
-            out: std::io::BufWriter::with_capacity(64 * 1024, out),
-            reopen: reopen.clone(),
+        let (spec, tx) = match log {
+            Some(spec) => {
+                let out = open(&spec.target)?;
+                let (tx, rx) = std::sync::mpsc::sync_channel(spec.queue);
+                let spec = Arc::new(spec);
+                let writer = Writer {
+                    spec: spec.clone(),
+                    out: std::io::BufWriter::with_capacity(64 * 1024, out),
+                    reopen: reopen.clone(),
+                };
+                std::thread::Builder::new()
+                    .name("gantry-access-log".into())
+                    .spawn(move || writer.run(rx))?;
+                (spec, Some(tx))
+            }
+            None => {
+                let spec = gantry_config::access_log::validate_access_log(
+                    Default::default(),
+                    "",
+                    &mut gantry_config::error::Errors::new(),
+                );
+                (Arc::new(spec), None)
+            }
         };
-        std::thread::Builder::new()
-            .name("gantry-access-log".into())
-            .spawn(move || writer.run(rx))?;
+        let spans = match tracing {
+            Some(t) => {
+                Some(crate::trace_export::SpanExporter::start(t, registry).map_err(std::io::Error::other)?)
+            }
+            None => None,
+        };
         Ok(Arc::new(AccessLogger {
             spec,
             tx,
+            spans,
             dropped,
             reopen,
         }))
+    }
+
+    /// Whether spans are exported (attempts are then recorded).
+    pub fn spans(&self) -> bool {
+        self.spans.is_some()
     }
 
     /// Asks the writer to reopen its file (SIGUSR1).
@@ -170,15 +218,31 @@ impl AccessLogger {
     /// Takes the request's facts before it is handled, and gives it a `traceparent` if it came
     /// without one (the backend gets it).
     pub(crate) fn begin<B>(&self, req: &mut Request<B>, conn: &ConnInfo) -> Box<Line> {
-        let h = req.headers();
-        let trace_id = match h.get(&TRACEPARENT).and_then(|v| trace_id(v.as_bytes())) {
-            Some(id) => Some(id),
+        let came = req
+            .headers()
+            .get(&TRACEPARENT)
+            .and_then(|v| traceparent(v.as_bytes()));
+        let span_id = fastrand::u64(1..);
+        let (trace_id, parent_span) = match came {
+            // With spans, the backend's parent is Gantry's span; without, the header passes as
+            // it came.
+            Some((id, parent, flags)) => {
+                if self.spans.is_some()
+                    && let Ok(v) = HeaderValue::from_str(&format!("00-{id}-{span_id:016x}-{flags}"))
+                {
+                    req.headers_mut().insert(TRACEPARENT.clone(), v);
+                }
+                (id, Some(parent))
+            }
             None => {
-                let (id, value) = new_traceparent();
-                req.headers_mut().insert(TRACEPARENT.clone(), value);
-                Some(id)
+                let id = format!("{:032x}", fastrand::u128(1..));
+                if let Ok(v) = HeaderValue::from_str(&format!("00-{id}-{span_id:016x}-01")) {
+                    req.headers_mut().insert(TRACEPARENT.clone(), v);
+                }
+                (id, None)
             }
         };
+        let trace_id = Some(trace_id);
         let h = req.headers();
         let uri = req.uri();
         let target = match (self.spec.query, uri.query()) {
@@ -227,6 +291,8 @@ impl AccessLogger {
                 })
                 .collect(),
             trace_id,
+            span_id,
+            parent_span,
             tunnel: false,
         })
     }
@@ -261,10 +327,16 @@ impl AccessLogger {
     /// The body ended: the line goes to the writer if the filters keep it.
     pub(crate) fn finish(&self, mut line: Box<Line>) {
         line.took = line.start.elapsed();
+        if let Some(x) = &self.spans {
+            export_spans(x, &line);
+        }
+        let Some(tx) = &self.tx else {
+            return;
+        };
         if !self.spec.filters.keeps(line.status, line.took, fastrand::f64) {
             return;
         }
-        match self.tx.try_send(line) {
+        match tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
         }
@@ -487,8 +559,9 @@ fn chrono_like(t: SystemTime) -> Times {
     }
 }
 
-/// The trace ID of a valid `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, not all zeros).
-fn trace_id(v: &[u8]) -> Option<String> {
+/// A valid `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, IDs not all zeros): its trace ID,
+/// parent ID and flags.
+fn traceparent(v: &[u8]) -> Option<(String, String, String)> {
     let s = std::str::from_utf8(v).ok()?;
     let mut parts = s.trim().split('-');
     let (ver, id, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -504,16 +577,69 @@ fn trace_id(v: &[u8]) -> Option<String> {
         && hex(flags, 2)
         && id.bytes().any(|b| b != b'0')
         && parent.bytes().any(|b| b != b'0'))
-    .then(|| id.to_string())
+    .then(|| (id.to_string(), parent.to_string(), flags.to_string()))
 }
 
-/// A new trace: its ID, and the `traceparent` that starts it (sampled).
-fn new_traceparent() -> (String, HeaderValue) {
-    let id = format!("{:032x}", fastrand::u128(1..));
-    let parent = format!("{:016x}", fastrand::u64(1..));
-    let value =
-        HeaderValue::from_str(&format!("00-{id}-{parent}-01")).unwrap_or(HeaderValue::from_static(""));
-    (id, value)
+/// The request's server span and a client span per attempt at a backend.
+fn export_spans(x: &crate::trace_export::SpanExporter, l: &Line) {
+    use crate::trace_export::{Attr, Span};
+    let Some(trace_id) = &l.trace_id else {
+        return;
+    };
+    let mut attributes = vec![
+        ("http.request.method", Attr::Str(l.method.to_string())),
+        ("url.path", Attr::Str(l.target.clone())),
+        ("server.address", Attr::Str(text(&l.host).to_string())),
+        ("client.address", Attr::Str(l.client_ip.to_string())),
+        ("http.response.status_code", Attr::Int(i64::from(l.status))),
+        ("gantry.attempts", Attr::Int(i64::from(l.trail.attempts))),
+    ];
+    for (k, v) in [
+        ("gantry.router", &l.trail.router),
+        ("gantry.service", &l.trail.service),
+    ] {
+        if let Some(v) = v {
+            attributes.push((k, Attr::Str(v.to_string())));
+        }
+    }
+    if let Some(e) = l.trail.error {
+        attributes.push(("error.type", Attr::Str(e.to_string())));
+    }
+    if l.request_id.is_some() {
+        attributes.push(("gantry.request_id", Attr::Str(text(&l.request_id).to_string())));
+    }
+    let name = match &l.trail.router {
+        Some(r) => format!("{} {r}", l.method),
+        None => l.method.to_string(),
+    };
+    x.export(Span {
+        trace_id: trace_id.clone(),
+        span_id: l.span_id,
+        parent: l.parent_span.clone(),
+        name,
+        kind: 2,
+        start: l.time,
+        end: l.time + l.took,
+        attributes,
+        error: l.status >= 500,
+    });
+    let parent = format!("{:016x}", l.span_id);
+    for t in &l.trail.tried {
+        x.export(Span {
+            trace_id: trace_id.clone(),
+            span_id: fastrand::u64(1..),
+            parent: Some(parent.clone()),
+            name: format!("{} {}", l.method, t.backend),
+            kind: 3,
+            start: l.time + t.start,
+            end: l.time + t.end,
+            attributes: vec![
+                ("server.address", Attr::Str(t.backend.to_string())),
+                ("http.response.status_code", Attr::Int(i64::from(t.status))),
+            ],
+            error: t.status >= 500,
+        });
+    }
 }
 
 /// Set once per connection after its TLS handshake: (version, SNI).
@@ -530,8 +656,8 @@ mod tests {
         assert_eq!(times.iso, "2000-10-10T13:55:36.250Z");
         assert_eq!(times.clf, "10/Oct/2000:13:55:36 +0000");
         assert_eq!(
-            trace_id(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+            traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").map(|t| t.0),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736".to_string())
         );
         for bad in [
             &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
@@ -539,10 +665,8 @@ mod tests {
             b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             b"garbage",
         ] {
-            assert_eq!(trace_id(bad), None, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(traceparent(bad), None, "{}", String::from_utf8_lossy(bad));
         }
-        let (id, v) = new_traceparent();
-        assert_eq!(trace_id(v.as_bytes()), Some(id));
         assert_eq!(clf_escape("a\"b\nc"), "a\\\"b\\x0ac");
     }
 }

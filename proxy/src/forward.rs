@@ -156,10 +156,11 @@ impl Proxy {
             .map(|_| r.host.clone());
         let chain = r.route_rt.chain.as_ref();
         // What the access log line needs of the request's way through (only when it is on).
-        let mut trail = self.access_log.get().map(|_| crate::access_log::Trail {
+        let mut trail = self.access_log.get().map(|l| crate::access_log::Trail {
             router: Some(r.route.name.clone()),
             service: Some(r.service.name.clone()),
             skip: !r.route.access_log,
+            spans: l.spans(),
             ..Default::default()
         });
         let mut resp = 'answer: {
@@ -279,7 +280,22 @@ impl Proxy {
                     }
                     let in_flight = backend.begin();
                     let attempt_start = Instant::now();
-                    match send(backend, service, request, conn).await {
+                    let sent = send(backend, service, request, conn).await;
+                    if let Some(t) = &mut trail
+                        && t.spans
+                    {
+                        let status = match &sent {
+                            Ok((resp, _)) => resp.status().as_u16(),
+                            Err(e) => e.error.status().as_u16(),
+                        };
+                        t.tried.push(crate::access_log::Tried {
+                            backend: backend.label.clone(),
+                            start: attempt_start - start,
+                            end: start.elapsed(),
+                            status,
+                        });
+                    }
+                    match sent {
                         Ok((resp, sender)) => {
                             let now = Instant::now();
                             if let Some(t) = &mut trail {

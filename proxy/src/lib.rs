@@ -50,6 +50,7 @@ pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod snapshot;
+pub mod trace_export;
 pub mod upstream;
 
 pub use backend::{BackendKey, BackendRegistry, BackendState, ConnectError};

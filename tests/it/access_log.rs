@@ -322,3 +322,167 @@ async fn a_log_nobody_reads_never_holds_a_request_up() {
     })
     .await;
 }
+
+/// A test OTLP/HTTP collector: keeps every JSON body posted to it.
+async fn collector() -> (std::net::SocketAddr, Arc<Mutex<Vec<Value>>>) {
+    use http_body_util::BodyExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let sink = sink.clone();
+                    async move {
+                        assert_eq!(req.uri().path(), "/v1/traces");
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        sink.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"{}"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, got)
+}
+
+fn spans(got: &Mutex<Vec<Value>>) -> Vec<Value> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .flat_map(|b| {
+            b["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_a_collector_with_the_trace_ids_the_backend_and_the_log_saw() {
+    let ok = Backend::start("ok", Behavior::Name).await;
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (at, got) = collector().await;
+    let config = format!(
+        r#"
+[access_log]
+path = "access.log"
+[tracing]
+endpoint = "http://{at}/v1/traces"
+interval = "100ms"
+[routers.ok]
+hosts = ["ok.test"]
+service = "ok"
+[routers.retried]
+hosts = ["retried.test"]
+service = "retried"
+[services.ok]
+backends = [{{ url = "{ok}" }}]
+[services.retried]
+backends = [{{ url = "http://{refused}", weight = 1000 }}, {{ url = "{ok}", weight = 1 }}]
+"#,
+        ok = ok.url()
+    );
+    let g = Gantry::start(&config).await;
+    let c = client();
+    // A request that starts its trace at Gantry: the backend's parent is Gantry's span.
+    assert_eq!(get(&c, g.addr(), "ok.test", "/a").await.status, 200);
+    let seen = ok.last().headers["traceparent"].to_str().unwrap().to_string();
+    let parts: Vec<&str> = seen.split('-').collect();
+    let (trace, parent) = (parts[1].to_string(), parts[2].to_string());
+    // A request that comes with a trace: Gantry's span is the caller's child.
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    send(&c, g.addr(), "GET", "ok.test", "/b", &[("traceparent", caller)])
+        .await
+        .unwrap();
+    assert!(
+        ok.last().headers["traceparent"]
+            .to_str()
+            .unwrap()
+            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    );
+    // A retried request: two attempts, two client spans.
+    assert_eq!(get(&c, g.addr(), "retried.test", "/c").await.status, 200);
+
+    let all = eventually(Duration::from_secs(10), "the spans at the collector", || async {
+        let s = spans(&got);
+        (s.len() >= 6).then_some(s)
+    })
+    .await;
+    let server = |path: &str| {
+        all.iter()
+            .find(|s| {
+                s["kind"] == 2
+                    && s["attributes"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|a| a["key"] == "url.path" && a["value"]["stringValue"] == path)
+            })
+            .unwrap_or_else(|| panic!("no server span for {path}: {all:#?}"))
+            .clone()
+    };
+    let a = server("/a");
+    assert_eq!(a["traceId"], trace.as_str());
+    assert_eq!(
+        a["spanId"],
+        parent.as_str(),
+        "the backend's parent is Gantry's span"
+    );
+    assert!(a.get("parentSpanId").is_none());
+    let b = server("/b");
+    assert_eq!(b["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(b["parentSpanId"], "00f067aa0ba902b7");
+    let c3 = server("/c");
+    let mut tries: Vec<Value> = all
+        .iter()
+        .filter(|s| s["kind"] == 3 && s["parentSpanId"] == c3["spanId"])
+        .cloned()
+        .collect();
+    tries.sort_by_key(|s| s["startTimeUnixNano"].as_str().unwrap().parse::<u128>().unwrap());
+    let statuses: Vec<&Value> = tries
+        .iter()
+        .map(|s| &s["attributes"][1]["value"]["intValue"])
+        .collect();
+    assert_eq!(statuses, ["502", "200"], "{tries:#?}");
+    // The access log names the same traces.
+    let log = wait_lines(&g.dir.path().join("access.log"), 3).await.join("\n");
+    assert!(
+        log.contains(&trace) && log.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{log}"
+    );
+    g.running.shutdown().await;
+
+    // A collector that is down: requests are unaffected, spans are dropped and counted.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let g = Gantry::start(&format!(
+        "[tracing]\nendpoint = \"http://{down}/v1/traces\"\ninterval = \"50ms\"\n{}",
+        one_service(&[(&ok, 1)], "")
+    ))
+    .await;
+    assert_eq!(load(g.addr(), "a.test", 500, 4).await, 500);
+    eventually(Duration::from_secs(10), "the dropped spans counted", || async {
+        let m = admin_get(g.running.admin_addr, "/metrics").await.body;
+        m.lines()
+            .find_map(|l| l.strip_prefix("gantry_trace_spans_dropped_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&n| n > 0)
+    })
+    .await;
+    g.running.shutdown().await;
+}
