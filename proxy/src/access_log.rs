@@ -42,6 +42,8 @@ pub struct Trail {
     pub skip: bool,
     /// Spans are exported: `tried` is kept.
     pub spans: bool,
+    /// Request body bytes read from the client so far.
+    pub received: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// Each attempt at a backend (for spans).
     pub tried: Vec<Tried>,
 }
@@ -327,6 +329,11 @@ impl AccessLogger {
     /// The body ended: the line goes to the writer if the filters keep it.
     pub(crate) fn finish(&self, mut line: Box<Line>) {
         line.took = line.start.elapsed();
+        if !line.tunnel
+            && let Some(c) = &line.trail.received
+        {
+            line.received = Some(c.load(Ordering::Relaxed));
+        }
         if let Some(x) = &self.spans {
             export_spans(x, &line);
         }

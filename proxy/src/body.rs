@@ -15,6 +15,8 @@ pub struct UpstreamBody {
     inner: Inner,
     limit: u64,
     seen: u64,
+    /// Where the bytes read so far are told (for the access log), when it is on.
+    counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 #[derive(Debug)]
@@ -58,7 +60,15 @@ impl UpstreamBody {
             inner: Inner::Incoming(body),
             limit,
             seen: 0,
+            counted: None,
         }
+    }
+
+    /// This body, telling `counter` how many bytes it has read.
+    pub fn counted(mut self, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        counter.store(self.seen, std::sync::atomic::Ordering::Relaxed);
+        self.counted = Some(counter);
+        self
     }
 
     /// A body whose first frame has already been read.
@@ -71,6 +81,7 @@ impl UpstreamBody {
             inner: Inner::Prefixed(first, rest),
             limit,
             seen,
+            counted: None,
         }
     }
 
@@ -79,6 +90,7 @@ impl UpstreamBody {
             inner: Inner::Empty,
             limit: 0,
             seen: 0,
+            counted: None,
         }
     }
 }
@@ -105,6 +117,9 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.seen += d.len() as u64;
+                    if let Some(c) = &this.counted {
+                        c.store(this.seen, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if this.seen > this.limit {
                         return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
                     }

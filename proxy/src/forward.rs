@@ -233,6 +233,14 @@ impl Proxy {
             } else {
                 UpstreamBody::new(body, route.max_body_bytes)
             };
+            let body = match &mut trail {
+                Some(t) => {
+                    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                    t.received = Some(counter.clone());
+                    body.counted(counter)
+                }
+                None => body,
+            };
             let request = self.rewrite(&r, pick.index, Request::from_parts(parts, body), conn, &upgrade);
             let template = upgrade.replayable.then(|| Template::of(&request));
             let Upgrade {

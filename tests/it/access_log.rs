@@ -119,17 +119,34 @@ backends = [{{ url = "http://{refused}", weight = 1000 }}, {{ url = "{ok}", weig
     let retried = get(&c, g.addr(), "retried.test", "/").await;
     assert_eq!(retried.status, 200);
     assert_eq!(get(&c, g.addr(), "quiet.test", "/").await.status, 200);
+    let upload = c
+        .request(
+            http::Request::post(format!("http://{}/upload", g.addr()))
+                .header("host", "ok.test")
+                .body(TestBody::zeros(100_000))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), 200);
+    drop(upload);
 
-    let text = wait_lines(&log, 4).await;
+    let text = wait_lines(&log, 5).await;
     assert!(
         !text.join("\n").contains("secret-token"),
         "a credential was logged"
     );
     let parsed: Vec<Value> = text.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(parsed.len(), 4, "the opted-out router was logged: {text:?}");
+    assert_eq!(parsed.len(), 5, "the opted-out router was logged: {text:?}");
     let by_host = |h: &str| parsed.iter().find(|v| v["host"] == h).unwrap().clone();
+    let up = parsed.iter().find(|v| v["path"] == "/upload").unwrap();
+    assert_eq!(up["bytes_received"], 100_000, "{up}");
 
-    let line = by_host("ok.test");
+    let line = parsed
+        .iter()
+        .find(|v| v["path"] == "/shop?item=7")
+        .unwrap()
+        .clone();
     assert_eq!(line["status"], 200);
     assert_eq!(line["method"], "GET");
     assert_eq!(line["path"], "/shop?item=7");

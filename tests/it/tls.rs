@@ -154,7 +154,10 @@ async fn sni_picks_certificates_alpn_negotiates_h2_and_tls_1_1_is_refused() {
         ca.leaf(&["default.test"]),
     );
     let g = Gantry::start_with_files(
-        &tls_config(&backend, ""),
+        &format!(
+            "[access_log]\npath = \"access.log\"\n{}",
+            tls_config(&backend, "")
+        ),
         &[
             ("a.pem", &a.cert_pem),
             ("a.key", &a.key_pem),
@@ -201,6 +204,19 @@ async fn sni_picks_certificates_alpn_negotiates_h2_and_tls_1_1_is_refused() {
     let seen = backend.last();
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
     assert_eq!(seen.headers["host"], "a.test");
+    // The access log names the TLS version and the SNI.
+    let log = g.dir.path().join("access.log");
+    let line: serde_json::Value = eventually(Duration::from_secs(5), "the h2 request's line", || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["path"] == "/over-h2")
+    })
+    .await;
+    assert_eq!(
+        (&line["tls_version"], &line["tls_sni"], &line["protocol"]),
+        (&"TLSv1.3".into(), &"a.test".into(), &"HTTP/2.0".into())
+    );
 
     // HTTP/1.1 when the client offers only that.
     assert_eq!(
