@@ -365,32 +365,48 @@ struct Writer {
 }
 
 impl Writer {
+    /// Writes lines as they come. While they flow, the thread polls the queue every
+    /// millisecond (so senders never have to wake it) and flushes once per batch; after 50 ms
+    /// without a line it blocks until the next one.
     fn run(mut self, rx: Receiver<Box<Line>>) {
         let mut text = String::with_capacity(512);
+        let mut last = Instant::now();
         loop {
-            let line = match rx.try_recv() {
-                Ok(l) => l,
-                Err(_) => {
-                    // Dry: what is buffered goes out now, then wait.
-                    let _ = self.out.flush();
-                    self.check_reopen();
-                    match rx.recv_timeout(Duration::from_millis(200)) {
-                        Ok(l) => l,
-                        Err(RecvTimeoutError::Timeout) => continue,
-                        Err(RecvTimeoutError::Disconnected) => {
-                            let _ = self.out.flush();
-                            return;
-                        }
-                    }
-                }
-            };
+            let mut wrote = false;
+            while let Ok(line) = rx.try_recv() {
+                self.write(&line, &mut text);
+                wrote = true;
+            }
+            let _ = self.out.flush();
             self.check_reopen();
-            text.clear();
-            format_line(&self.spec, &line, &mut text);
-            text.push('\n');
-            // A full pipe blocks this thread only; the queue absorbs, then drops.
-            let _ = self.out.write_all(text.as_bytes());
+            if wrote {
+                last = Instant::now();
+            }
+            if last.elapsed() < Duration::from_millis(50) {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    self.check_reopen();
+                    self.write(&line, &mut text);
+                    last = Instant::now();
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.out.flush();
+                    return;
+                }
+            }
         }
+    }
+
+    fn write(&mut self, line: &Line, text: &mut String) {
+        text.clear();
+        format_line(&self.spec, line, text);
+        text.push('\n');
+        // A full pipe blocks this thread only; the queue absorbs, then drops.
+        let _ = self.out.write_all(text.as_bytes());
     }
 
     fn check_reopen(&mut self) {
@@ -424,73 +440,68 @@ fn version(v: Version) -> &'static str {
 
 /// One line, without its newline.
 pub fn format_line(spec: &AccessLog, l: &Line, out: &mut String) {
-    let time = chrono_like(l.time);
     match spec.format {
         LogFormat::Json => {
-            let mut m = serde_json::Map::new();
-            let s = |v: &str| serde_json::Value::String(v.to_string());
-            let arc = |v: &Option<Arc<str>>| v.as_deref().map_or(serde_json::Value::Null, s);
-            m.insert("time".into(), s(&time.iso));
-            m.insert("client_ip".into(), s(&l.client_ip.to_string()));
-            m.insert("method".into(), s(l.method.as_str()));
-            m.insert("host".into(), s(text(&l.host)));
-            m.insert("path".into(), s(&l.target));
-            m.insert("protocol".into(), s(version(l.version)));
-            m.insert("status".into(), l.status.into());
-            m.insert(
-                "bytes_received".into(),
-                l.received.map_or(serde_json::Value::Null, Into::into),
-            );
-            m.insert("bytes_sent".into(), l.sent.into());
-            m.insert("duration_ms".into(), ms(l.took));
-            m.insert(
-                "upstream_ms".into(),
-                l.trail.upstream.map_or(serde_json::Value::Null, ms),
-            );
-            m.insert("router".into(), arc(&l.trail.router));
-            m.insert("service".into(), arc(&l.trail.service));
-            m.insert("backend".into(), arc(&l.trail.backend));
-            m.insert("version".into(), arc(&l.trail.version));
-            m.insert("attempts".into(), l.trail.attempts.into());
-            m.insert("retries".into(), l.trail.attempts.saturating_sub(1).into());
-            m.insert("request_id".into(), s(text(&l.request_id)));
-            m.insert(
-                "trace_id".into(),
-                l.trace_id.as_deref().map_or(serde_json::Value::Null, s),
-            );
+            let mut o = Obj { out, first: true };
+            o.key("time");
+            o.out.push('"');
+            write_time(o.out, l.time, false);
+            o.out.push('"');
+            o.display("client_ip", &l.client_ip, true);
+            o.str("method", l.method.as_str());
+            o.str("host", text(&l.host));
+            o.str("path", &l.target);
+            o.str("protocol", version(l.version));
+            o.display("status", &l.status, false);
+            match l.received {
+                Some(n) => o.display("bytes_received", &n, false),
+                None => o.null("bytes_received"),
+            }
+            o.display("bytes_sent", &l.sent, false);
+            o.ms("duration_ms", Some(l.took));
+            o.ms("upstream_ms", l.trail.upstream);
+            o.opt("router", l.trail.router.as_deref());
+            o.opt("service", l.trail.service.as_deref());
+            o.opt("backend", l.trail.backend.as_deref());
+            o.opt("version", l.trail.version.as_deref());
+            o.display("attempts", &l.trail.attempts, false);
+            o.display("retries", &l.trail.attempts.saturating_sub(1), false);
+            o.str("request_id", text(&l.request_id));
+            o.opt("trace_id", l.trace_id.as_deref());
             if let Some((v, sni)) = &l.tls {
-                m.insert("tls_version".into(), s(v));
-                m.insert("tls_sni".into(), arc(sni));
+                o.str("tls_version", v);
+                o.opt("tls_sni", sni.as_deref());
             }
             if spec.user_agent {
-                m.insert("user_agent".into(), s(text(&l.user_agent)));
+                o.str("user_agent", text(&l.user_agent));
             }
             if spec.referer {
-                m.insert("referer".into(), s(text(&l.referer)));
+                o.str("referer", text(&l.referer));
             }
             if l.tunnel {
-                m.insert("upgraded".into(), true.into());
+                o.key("upgraded");
+                o.out.push_str("true");
             }
             if let Some(e) = l.trail.error {
-                m.insert("error".into(), s(e));
+                o.str("error", e);
             }
             for (n, v) in &l.headers {
-                let value = match v {
-                    None => serde_json::Value::Null,
-                    Some(_) if spec.redact.iter().any(|r| r == n.as_str()) => s("REDACTED"),
-                    Some(v) => s(&String::from_utf8_lossy(v.as_bytes())),
-                };
-                m.insert(format!("header_{}", n.as_str().replace('-', "_")), value);
+                let key = format!("header_{}", n.as_str().replace('-', "_"));
+                match v {
+                    None => o.null(&key),
+                    Some(_) if spec.redact.iter().any(|r| r == n.as_str()) => o.str(&key, "REDACTED"),
+                    Some(v) => o.str(&key, &String::from_utf8_lossy(v.as_bytes())),
+                }
             }
-            let _ = write!(out, "{}", serde_json::Value::Object(m));
+            o.out.push('}');
         }
         LogFormat::Common | LogFormat::Combined => {
             // host ident user [time] "request" status bytes
+            let _ = write!(out, "{} - - [", l.client_ip);
+            write_time(out, l.time, true);
             let _ = write!(
                 out,
-                "{} - - [{}] \"{} {} {}\" {} {}",
-                l.client_ip,
-                time.clf,
+                "] \"{} {} {}\" {} {}",
                 l.method,
                 clf_escape(&l.target),
                 version(l.version),
@@ -509,9 +520,73 @@ pub fn format_line(spec: &AccessLog, l: &Line, out: &mut String) {
     }
 }
 
-fn ms(d: Duration) -> serde_json::Value {
-    serde_json::Number::from_f64((d.as_secs_f64() * 1e6).round() / 1e3)
-        .map_or(serde_json::Value::Null, serde_json::Value::Number)
+/// A JSON object written straight into the line (no map, no intermediate strings).
+struct Obj<'a> {
+    out: &'a mut String,
+    first: bool,
+}
+
+impl Obj<'_> {
+    fn key(&mut self, k: &str) {
+        self.out.push(if self.first { '{' } else { ',' });
+        self.first = false;
+        json_str(self.out, k);
+        self.out.push(':');
+    }
+
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        json_str(self.out, v);
+    }
+
+    fn null(&mut self, k: &str) {
+        self.key(k);
+        self.out.push_str("null");
+    }
+
+    fn opt(&mut self, k: &str, v: Option<&str>) {
+        match v {
+            Some(v) => self.str(k, v),
+            None => self.null(k),
+        }
+    }
+
+    fn display(&mut self, k: &str, v: &dyn std::fmt::Display, quoted: bool) {
+        self.key(k);
+        if quoted {
+            let _ = write!(self.out, "\"{v}\"");
+        } else {
+            let _ = write!(self.out, "{v}");
+        }
+    }
+
+    /// Milliseconds with microsecond precision.
+    fn ms(&mut self, k: &str, d: Option<Duration>) {
+        self.key(k);
+        match d {
+            Some(d) => {
+                let us = d.as_micros();
+                let _ = write!(self.out, "{}.{:03}", us / 1000, us % 1000);
+            }
+            None => self.out.push_str("null"),
+        }
+    }
+}
+
+/// A JSON string: quotes, backslashes and control characters escaped.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Quotes and control characters escaped, so a line stays one line of the format.
@@ -530,13 +605,8 @@ fn clf_escape(s: &str) -> String {
     out
 }
 
-struct Times {
-    iso: String,
-    clf: String,
-}
-
-/// UTC times in RFC 3339 (JSON) and CLF's `10/Oct/2000:13:55:36 +0000`.
-fn chrono_like(t: SystemTime) -> Times {
+/// A UTC time in RFC 3339 (`2000-10-10T13:55:36.250Z`) or CLF's `10/Oct/2000:13:55:36 +0000`.
+fn write_time(out: &mut String, t: SystemTime, clf: bool) {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -554,16 +624,19 @@ fn chrono_like(t: SystemTime) -> Times {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    Times {
-        iso: format!(
-            "{year:04}-{month:02}-{day:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
-            d.subsec_millis()
-        ),
-        clf: format!(
+    let _ = if clf {
+        write!(
+            out,
             "{day:02}/{}/{year:04}:{h:02}:{mi:02}:{s:02} +0000",
             MONTHS[(month - 1) as usize]
-        ),
-    }
+        )
+    } else {
+        write!(
+            out,
+            "{year:04}-{month:02}-{day:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
+            d.subsec_millis()
+        )
+    };
 }
 
 /// A valid `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, IDs not all zeros): its trace ID,
@@ -659,9 +732,14 @@ mod tests {
     #[test]
     fn times_and_traceparents_are_read_and_written_to_their_formats() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(971_186_136_250);
-        let times = chrono_like(t);
-        assert_eq!(times.iso, "2000-10-10T13:55:36.250Z");
-        assert_eq!(times.clf, "10/Oct/2000:13:55:36 +0000");
+        let (mut iso, mut clf) = (String::new(), String::new());
+        write_time(&mut iso, t, false);
+        write_time(&mut clf, t, true);
+        assert_eq!(iso, "2000-10-10T13:55:36.250Z");
+        assert_eq!(clf, "10/Oct/2000:13:55:36 +0000");
+        let mut j = String::new();
+        json_str(&mut j, "a\"b\\c\n");
+        assert_eq!(j, r#""a\"b\\c\u000a""#);
         assert_eq!(
             traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").map(|t| t.0),
             Some("4bf92f3577b34da6a3ce929d0e0e4736".to_string())

@@ -58,6 +58,7 @@ async fn load(addr: std::net::SocketAddr, host: &'static str, n: usize, workers:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_say_what_happened_to_each_request() {
     let ok = Backend::start("ok", Behavior::Name).await;
+    let counter = Backend::start("counter", Behavior::CountBody).await;
     let refused = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -68,6 +69,11 @@ async fn json_lines_say_what_happened_to_each_request() {
 path = "access.log"
 headers = ["Authorization", "X-Tenant"]
 query = true
+[routers.upload]
+hosts = ["upload.test"]
+service = "upload"
+[services.upload]
+backends = [{{ url = "{counter}" }}]
 [routers.ok]
 hosts = ["ok.test"]
 service = "ok"
@@ -89,7 +95,8 @@ backends = [{{ url = "http://{refused}" }}]
 policy = "round_robin"
 backends = [{{ url = "http://{refused}", weight = 1000 }}, {{ url = "{ok}", weight = 1 }}]
 "#,
-        ok = ok.url()
+        ok = ok.url(),
+        counter = counter.url()
     );
     let g = Gantry::start(&config).await;
     let log = g.dir.path().join("access.log");
@@ -122,7 +129,7 @@ backends = [{{ url = "http://{refused}", weight = 1000 }}, {{ url = "{ok}", weig
     let upload = c
         .request(
             http::Request::post(format!("http://{}/upload", g.addr()))
-                .header("host", "ok.test")
+                .header("host", "upload.test")
                 .body(TestBody::zeros(100_000))
                 .unwrap(),
         )
