@@ -573,19 +573,28 @@ impl Obj<'_> {
     }
 }
 
-/// A JSON string: quotes, backslashes and control characters escaped.
+/// A JSON string: quotes, backslashes and control characters escaped. Runs that need no escape
+/// are copied whole.
 fn json_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    let bytes = s.as_bytes();
+    let mut from = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[from..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{:04x}", b);
+        } else {
+            out.push_str(escape);
         }
+        from = i + 1;
     }
+    out.push_str(&s[from..]);
     out.push('"');
 }
 
@@ -624,19 +633,46 @@ fn write_time(out: &mut String, t: SystemTime, clf: bool) {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let _ = if clf {
-        write!(
-            out,
-            "{day:02}/{}/{year:04}:{h:02}:{mi:02}:{s:02} +0000",
-            MONTHS[(month - 1) as usize]
-        )
-    } else {
-        write!(
-            out,
-            "{year:04}-{month:02}-{day:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
-            d.subsec_millis()
-        )
+    // Digits by hand: `write!` with padding costs more than the rest of the line.
+    let two = |out: &mut String, n: i64| {
+        out.push((b'0' + (n / 10 % 10) as u8) as char);
+        out.push((b'0' + (n % 10) as u8) as char);
     };
+    let four = |out: &mut String, n: i64| {
+        two(out, n / 100);
+        two(out, n % 100);
+    };
+    if clf {
+        two(out, day);
+        out.push('/');
+        out.push_str(MONTHS[(month - 1) as usize]);
+        out.push('/');
+        four(out, year);
+        out.push(':');
+        two(out, h);
+        out.push(':');
+        two(out, mi);
+        out.push(':');
+        two(out, s);
+        out.push_str(" +0000");
+    } else {
+        let ms = i64::from(d.subsec_millis());
+        four(out, year);
+        out.push('-');
+        two(out, month);
+        out.push('-');
+        two(out, day);
+        out.push('T');
+        two(out, h);
+        out.push(':');
+        two(out, mi);
+        out.push(':');
+        two(out, s);
+        out.push('.');
+        out.push((b'0' + (ms / 100) as u8) as char);
+        two(out, ms % 100);
+        out.push('Z');
+    }
 }
 
 /// A valid `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, IDs not all zeros): its trace ID,
