@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::check::{header_names, status_range};
 use crate::duration;
 use crate::error::Errors;
 
@@ -163,34 +164,15 @@ pub fn validate_access_log(f: FileAccessLog, origin: &str, errs: &mut Errors) ->
             LogFormat::Json
         }
     };
-    let names = |list: Option<Vec<String>>, part: &str, errs: &mut Errors| -> Vec<String> {
-        let mut out = Vec::new();
-        for (i, n) in list.into_iter().flatten().enumerate() {
-            match http::HeaderName::from_bytes(n.trim().as_bytes()) {
-                Ok(h) => out.push(h.as_str().to_string()),
-                Err(_) => errs.push(
-                    origin,
-                    format!("{field}.{part}[{i}]"),
-                    format!("{n:?} is not a header name"),
-                ),
-            }
-        }
-        out
-    };
-    let headers = names(f.headers, "headers", errs);
+    let headers = header_names(f.headers, origin, &format!("{field}.headers"), errs);
     let redact = match f.redact {
         None => DEFAULT_REDACTED.iter().map(|h| h.to_string()).collect(),
-        Some(list) => names(Some(list), "redact", errs),
+        Some(list) => header_names(Some(list), origin, &format!("{field}.redact"), errs),
     };
     let filters = f.filters.unwrap_or_default();
     let mut status = Vec::new();
     for (i, s) in filters.status.into_iter().flatten().enumerate() {
-        let code = |t: &str| t.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c));
-        let range = match s.split_once('-') {
-            Some((lo, hi)) => code(lo).zip(code(hi)).filter(|(lo, hi)| lo <= hi),
-            None => code(&s).map(|c| (c, c)),
-        };
-        match range {
+        match status_range(&s, 100..=599) {
             Some(r) => status.push(r),
             None => errs.push(
                 origin,
@@ -227,18 +209,15 @@ pub fn validate_access_log(f: FileAccessLog, origin: &str, errs: &mut Errors) ->
             1.0
         }
     };
-    let queue = match f.queue {
-        None => DEFAULT_QUEUE,
-        Some(q) if (1..=1_048_576).contains(&q) => q as usize,
-        Some(q) => {
-            errs.push(
-                origin,
-                format!("{field}.queue"),
-                format!("{q} is out of range 1..=1048576"),
-            );
-            DEFAULT_QUEUE
-        }
-    };
+    let queue = crate::check::bounded(
+        f.queue,
+        DEFAULT_QUEUE as u32,
+        1,
+        1_048_576,
+        origin,
+        format!("{field}.queue"),
+        errs,
+    ) as usize;
     AccessLog {
         target,
         format,

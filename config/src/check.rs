@@ -67,3 +67,33 @@ pub(crate) fn duration_or(
         },
     }
 }
+
+/// Header names (lowercased), each bad one reported as `field[i]`.
+pub(crate) fn header_names(
+    list: Option<Vec<String>>,
+    origin: &str,
+    field: &str,
+    errs: &mut Errors,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, n) in list.into_iter().flatten().enumerate() {
+        match http::HeaderName::from_bytes(n.trim().as_bytes()) {
+            Ok(h) => out.push(h.as_str().to_string()),
+            Err(_) => errs.push(
+                origin,
+                format!("{field}[{i}]"),
+                format!("{n:?} is not a header name"),
+            ),
+        }
+    }
+    out
+}
+
+/// `"502"` or `"500-599"` as an inclusive range of statuses within `allowed`.
+pub(crate) fn status_range(text: &str, allowed: std::ops::RangeInclusive<u16>) -> Option<(u16, u16)> {
+    let code = |t: &str| t.trim().parse::<u16>().ok().filter(|c| allowed.contains(c));
+    match text.split_once('-') {
+        Some((lo, hi)) => code(lo).zip(code(hi)).filter(|(lo, hi)| lo <= hi),
+        None => code(text).map(|c| (c, c)),
+    }
+}

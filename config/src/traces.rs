@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::check::{bounded, duration_or};
 use crate::duration;
 use crate::error::Errors;
 
@@ -48,39 +49,18 @@ pub fn validate_tracing(f: FileTracing, origin: &str, errs: &mut Errors) -> Trac
             ),
         ),
     }
-    let count = |v: Option<i64>, default: usize, max: i64, part: &str, errs: &mut Errors| match v {
-        None => default,
-        Some(n) if (1..=max).contains(&n) => n as usize,
-        Some(n) => {
-            errs.push(
-                origin,
-                format!("{field}.{part}"),
-                format!("{n} is out of range 1..={max}"),
-            );
-            default
-        }
+    let count = |v: Option<i64>, default: u32, max: i64, part: &str, errs: &mut Errors| {
+        bounded(v, default, 1, max, origin, format!("{field}.{part}"), errs) as usize
     };
-    let time = |v: Option<String>, default: Duration, part: &str, errs: &mut Errors| match v
-        .as_deref()
-        .map(duration::parse)
-    {
-        None => default,
-        Some(Ok(d)) if !d.is_zero() => d,
-        Some(Ok(_)) => {
-            errs.push(origin, format!("{field}.{part}"), "must be more than 0");
-            default
-        }
-        Some(Err(e)) => {
-            errs.push(origin, format!("{field}.{part}"), e);
-            default
-        }
+    let time = |v: &Option<String>, default: Duration, part: &str, errs: &mut Errors| {
+        duration_or(v, default, origin, format!("{field}.{part}"), errs)
     };
     Tracing {
         endpoint,
         service_name: f.service_name.unwrap_or_else(|| "gantry".into()),
         queue: count(f.queue, 4096, 1 << 20, "queue", errs),
         batch: count(f.batch, 512, 65_536, "batch", errs),
-        interval: time(f.interval, Duration::from_secs(1), "interval", errs),
-        timeout: time(f.timeout, Duration::from_secs(2), "timeout", errs),
+        interval: time(&f.interval, Duration::from_secs(1), "interval", errs),
+        timeout: time(&f.timeout, Duration::from_secs(2), "timeout", errs),
     }
 }

@@ -118,7 +118,7 @@ pub struct Line {
     user_agent: Option<HeaderValue>,
     referer: Option<HeaderValue>,
     headers: Vec<(HeaderName, Option<HeaderValue>)>,
-    trace_id: Option<String>,
+    trace_id: String,
     /// Gantry's span for this request, and the caller's (from its `traceparent`).
     span_id: u64,
     parent_span: Option<String>,
@@ -244,7 +244,6 @@ impl AccessLogger {
                 (id, None)
             }
         };
-        let trace_id = Some(trace_id);
         let h = req.headers();
         let uri = req.uri();
         let target = match (self.spec.query, uri.query()) {
@@ -467,7 +466,7 @@ pub fn format_line(spec: &AccessLog, l: &Line, out: &mut String) {
             o.display("attempts", &l.trail.attempts, false);
             o.display("retries", &l.trail.attempts.saturating_sub(1), false);
             o.str("request_id", text(&l.request_id));
-            o.opt("trace_id", l.trace_id.as_deref());
+            o.str("trace_id", &l.trace_id);
             if let Some((v, sni)) = &l.tls {
                 o.str("tls_version", v);
                 o.opt("tls_sni", sni.as_deref());
@@ -699,9 +698,7 @@ fn traceparent(v: &[u8]) -> Option<(String, String, String)> {
 /// The request's server span and a client span per attempt at a backend.
 fn export_spans(x: &crate::trace_export::SpanExporter, l: &Line) {
     use crate::trace_export::{Attr, Span};
-    let Some(trace_id) = &l.trace_id else {
-        return;
-    };
+    let trace_id = &l.trace_id;
     let mut attributes = vec![
         ("http.request.method", Attr::Str(l.method.to_string())),
         ("url.path", Attr::Str(l.target.clone())),

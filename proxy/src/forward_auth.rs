@@ -177,19 +177,27 @@ impl AuthClient {
                 None => break,
             }
         }
-        let unreachable = |_| ProxyError::AuthUnavailable("the auth service could not be reached");
-        let tcp = tokio::net::TcpStream::connect(&self.authority)
-            .await
-            .map_err(unreachable)?;
-        let _ = tcp.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|_| ProxyError::AuthUnavailable("the auth service could not be reached"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
+        connect(&self.authority).await.ok_or(ProxyError::AuthUnavailable(
+            "the auth service could not be reached",
+        ))
     }
+}
+
+/// A new HTTP/1.1 connection to a helper service (an auth service, a trace collector), its
+/// connection task spawned.
+pub(crate) async fn connect<B>(addr: &str) -> Option<SendRequest<B>>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let _ = tcp.set_nodelay(true);
+    let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await.ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Some(sender)
 }
 
 /// The auth service's refusal as the client gets it.

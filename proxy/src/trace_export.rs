@@ -10,8 +10,6 @@ use bytes::Bytes;
 use gantry_config::traces::Tracing;
 use http::{Request, Uri, header};
 use http_body_util::Full;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
@@ -104,11 +102,7 @@ async fn run(spec: Tracing, mut rx: mpsc::Receiver<Span>, dropped: IntCounter) {
 }
 
 async fn post(addr: &str, authority: &http::uri::Authority, path: &str, body: String) -> Result<(), ()> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|_| ())?;
-    let (mut sender, conn) = http1::handshake(TokioIo::new(tcp)).await.map_err(|_| ())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let mut sender = crate::forward_auth::connect(addr).await.ok_or(())?;
     let req = Request::post(path)
         .header(header::HOST, authority.as_str())
         .header(header::CONTENT_TYPE, "application/json")

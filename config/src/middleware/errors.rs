@@ -77,12 +77,7 @@ pub(super) fn validate_errors(
             StatusText::N(n) => n.to_string(),
             StatusText::S(s) => s.trim().to_string(),
         };
-        let code = |t: &str| t.trim().parse::<u16>().ok().filter(|c| (400..=599).contains(c));
-        let range = match text.split_once('-') {
-            Some((lo, hi)) => code(lo).zip(code(hi)).filter(|(lo, hi)| lo <= hi),
-            None => code(&text).map(|c| (c, c)),
-        };
-        match range {
+        match crate::check::status_range(&text, 400..=599) {
             Some(r) => status.push(r),
             None => errs.push(
                 origin,

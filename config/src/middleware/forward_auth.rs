@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::check::header_names;
 use crate::duration;
 use crate::error::Errors;
 
@@ -56,20 +57,6 @@ pub(super) fn validate_forward_auth(
             format!("{address:?} is not a URL like http://auth:9000/check"),
         ),
     }
-    let names = |list: Option<Vec<String>>, part: &str, errs: &mut Errors| -> Vec<String> {
-        let mut out = Vec::new();
-        for (i, n) in list.into_iter().flatten().enumerate() {
-            match http::HeaderName::from_bytes(n.trim().as_bytes()) {
-                Ok(h) => out.push(h.as_str().to_string()),
-                Err(_) => errs.push(
-                    origin,
-                    format!("{field}.{part}[{i}]"),
-                    format!("{n:?} is not a header name"),
-                ),
-            }
-        }
-        out
-    };
     let timeout = match f.timeout.as_deref().map(duration::parse) {
         None => Duration::from_secs(5),
         Some(Ok(d)) if !d.is_zero() && d <= Duration::from_secs(300) => d,
@@ -84,8 +71,18 @@ pub(super) fn validate_forward_auth(
     };
     ForwardAuth {
         address,
-        request_headers: names(f.request_headers, "request_headers", errs),
-        response_headers: names(f.response_headers, "response_headers", errs),
+        request_headers: header_names(
+            f.request_headers,
+            origin,
+            &format!("{field}.request_headers"),
+            errs,
+        ),
+        response_headers: header_names(
+            f.response_headers,
+            origin,
+            &format!("{field}.response_headers"),
+            errs,
+        ),
         timeout,
     }
 }
