@@ -134,10 +134,21 @@ impl Proxy {
     /// The two phases that wait (reading a chunked body's first chunk, and the attempts) are
     /// written inline rather than as `async fn`s of their own: a nested future moves the request
     /// and its state into itself, which cost ~1,000 instructions per request (3%, callgrind).
-    pub async fn handle(&self, mut req: Request<Incoming>, conn: &Arc<ConnInfo>) -> Response<ResponseBody> {
+    /// Answers a request. With the access log on, `line` is its line: what the request's way
+    /// through teaches (router, backend, attempts...) goes into it.
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &Arc<ConnInfo>,
+        line: Option<&mut crate::access_log::Line>,
+    ) -> Response<ResponseBody> {
         let start = Instant::now();
         let snap = self.store.load();
         let request_id = request_id(req.headers_mut());
+        let mut line = line;
+        if let Some(l) = line.as_deref_mut() {
+            l.request_id(&request_id);
+        }
         let mut admitted = match self.admit(&req, &request_id) {
             Ok(a) => a,
             Err(resp) => return resp,
@@ -156,14 +167,15 @@ impl Proxy {
             .map(|_| r.host.clone());
         let chain = r.route_rt.chain.as_ref();
         // What the access log line needs of the request's way through (only when it is on).
-        let mut trail = self.access_log.get().map(|l| crate::access_log::Trail {
-            router: Some(r.route.name.clone()),
-            service: Some(r.service.name.clone()),
-            skip: !r.route.access_log,
-            spans: l.spans(),
-            ..Default::default()
+        let mut trail = line.map(|line| {
+            let t = line.trail();
+            t.router = Some(r.route.name.clone());
+            t.service = Some(r.service.name.clone());
+            t.skip = !r.route.access_log;
+            t.spans = self.access_log.get().is_some_and(|l| l.spans());
+            t
         });
-        let mut resp = 'answer: {
+        let resp = 'answer: {
             let client_ip = if conn.trusted_peer {
                 client_address(req.headers(), conn)
             } else {
@@ -234,9 +246,13 @@ impl Proxy {
                 UpstreamBody::new(body, route.max_body_bytes)
             };
             let body = match &mut trail {
+                Some(t) if body.is_end_stream() => {
+                    t.received = crate::access_log::Received::Nothing;
+                    body
+                }
                 Some(t) => {
                     let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
-                    t.received = Some(counter.clone());
+                    t.received = crate::access_log::Received::Counted(counter.clone());
                     body.counted(counter)
                 }
                 None => body,
@@ -306,13 +322,14 @@ impl Proxy {
                     match sent {
                         Ok((resp, sender)) => {
                             let now = Instant::now();
+                            let since_start = now - start;
                             if let Some(t) = &mut trail {
-                                t.upstream = Some(now - start);
+                                t.upstream = Some(since_start);
                             }
                             backend.observe_latency(now - attempt_start, now);
                             let status = resp.status().as_u16();
                             counters.inc(status);
-                            let elapsed = (now - start).as_secs_f64();
+                            let elapsed = since_start.as_secs_f64();
                             route_rt.histogram.observe(elapsed);
                             service.observe_version(backend_idx, status, elapsed);
                             if status >= 500 {
@@ -394,9 +411,6 @@ impl Proxy {
                 }
             }
         };
-        if let Some(t) = trail {
-            resp.extensions_mut().insert(t);
-        }
         if let (Some(host), Some(chain)) = (&pages_host, chain)
             && let Some(pages) = chain.error_pages(resp.status().as_u16())
         {

@@ -276,11 +276,11 @@ impl Conn {
                     )
                 } else {
                     match proxy.access_log.get() {
-                        None => proxy.handle(req, &info).await,
+                        None => proxy.handle(req, &info, None).await,
                         Some(log) => {
                             let mut req = req;
-                            let line = log.begin(&mut req, &info);
-                            let mut resp = proxy.handle(req, &info).await;
+                            let mut line = log.begin(&mut req, &info);
+                            let mut resp = proxy.handle(req, &info, Some(&mut line)).await;
                             log.attach(line, &mut resp);
                             resp
                         }
