@@ -1,5 +1,6 @@
 //! The container image and Gantry inside compose, against the real engine: the image is built
-//! from the release binary with `docker/build-image.sh` (no registry), the compose example in
+//! with `docker/build-image.sh` (no registry) from the `demo` profile's binary (the same code as
+//! the release build without whole-program LTO: minutes less of CI), the compose example in
 //! `examples/compose-gantry` comes up with Gantry as a container that reads the socket as an
 //! unprivileged user and routes by container IP, and it follows `--scale` without failing a
 //! request.
@@ -14,18 +15,19 @@ use crate::docker::{load, lock, spread};
 use crate::docker_support::*;
 use crate::support::*;
 
-/// Builds the release binary (a no-op when `.ci/run` built it already) and the image from it.
+/// Builds the `demo` profile's binary (a no-op when `.ci/run` built it already) and the image
+/// from it.
 /// Returns the image's size in bytes as the script reports it.
 fn build_image(image: &str) -> u64 {
     let root = env!("CARGO_MANIFEST_DIR");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo)
-        .args(["build", "--release", "--locked", "--bin", "gantry"])
+        .args(["build", "--profile", "demo", "--locked", "--bin", "gantry"])
         .current_dir(root));
     let out = run(Command::new("bash")
         .arg(format!("{root}/docker/build-image.sh"))
         .arg(image)
-        .arg(format!("{root}/target/release/gantry")));
+        .arg(format!("{root}/target/demo/gantry")));
     // "gantry-it:123: 14 MB (14123456 bytes)"
     out.rsplit_once('(')
         .and_then(|(_, b)| b.split_whitespace().next())
