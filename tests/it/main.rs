@@ -26,6 +26,7 @@ mod h2;
 mod headers;
 mod health;
 mod hygiene;
+mod idle;
 mod image;
 mod middleware;
 mod pages;
