@@ -513,6 +513,7 @@ fn spawn_docker(
             cfg.endpoint.as_deref(),
             proxy.clone(),
             cfg.exposed_by_default,
+            cfg.default_domain.clone(),
             registry,
         ) {
             Ok(s) => {
@@ -534,6 +535,7 @@ fn spawn_docker(
             network: cfg.network.clone(),
             exposed_by_default: cfg.exposed_by_default,
             reserved_hosts: cfg.reserved_hosts.clone(),
+            default_domain: cfg.default_domain.clone(),
         },
         grace: cfg.grace,
     };

@@ -27,6 +27,11 @@ pub struct DockerConfig {
     pub grace: Duration,
     /// Hosts no container may claim.
     pub reserved_hosts: Vec<String>,
+    /// The domain a routing label's bare name (no dot) is a prefix of: `wordpress` routes
+    /// `wordpress.<default_domain>` (Alibaba Cloud's per-cluster domain). None: a bare name is
+    /// a host of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_domain: Option<String>,
     /// The scaler: create and remove replicas of compose services that carry scaling labels,
     /// following Gantry's recommendations. Off unless asked for.
     pub scale: bool,
@@ -41,6 +46,7 @@ impl Default for DockerConfig {
             exposed_by_default: true,
             grace: Duration::from_secs(30),
             reserved_hosts: Vec::new(),
+            default_domain: None,
             scale: false,
         }
     }
@@ -55,6 +61,8 @@ pub struct FileDocker {
     pub exposed_by_default: Option<bool>,
     pub grace: Option<String>,
     pub reserved_hosts: Option<Vec<String>>,
+    /// The domain bare names in routing labels are prefixes of.
+    pub default_domain: Option<String>,
     /// Act on scaling recommendations (create and remove replicas).
     pub scale: Option<bool>,
 }
@@ -85,5 +93,50 @@ pub(crate) fn validate_docker(d: &FileDocker, origin: &str, errs: &mut Errors) -
             Err(e) => errs.push(origin, format!("docker.reserved_hosts[{i}]"), e),
         }
     }
+    if let Some(d) = &d.default_domain {
+        match parse_host_pattern(d) {
+            Ok(p) if !d.contains('*') && !d.starts_with('[') && p.to_string().contains('.') => {
+                out.default_domain = Some(p.to_string())
+            }
+            Ok(_) => errs.push(
+                origin,
+                "docker.default_domain",
+                format!("{d:?}: expected a domain name with a dot, like apps.example.com"),
+            ),
+            Err(e) => errs.push(origin, "docker.default_domain", e),
+        }
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_default_domain_is_a_domain_name() {
+        let read = |d: &str| {
+            let mut errs = Errors::new();
+            let file = FileDocker {
+                default_domain: Some(d.to_string()),
+                ..Default::default()
+            };
+            (
+                validate_docker(&file, "gantry.toml", &mut errs).default_domain,
+                errs.to_string(),
+            )
+        };
+        assert_eq!(
+            read("Apps.Example.com."),
+            (Some("apps.example.com".into()), String::new())
+        );
+        for bad in ["*.apps.example.com", "apps", "127.0.0.1:80", "[::1]", "a b.com"] {
+            let (domain, errs) = read(bad);
+            assert_eq!(domain, None, "{bad}");
+            assert!(
+                errs.contains("gantry.toml: docker.default_domain"),
+                "{bad}: {errs}"
+            );
+        }
+    }
 }

@@ -58,6 +58,8 @@ pub struct Scaler {
     docker: Docker,
     proxy: Arc<Proxy>,
     exposed_by_default: bool,
+    /// What bare names in routing labels are prefixes of (as the Docker source reads them).
+    default_domain: Option<String>,
     busy: Mutex<BTreeSet<String>>,
     /// After a failed action, a service is left alone until then.
     backoff: Mutex<HashMap<String, Instant>>,
@@ -87,6 +89,7 @@ impl Scaler {
         endpoint: Option<&str>,
         proxy: Arc<Proxy>,
         exposed_by_default: bool,
+        default_domain: Option<String>,
         registry: &Registry,
     ) -> Result<Arc<Self>, String> {
         let docker = match endpoint {
@@ -107,6 +110,7 @@ impl Scaler {
             docker,
             proxy,
             exposed_by_default,
+            default_domain,
             busy: Mutex::new(BTreeSet::new()),
             backoff: Mutex::new(HashMap::new()),
             warned: Mutex::new(BTreeSet::new()),
@@ -174,7 +178,7 @@ impl Scaler {
                 labels: labels.into_iter().collect(),
                 ..Default::default()
             };
-            let (decl, _) = parse_labels(&f, self.exposed_by_default);
+            let (decl, _) = parse_labels(&f, self.exposed_by_default, self.default_domain.as_deref());
             if !decl.enabled || decl.scale.settings().is_none() {
                 continue;
             }

@@ -50,7 +50,7 @@ proptest! {
             labels: labels.clone(),
             ..Default::default()
         };
-        let (decl, errs) = parse(&facts, true);
+        let (decl, errs) = parse(&facts, true, None);
         for e in &errs.0 {
             prop_assert!(e.origin.contains("fuzz-1"), "{}", e);
             prop_assert!(e.field.starts_with("label "), "{}", e);

@@ -65,6 +65,18 @@ async fn backend_urls(admin: SocketAddr, service: &str) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// The problems the Docker source reports (`/api/v1/status`).
+async fn docker_problems(admin: SocketAddr) -> Option<Vec<String>> {
+    let s = admin_json(admin, "/api/v1/status").await;
+    Some(
+        s["sources"]["docker"]["problems"]
+            .as_array()?
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect(),
+    )
+}
+
 /// Host ports a container publishes for container port `port`, as backend URLs.
 fn published_url(container: &str, port: u16) -> String {
     let p = docker(&["port", container, &format!("{port}/tcp")]);
@@ -487,12 +499,7 @@ async fn each_bad_label_is_reported_and_the_rest_keeps_routing() {
     let g = gantry_on_docker(&format!("[docker]\nreserved_hosts = [\"{reserved}\"]\n"), None).await;
     let admin = g.running.admin_addr;
     let problems = eventually(Duration::from_secs(20), "the problems to be reported", || async {
-        let s = admin_json(admin, "/api/v1/status").await;
-        let p: Vec<String> = s["sources"]["docker"]["problems"]
-            .as_array()?
-            .iter()
-            .map(|x| x.as_str().unwrap().to_string())
-            .collect();
+        let p = docker_problems(admin).await?;
         (p.iter()
             .filter(|x| names.iter().any(|n| x.contains(n.as_str())))
             .count()
@@ -546,6 +553,72 @@ async fn each_bad_label_is_reported_and_the_rest_keeps_routing() {
     assert!(failed.is_empty(), "{failed:?}");
     assert!(hits.contains_key(&good));
     assert_eq!(get(&client(), g.addr(), &claimed, "/").await.status, 200);
+    g.running.shutdown().await;
+}
+
+/// Compose files written for Alibaba Cloud: a bare routing name is a prefix of the default
+/// domain, a name over 128 characters is refused with its label, and the family's labels Gantry
+/// cannot honour are reported with their container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliyun_bare_names_take_the_default_domain_and_unsupported_labels_are_reported() {
+    let _lock = lock().await;
+    let mut cleanup = Cleanup::default();
+    let u = unique("ali");
+    let domain = format!("{u}.apps.test");
+    let site = format!("wp.{u}.test");
+    let routes = format!("wordpress;http://{site}/context");
+    // Three labels of 50 characters: each within DNS's 63, the name over the cloud's 128.
+    let long = format!("{0}.{0}.{0}.test", "x".repeat(50));
+    let id = run_backend(
+        &mut cleanup,
+        &[
+            ("aliyun.routing.port_80", &routes),
+            ("aliyun.logs.web", "stdout"),
+            ("aliyun.global", "true"),
+        ],
+        &[],
+    );
+    let long_id = run_backend(&mut cleanup, &[("aliyun.routing.port_80", &long)], &[]);
+    let name_of = |id: &str| {
+        docker(&["inspect", "-f", "{{.Name}}", id])
+            .trim_start_matches('/')
+            .to_string()
+    };
+    let (name, long_name) = (name_of(&id), name_of(&long_id));
+    let g = gantry_on_docker(&format!("[docker]\ndefault_domain = \"{domain}\"\n"), None).await;
+    let admin = g.running.admin_addr;
+    let expect = [
+        format!("docker container {name}: label aliyun.global: not supported by Gantry; ignored"),
+        format!("docker container {name}: label aliyun.logs.web: not supported by Gantry; ignored"),
+        format!(
+            "docker container {long_name}: label aliyun.routing.port_80: \"{long}\": a name or path is longer than 128 characters"
+        ),
+    ];
+    let problems = eventually(Duration::from_secs(20), "the problems to be reported", || async {
+        let p = docker_problems(admin).await?;
+        expect.iter().all(|e| p.contains(e)).then_some(p)
+    })
+    .await;
+    assert_eq!(
+        problems.iter().filter(|p| p.contains(&name)).count(),
+        2,
+        "each unsupported label once: {problems:#?}"
+    );
+    let c = client();
+    let prefixed = format!("wordpress.{domain}");
+    eventually(
+        Duration::from_secs(20),
+        "the prefixed name to be routed",
+        || async { (get(&c, g.addr(), &prefixed, "/").await.status == 200).then_some(()) },
+    )
+    .await;
+    assert_eq!(get(&c, g.addr(), &site, "/context").await.status, 200);
+    assert_eq!(get(&c, g.addr(), &site, "/").await.status, 404, "only /context");
+    assert_eq!(
+        get(&c, g.addr(), "wordpress", "/").await.status,
+        404,
+        "not a host of its own"
+    );
     g.running.shutdown().await;
 }
 

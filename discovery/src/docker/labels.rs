@@ -13,6 +13,11 @@
 //! gantry.enable  gantry.version  gantry.weight  gantry.docker.network  gantry.port
 //! aliyun.scale  gantry.scale.min | max | target | utilization | window | burst_window
 //! ```
+//!
+//! In a routing label, a name without a dot (`wordpress`) is a domain prefix when the Docker
+//! source has a default domain (`wordpress.<default_domain>`), as on Alibaba Cloud; names and
+//! paths are at most 128 characters, as there. Other `aliyun.*` labels are reported as not
+//! supported (each once per container), never ignored in silence.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -135,9 +140,17 @@ fn label(key: &str) -> String {
     format!("label {key}")
 }
 
+/// The longest name or path a routing label may give (Alibaba Cloud's limit).
+pub const MAX_ROUTE_PART: usize = 128;
+
 /// Reads a container's labels. Problems are reported per label; a bad label is skipped and the
-/// rest of the container is used.
-pub fn parse(f: &ContainerFacts, exposed_by_default: bool) -> (ContainerDecl, Errors) {
+/// rest of the container is used. `default_domain`: what a bare name in a routing label is a
+/// prefix of.
+pub fn parse(
+    f: &ContainerFacts,
+    exposed_by_default: bool,
+    default_domain: Option<&str>,
+) -> (ContainerDecl, Errors) {
     let mut errs = Errors::new();
     let o = origin(&f.name);
     let mut d = ContainerDecl {
@@ -154,11 +167,14 @@ pub fn parse(f: &ContainerFacts, exposed_by_default: bool) -> (ContainerDecl, Er
         let rest = match (key.strip_prefix("gantry."), key.strip_prefix("aliyun.")) {
             (Some(r), _) => r,
             (None, Some(r)) => {
-                // Only Aliyun's routing and scale labels concern a proxy; its others are ignored.
                 if let Some(p) = r.strip_prefix("routing.port_") {
-                    routes(&mut d, &mut errs, &o, key, p, value);
+                    routes(&mut d, &mut errs, &o, key, p, value, default_domain);
                 } else if r == "scale" {
                     d.scale.initial = number(&mut errs, &o, key, value, 1, 1000);
+                } else {
+                    // The cloud's load balancer ports, logs, dependencies, global services,
+                    // probes, stickiness and rolling updates: said, not silently dropped.
+                    errs.push(&o, label(key), "not supported by Gantry; ignored");
                 }
                 continue;
             }
@@ -191,9 +207,15 @@ pub fn parse(f: &ContainerFacts, exposed_by_default: bool) -> (ContainerDecl, Er
             "scale.utilization" => d.scale.utilization = float(&mut errs, &o, key, value, 0.01, 1.0),
             "scale.window" => d.scale.window = duration(&mut errs, &o, key, value, 2.0, 3600.0),
             "scale.burst_window" => d.scale.burst_window = duration(&mut errs, &o, key, value, 0.1, 3600.0),
-            r if r.starts_with("routing.port_") => {
-                routes(&mut d, &mut errs, &o, key, &r["routing.port_".len()..], value)
-            }
+            r if r.starts_with("routing.port_") => routes(
+                &mut d,
+                &mut errs,
+                &o,
+                key,
+                &r["routing.port_".len()..],
+                value,
+                default_domain,
+            ),
             r if r.starts_with("http.routers.") => full_form(
                 &mut routers,
                 &mut errs,
@@ -300,7 +322,15 @@ pub fn parse(f: &ContainerFacts, exposed_by_default: bool) -> (ContainerDecl, Er
 }
 
 /// `http://myblog;https://www.example.com/blog` on `port_<port>`.
-fn routes(d: &mut ContainerDecl, errs: &mut Errors, o: &str, key: &str, port_text: &str, value: &str) {
+fn routes(
+    d: &mut ContainerDecl,
+    errs: &mut Errors,
+    o: &str,
+    key: &str,
+    port_text: &str,
+    value: &str,
+    default_domain: Option<&str>,
+) {
     let Some(port) = port_text.parse::<u16>().ok().filter(|p| *p > 0) else {
         errs.push(o, label(key), format!("{port_text:?} is not a port number"));
         return;
@@ -316,9 +346,24 @@ fn routes(d: &mut ContainerDecl, errs: &mut Errors, o: &str, key: &str, port_tex
     }
     for item in value.split(';').map(str::trim).filter(|i| !i.is_empty()) {
         match compact_route(item) {
+            Ok(r)
+                if r.host.len() > MAX_ROUTE_PART
+                    || r.path.as_ref().is_some_and(|p| p.len() > MAX_ROUTE_PART) =>
+            {
+                errs.push(
+                    o,
+                    label(key),
+                    format!("{item:?}: a name or path is longer than {MAX_ROUTE_PART} characters"),
+                )
+            }
             Ok(r) => d.routes.push(RouteDecl {
                 port,
-                host: r.host,
+                host: match default_domain {
+                    Some(domain) if !r.host.contains('.') && !r.host.starts_with('[') => {
+                        format!("{}.{domain}", r.host)
+                    }
+                    _ => r.host,
+                },
                 path: r.path,
                 https: r.https,
                 label: key.to_string(),
@@ -463,6 +508,11 @@ fn port(errs: &mut Errors, o: &str, key: &str, value: &str) -> Option<u16> {
 mod tests {
     use super::*;
 
+    /// Labels read with no default domain.
+    fn plain(f: &ContainerFacts, exposed_by_default: bool) -> (ContainerDecl, Errors) {
+        parse(f, exposed_by_default, None)
+    }
+
     fn facts(labels: &[(&str, &str)]) -> ContainerFacts {
         ContainerFacts {
             id: "abc".into(),
@@ -477,7 +527,7 @@ mod tests {
 
     #[test]
     fn an_empty_routing_label_is_reported_not_dropped() {
-        let (d, errs) = parse(&facts(&[("aliyun.routing.port_80", "  ")]), true);
+        let (d, errs) = plain(&facts(&[("aliyun.routing.port_80", "  ")]), true);
         assert!(d.routes.is_empty());
         assert!(
             errs.to_string().contains("label aliyun.routing.port_80: empty"),
@@ -487,7 +537,7 @@ mod tests {
 
     #[test]
     fn compact_routes_as_existing_compose_files_write_them() {
-        let (d, errs) = parse(
+        let (d, errs) = plain(
             &facts(&[
                 (
                     "aliyun.routing.port_2368",
@@ -499,7 +549,11 @@ mod tests {
             ]),
             true,
         );
-        assert!(errs.is_empty(), "{errs}");
+        // The cloud's other labels are said to be ignored, not dropped in silence.
+        assert_eq!(
+            errs.to_string(),
+            "docker container blog-1: label aliyun.logs.foo: not supported by Gantry; ignored"
+        );
         let r: Vec<_> = d
             .routes
             .iter()
@@ -516,9 +570,60 @@ mod tests {
         assert_eq!(d.scale.initial, Some(3));
     }
 
+    /// `aliyun.routing.port_80: wordpress;http://wp.sample.com/context`, as the cloud's docs
+    /// write it: a bare name is a prefix of the default domain, when there is one.
+    #[test]
+    fn a_bare_routing_name_is_a_prefix_of_the_default_domain() {
+        let f = facts(&[
+            ("aliyun.routing.port_80", "wordpress;http://wp.sample.com/context"),
+            ("gantry.routing.port_81", "https://api"),
+        ]);
+        let hosts = |d: &ContainerDecl| -> Vec<(String, Option<String>, bool)> {
+            d.routes
+                .iter()
+                .map(|r| (r.host.clone(), r.path.clone(), r.https))
+                .collect()
+        };
+        let (d, errs) = parse(&f, true, Some("apps.example.com"));
+        assert!(errs.is_empty(), "{errs}");
+        assert_eq!(
+            hosts(&d),
+            [
+                ("wordpress.apps.example.com".into(), None, false),
+                ("wp.sample.com".into(), Some("/context".into()), false),
+                ("api.apps.example.com".into(), None, true),
+            ]
+        );
+        // Without a default domain a bare name is a host of its own, as before.
+        let (d, _) = plain(&f, true);
+        assert_eq!(hosts(&d)[0].0, "wordpress");
+    }
+
+    #[test]
+    fn names_and_paths_over_128_characters_are_refused_with_their_label() {
+        let long_name = format!("{}.example.com", "a".repeat(60) + "." + &"b".repeat(60));
+        let long_path = format!("ok.example.com/{}", "p".repeat(128));
+        let (d, errs) = plain(
+            &facts(&[(
+                "aliyun.routing.port_80",
+                &format!("{long_name};{long_path};fine.example.com/{}", "p".repeat(127)),
+            )]),
+            true,
+        );
+        assert_eq!(
+            d.routes.len(),
+            1,
+            "only the route within the limits: {:?}",
+            d.routes
+        );
+        let text = errs.to_string();
+        assert_eq!(text.matches("longer than 128 characters").count(), 2, "{text}");
+        assert!(text.contains("label aliyun.routing.port_80"), "{text}");
+    }
+
     #[test]
     fn full_form_in_the_spirit_of_traefik() {
-        let (d, errs) = parse(
+        let (d, errs) = plain(
             &facts(&[
                 (
                     "gantry.http.routers.api.rule",
@@ -555,7 +660,7 @@ mod tests {
 
     #[test]
     fn every_bad_label_is_reported_with_container_and_key_and_the_rest_is_kept() {
-        let (d, errs) = parse(
+        let (d, errs) = plain(
             &facts(&[
                 ("gantry.routing.port_abc", "x.test"),
                 ("gantry.routing.port_70000", "y.test"),
@@ -592,8 +697,8 @@ mod tests {
 
     #[test]
     fn opt_in_and_opt_out() {
-        assert!(!parse(&facts(&[("gantry.enable", "false")]), true).0.enabled);
-        assert!(!parse(&facts(&[]), false).0.enabled);
-        assert!(parse(&facts(&[("gantry.enable", "true")]), false).0.enabled);
+        assert!(!plain(&facts(&[("gantry.enable", "false")]), true).0.enabled);
+        assert!(!plain(&facts(&[]), false).0.enabled);
+        assert!(plain(&facts(&[("gantry.enable", "true")]), false).0.enabled);
     }
 }

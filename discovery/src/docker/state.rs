@@ -48,6 +48,8 @@ pub struct DockerOptions {
     pub exposed_by_default: bool,
     /// Hosts containers may not claim (the admin host, names kept for the operator).
     pub reserved_hosts: Vec<String>,
+    /// What a bare name in a routing label is a prefix of.
+    pub default_domain: Option<String>,
 }
 
 impl Default for DockerOptions {
@@ -57,6 +59,7 @@ impl Default for DockerOptions {
             network: None,
             exposed_by_default: true,
             reserved_hosts: Vec::new(),
+            default_domain: None,
         }
     }
 }
@@ -111,7 +114,7 @@ pub fn desired(containers: &BTreeMap<String, Observed>, opts: &DockerOptions) ->
     sorted.sort_by(|a, b| a.facts.name.cmp(&b.facts.name));
     let mut all = Declared::default();
     for c in sorted {
-        let (decl, errs) = labels::parse(&c.facts, opts.exposed_by_default);
+        let (decl, errs) = labels::parse(&c.facts, opts.exposed_by_default, opts.default_domain.as_deref());
         all.problems.extend(errs);
         if decl.enabled {
             all.compact_routes(c, &decl, opts);
