@@ -622,6 +622,47 @@ async fn aliyun_bare_names_take_the_default_domain_and_unsupported_labels_are_re
     g.running.shutdown().await;
 }
 
+/// `aliyun.probe.url` becomes Gantry's active health check of the route: a replica whose probe
+/// fails gets no traffic, with no Docker HEALTHCHECK to tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aliyun_probe_takes_a_failing_replica_out() {
+    let _lock = lock().await;
+    let mut cleanup = Cleanup::default();
+    let host = format!("{}.test", unique("probe"));
+    let labels = [
+        ("aliyun.routing.port_80", host.as_str()),
+        ("aliyun.probe.url", "http://container:80/health"),
+        ("aliyun.probe.timeout_seconds", "2"),
+    ];
+    let healthy = run_backend(&mut cleanup, &labels, &[]);
+    let failing = run_backend(&mut cleanup, &labels, &["--", "--unhealthy-for", "1h"]);
+    let g = gantry_on_docker("", None).await;
+    // Once the checks have run, every request goes to the replica whose probe passes.
+    let hits = eventually(
+        Duration::from_secs(45),
+        "the failing replica to be taken out",
+        || async {
+            let (hits, failed) = spread(g.addr(), &host, 20).await;
+            (failed.is_empty() && hits.len() == 1).then_some(hits)
+        },
+    )
+    .await;
+    assert_eq!(hits.get(&healthy), Some(&20), "{hits:?} (failing: {failing})");
+    // Both replicas are the service's backends: the failing one is kept out by its probe.
+    let routes = admin_json(g.running.admin_addr, "/api/v1/routes").await;
+    let service = &routes["services"][host.as_str()];
+    assert_eq!(service["health_check"]["path"], "/health", "{service}");
+    let backends = service["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 2, "{service}");
+    let failing_url = published_url(&failing, 80);
+    let state = backends
+        .iter()
+        .find(|b| b["url"] == failing_url.as_str())
+        .map(|b| b["state"].clone());
+    assert_eq!(state, Some("not_ready".into()), "{service}");
+    g.running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gantry_in_a_container_routes_by_container_ip_on_its_network() {
     let _lock = lock().await;

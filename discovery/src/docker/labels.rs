@@ -12,6 +12,7 @@
 //! gantry.middlewares: 'a,b'  (the compact routes' middlewares)
 //! gantry.enable  gantry.version  gantry.weight  gantry.docker.network  gantry.port
 //! aliyun.scale  gantry.scale.min | max | target | utilization | window | burst_window
+//! aliyun.probe.url | timeout_seconds                                     health check
 //! ```
 //!
 //! In a routing label, a name without a dot (`wordpress`) is a domain prefix when the Docker
@@ -68,6 +69,17 @@ pub struct RouteDecl {
     pub https: bool,
     /// The label it came from, for problem reports.
     pub label: String,
+}
+
+/// `aliyun.probe.url` (and `aliyun.probe.timeout_seconds`): the active health check of the
+/// container's compact routes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeDecl {
+    /// The port the probe names; it must be the routed one (Gantry checks the backend it routes).
+    pub port: Option<u16>,
+    pub path: String,
+    /// Seconds.
+    pub timeout: Option<u32>,
 }
 
 /// A full-form service: its settings as written, and the container port it is served on.
@@ -129,6 +141,8 @@ pub struct ContainerDecl {
     pub middlewares: BTreeMap<String, FileMiddleware>,
     /// `gantry.middlewares=a,b`: the middlewares of the container's compact routes.
     pub route_middlewares: Vec<String>,
+    /// `aliyun.probe.url`: the health check of the container's compact routes.
+    pub probe: Option<ProbeDecl>,
 }
 
 /// Where problems of a container come from.
@@ -163,6 +177,7 @@ pub fn parse(
     let mut routers: BTreeMap<String, toml::Table> = BTreeMap::new();
     let mut services: BTreeMap<String, toml::Table> = BTreeMap::new();
     let mut middlewares: BTreeMap<String, toml::Table> = BTreeMap::new();
+    let mut probe_timeout = None;
     for (key, value) in &f.labels {
         let rest = match (key.strip_prefix("gantry."), key.strip_prefix("aliyun.")) {
             (Some(r), _) => r,
@@ -171,6 +186,13 @@ pub fn parse(
                     routes(&mut d, &mut errs, &o, key, p, value, default_domain);
                 } else if r == "scale" {
                     d.scale.initial = number(&mut errs, &o, key, value, 1, 1000);
+                } else if r == "probe.url" {
+                    match probe_url(value) {
+                        Ok(p) => d.probe = Some(p),
+                        Err(e) => errs.push(&o, label(key), e),
+                    }
+                } else if r == "probe.timeout_seconds" {
+                    probe_timeout = number(&mut errs, &o, key, value, 1, 300);
                 } else {
                     // The cloud's load balancer ports, logs, dependencies, global services,
                     // probes, stickiness and rolling updates: said, not silently dropped.
@@ -242,6 +264,15 @@ pub fn parse(
             ),
             _ => errs.push(&o, label(key), "unknown gantry label"),
         }
+    }
+    match (&mut d.probe, probe_timeout) {
+        (Some(p), t) => p.timeout = t,
+        (None, Some(_)) => errs.push(
+            &o,
+            label("aliyun.probe.timeout_seconds"),
+            "without aliyun.probe.url; ignored",
+        ),
+        (None, None) => {}
     }
     if let (Some(min), Some(max)) = (d.scale.min, d.scale.max)
         && min > max
@@ -371,6 +402,39 @@ fn routes(
             Err(e) => errs.push(o, label(key), format!("{item:?}: {e}")),
         }
     }
+}
+
+/// `http://container[:port][/path]` (the host part names the container itself, whatever it
+/// says). Gantry's checks are HTTP: a `tcp://` probe is refused.
+fn probe_url(value: &str) -> Result<ProbeDecl, String> {
+    let value = value.trim();
+    let Some(rest) = value.strip_prefix("http://") else {
+        return Err(if value.starts_with("tcp://") {
+            format!(
+                "{value:?}: TCP probes are not supported by Gantry (its health checks are HTTP); not checked"
+            )
+        } else {
+            format!("{value:?}: expected http://container[:port]/path")
+        });
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let port = match authority.rsplit_once(':') {
+        Some((_, p)) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{value:?}: {p:?} is not a port number"))?,
+        ),
+        None => None,
+    };
+    let path = if path.is_empty() { "/" } else { path };
+    gantry_config::matcher::check_path(path.split('?').next().unwrap_or(path))
+        .map_err(|e| format!("{value:?}: {e}"))?;
+    Ok(ProbeDecl {
+        port,
+        path: path.to_string(),
+        timeout: None,
+    })
 }
 
 /// Collects `gantry.http.<kind>.<name>.<a.b.c>` into a table per name.
@@ -597,6 +661,43 @@ mod tests {
         // Without a default domain a bare name is a host of its own, as before.
         let (d, _) = plain(&f, true);
         assert_eq!(hosts(&d)[0].0, "wordpress");
+    }
+
+    #[test]
+    fn aliyun_probes_are_read_and_tcp_ones_refused() {
+        let probe = |labels: &[(&str, &str)]| {
+            let (d, errs) = plain(&facts(labels), true);
+            (d.probe, errs.to_string())
+        };
+        assert_eq!(
+            probe(&[
+                ("aliyun.probe.url", "http://container:8080/health?full=1"),
+                ("aliyun.probe.timeout_seconds", "4"),
+            ]),
+            (
+                Some(ProbeDecl {
+                    port: Some(8080),
+                    path: "/health?full=1".into(),
+                    timeout: Some(4)
+                }),
+                String::new()
+            )
+        );
+        assert_eq!(
+            probe(&[("aliyun.probe.url", "http://container")]).0,
+            Some(ProbeDecl {
+                port: None,
+                path: "/".into(),
+                timeout: None
+            })
+        );
+        let (p, errs) = probe(&[("aliyun.probe.url", "tcp://container:3306")]);
+        assert!(
+            p.is_none() && errs.contains("TCP probes are not supported"),
+            "{errs}"
+        );
+        let (_, errs) = probe(&[("aliyun.probe.timeout_seconds", "4")]);
+        assert!(errs.contains("without aliyun.probe.url"), "{errs}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use gantry_config::compact::route_service_name;
+use gantry_config::health::FileHealthCheck;
 use gantry_config::middleware::{FileMiddleware, validate_middleware};
 use gantry_config::router::{FileRouter, validate_router};
 use gantry_config::scale::FileScale;
@@ -98,6 +99,8 @@ struct RouteGroup {
     scale: Option<FileScale>,
     /// `gantry.middlewares` of that container.
     middlewares: Vec<String>,
+    /// Its `aliyun.probe.url`, as a health check.
+    health: Option<FileHealthCheck>,
 }
 
 struct FullService {
@@ -160,6 +163,26 @@ impl Declared {
             }
             let key = (r.host.clone(), r.path.clone());
             let scale = decl.scale.settings();
+            let health = match &decl.probe {
+                Some(p) if p.port.is_some_and(|port| port != r.port) => {
+                    self.problems.push(
+                        &o,
+                        "label aliyun.probe.url",
+                        format!(
+                            "port {} is not the routed port {}: Gantry checks the port it routes; not checked",
+                            p.port.unwrap_or_default(),
+                            r.port
+                        ),
+                    );
+                    None
+                }
+                Some(p) => Some(FileHealthCheck {
+                    path: Some(p.path.clone()),
+                    timeout: p.timeout.map(|t| format!("{t}s")),
+                    ..Default::default()
+                }),
+                None => None,
+            };
             let group = self.routes.entry(key).or_insert_with(|| RouteGroup {
                 project: decl.project.clone(),
                 https: r.https,
@@ -167,6 +190,7 @@ impl Declared {
                 members: Vec::new(),
                 scale: scale.clone(),
                 middlewares: decl.route_middlewares.clone(),
+                health: health.clone(),
             });
             if group.project != decl.project {
                 self.problems.push(
@@ -189,6 +213,16 @@ impl Declared {
                 self.problems.push(
                     &o,
                     "label gantry.middlewares",
+                    format!(
+                        "differs from that of container {}, which routes {} too; using theirs",
+                        group.port_owner, r.host
+                    ),
+                );
+            }
+            if group.health != health {
+                self.problems.push(
+                    &o,
+                    "label aliyun.probe.url",
                     format!(
                         "differs from that of container {}, which routes {} too; using theirs",
                         group.port_owner, r.host
@@ -334,6 +368,7 @@ impl Declared {
             }
             let settings = FileService {
                 scale: group.scale,
+                health_check: group.health,
                 ..Default::default()
             };
             if let Some(s) = build_service(&name, settings, group.members, &o, &mut self.problems) {
@@ -609,6 +644,41 @@ mod tests {
             ]
         );
         assert_eq!(s.routers["myblog"].service, "myblog");
+    }
+
+    /// `aliyun.probe.url` on the replicas of a compact route: the route's service is checked
+    /// on that path, with the probe's timeout; a probe of another port is reported, not used.
+    #[test]
+    fn an_aliyun_probe_is_the_health_check_of_the_compact_routes_service() {
+        let probe = [
+            ("aliyun.routing.port_2368", "http://myblog"),
+            ("aliyun.probe.url", "http://container:2368/ping"),
+            ("aliyun.probe.timeout_seconds", "3"),
+        ];
+        let cs: BTreeMap<_, _> = (1..=2)
+            .map(|i| container(&format!("blog-{i}"), "p", "blog", &format!("10.0.0.{i}"), &probe))
+            .collect();
+        let (s, problems) = desired(&cs, &DockerOptions::default());
+        assert!(problems.is_empty(), "{problems}");
+        let check = s.services["myblog"].health_check.clone().expect("a health check");
+        assert_eq!(
+            (check.path.as_str(), check.timeout),
+            ("/ping", std::time::Duration::from_secs(3))
+        );
+
+        let other_port = [
+            ("aliyun.routing.port_2368", "http://myblog"),
+            ("aliyun.probe.url", "http://container:9000/ping"),
+        ];
+        let cs: BTreeMap<_, _> = [container("blog-1", "p", "blog", "10.0.0.1", &other_port)].into();
+        let (s, problems) = desired(&cs, &DockerOptions::default());
+        assert!(s.services["myblog"].health_check.is_none());
+        assert!(
+            problems
+                .to_string()
+                .contains("label aliyun.probe.url: port 9000 is not the routed port 2368"),
+            "{problems}"
+        );
     }
 
     #[test]
