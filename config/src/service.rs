@@ -52,6 +52,76 @@ pub struct Service {
     /// are not pooled; health checks send a `LOCAL` header.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<SendProxyProtocol>,
+    /// Sticky sessions by a cookie Gantry sets; none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
+}
+
+/// Sticky sessions (Traefik's `sticky.cookie`, Aliyun's `session_sticky`): an answer sets a
+/// cookie naming the backend that gave it; while that backend can take requests, the client's
+/// next requests go to it. A backend that is gone, failing or draining is replaced, and the
+/// cookie with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Sticky {
+    pub cookie: String,
+    pub secure: bool,
+    pub http_only: bool,
+    /// `Lax` (default), `Strict` or `None` (which needs `secure`).
+    pub same_site: &'static str,
+}
+
+/// The cookie of `sticky = {}` and of `aliyun.routing.session_sticky`.
+pub const DEFAULT_STICKY_COOKIE: &str = "gantry_sticky";
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSticky {
+    pub cookie: Option<String>,
+    pub secure: Option<bool>,
+    pub http_only: Option<bool>,
+    pub same_site: Option<String>,
+}
+
+fn validate_sticky(s: FileSticky, origin: &str, field: &str, errs: &mut Errors) -> Option<Sticky> {
+    let cookie = s.cookie.unwrap_or_else(|| DEFAULT_STICKY_COOKIE.to_string());
+    // A cookie name is an RFC 6265 token.
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if cookie.is_empty() || !cookie.chars().all(token) {
+        errs.push(
+            origin,
+            format!("{field}.cookie"),
+            format!("{cookie:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)"),
+        );
+        return None;
+    }
+    let secure = s.secure.unwrap_or(false);
+    let same_site = match s.same_site.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("lax") => "Lax",
+        Some("strict") => "Strict",
+        Some("none") if secure => "None",
+        Some("none") => {
+            errs.push(
+                origin,
+                format!("{field}.same_site"),
+                "\"none\" needs secure = true (browsers drop such a cookie otherwise)",
+            );
+            return None;
+        }
+        Some(other) => {
+            errs.push(
+                origin,
+                format!("{field}.same_site"),
+                format!("{other:?}: use \"lax\", \"strict\" or \"none\""),
+            );
+            return None;
+        }
+    };
+    Some(Sticky {
+        cookie,
+        secure,
+        http_only: s.http_only.unwrap_or(true),
+        same_site,
+    })
 }
 
 /// Which PROXY protocol header Gantry sends to a service's backends.
@@ -81,6 +151,7 @@ impl Service {
             canary: Canary::default(),
             scale: None,
             proxy_protocol: None,
+            sticky: None,
         }
     }
 }
@@ -183,6 +254,8 @@ pub struct FileService {
     pub scale: Option<FileScale>,
     /// `"v1"` or `"v2"`: send a PROXY protocol header to the backends.
     pub proxy_protocol: Option<String>,
+    /// Sticky sessions by cookie (`sticky = {}`: the default cookie).
+    pub sticky: Option<FileSticky>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -314,6 +387,9 @@ pub fn validate_service(
     }
     if let Some(sc) = s.scale {
         service.scale = Some(validate_scale(sc, origin, &format!("{field}.scale"), errs));
+    }
+    if let Some(st) = s.sticky {
+        service.sticky = validate_sticky(st, origin, &format!("{field}.sticky"), errs);
     }
     if let Some(v) = &s.proxy_protocol {
         let f = format!("{field}.proxy_protocol");
@@ -480,5 +556,65 @@ pub fn validate_limits(l: FileLimits, origin: &str, field: &str, errs: &mut Erro
             f("max_pending_requests_per_backend"),
             errs,
         ),
+    }
+}
+
+#[cfg(test)]
+mod sticky_tests {
+    use super::*;
+
+    #[test]
+    fn sticky_cookies_have_token_names_and_a_same_site_browsers_keep() {
+        let read = |f: FileSticky| {
+            let mut errs = Errors::new();
+            (
+                validate_sticky(f, "gantry.toml", "services.web.sticky", &mut errs),
+                errs.to_string(),
+            )
+        };
+        let (s, errs) = read(FileSticky::default());
+        assert_eq!(
+            s,
+            Some(Sticky {
+                cookie: DEFAULT_STICKY_COOKIE.into(),
+                secure: false,
+                http_only: true,
+                same_site: "Lax"
+            }),
+            "{errs}"
+        );
+        let (s, _) = read(FileSticky {
+            cookie: Some("srv".into()),
+            secure: Some(true),
+            same_site: Some("None".into()),
+            ..Default::default()
+        });
+        assert_eq!(s.map(|s| (s.cookie, s.same_site)), Some(("srv".into(), "None")));
+        for (bad, field) in [
+            (
+                FileSticky {
+                    cookie: Some("a b".into()),
+                    ..Default::default()
+                },
+                "services.web.sticky.cookie",
+            ),
+            (
+                FileSticky {
+                    same_site: Some("none".into()),
+                    ..Default::default()
+                },
+                "services.web.sticky.same_site",
+            ),
+            (
+                FileSticky {
+                    same_site: Some("sometimes".into()),
+                    ..Default::default()
+                },
+                "services.web.sticky.same_site",
+            ),
+        ] {
+            let (s, errs) = read(bad);
+            assert!(s.is_none() && errs.contains(field), "{errs}");
+        }
     }
 }

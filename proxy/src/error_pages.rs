@@ -74,6 +74,7 @@ async fn fetch(
     let service = snap.service_named(service)?;
     let ctx = PickContext {
         hash: None,
+        sticky: None,
         placement: Placement::Weighted,
         now: Instant::now(),
     };

@@ -320,7 +320,10 @@ impl Proxy {
                         });
                     }
                     match sent {
-                        Ok((resp, sender)) => {
+                        Ok((mut resp, sender)) => {
+                            if let Some(cookie) = service.sticky_cookie(backend_idx, ctx.sticky) {
+                                resp.headers_mut().append(header::SET_COOKIE, cookie.clone());
+                            }
                             let now = Instant::now();
                             let since_start = now - start;
                             if let Some(t) = &mut trail {
@@ -525,6 +528,7 @@ impl Proxy {
         service.state.deposit(service.spec.retries.budget_percent);
         let ctx = PickContext {
             hash: service.hash_of(req.headers(), client_ip),
+            sticky: service.sticky_backend(req.headers()),
             placement: service.place(req.headers(), client_ip),
             now: start,
         };

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use gantry_config::routing::Id;
 use gantry_config::{HashOn, Policy, RoutingTable, Service};
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderValue, header};
 use prometheus::Histogram;
 
 use crate::backend::{BackendKey, BackendRegistry, BackendState};
@@ -54,6 +54,44 @@ pub struct ServiceRuntime {
     group_of: Vec<usize>,
     /// Sticky assignment: the bucket ranges of the groups, as (end, group), in bucket order.
     cuts: Vec<(u32, usize)>,
+    /// Sticky sessions, when the service has them.
+    sticky: Option<StickyCookie>,
+}
+
+/// A sticky service's cookie: its name, and per backend (same order as `backends`) the ID a
+/// cookie carries and the `Set-Cookie` that names it.
+#[derive(Debug)]
+struct StickyCookie {
+    name: Box<str>,
+    ids: Box<[u64]>,
+    /// `None` only if the header could not be made (config validation rules that out).
+    set: Box<[Option<HeaderValue>]>,
+}
+
+impl StickyCookie {
+    fn build(s: &gantry_config::service::Sticky, backends: &[gantry_config::Backend]) -> Self {
+        // A backend's ID is a hash of its URL: the same in every snapshot and on every instance
+        // of a fleet, and it does not reveal the address.
+        let ids: Box<[u64]> = backends
+            .iter()
+            .map(|b| balance::hash_key(b.url.to_string().as_bytes()))
+            .collect();
+        let attrs = format!(
+            "; Path=/{}{}; SameSite={}",
+            if s.secure { "; Secure" } else { "" },
+            if s.http_only { "; HttpOnly" } else { "" },
+            s.same_site
+        );
+        let set = ids
+            .iter()
+            .map(|id| HeaderValue::from_str(&format!("{}={id:016x}{attrs}", s.cookie)).ok())
+            .collect();
+        Self {
+            name: s.cookie.as_str().into(),
+            ids,
+            set,
+        }
+    }
 }
 
 /// Sticky assignment hashes a user into one of this many buckets.
@@ -96,6 +134,8 @@ enum Lb {
 pub struct PickContext {
     /// The hash of the request's key, for hash policies (see [`ServiceRuntime::hash_of`]).
     pub hash: Option<u64>,
+    /// The backend the request's sticky cookie names (see [`ServiceRuntime::sticky_backend`]).
+    pub sticky: Option<usize>,
     pub placement: Placement,
     pub now: Instant,
 }
@@ -185,6 +225,10 @@ impl ServiceRuntime {
             }
         }
         let cuts = sticky_cuts(&groups, spec.canary.stable.as_deref());
+        let sticky = spec
+            .sticky
+            .as_ref()
+            .map(|s| StickyCookie::build(s, &spec.backends));
         Self {
             name,
             spec,
@@ -195,6 +239,7 @@ impl ServiceRuntime {
             version_rr,
             group_of,
             cuts,
+            sticky,
         }
     }
 
@@ -258,6 +303,22 @@ impl ServiceRuntime {
         }
     }
 
+    /// The backend a request's sticky cookie names, when the service is sticky and that backend
+    /// is still one of its own.
+    pub fn sticky_backend(&self, headers: &HeaderMap) -> Option<usize> {
+        let s = self.sticky.as_ref()?;
+        let value = cookie(headers, &s.name)?;
+        let id = u64::from_str_radix(std::str::from_utf8(value).ok()?, 16).ok()?;
+        s.ids.iter().position(|&x| x == id)
+    }
+
+    /// The `Set-Cookie` that names backend `i`, for an answer it gave to a request whose cookie
+    /// named another (`had`) or none.
+    pub fn sticky_cookie(&self, i: usize, had: Option<usize>) -> Option<&HeaderValue> {
+        let s = self.sticky.as_ref()?;
+        (had != Some(i)).then(|| s.set.get(i)?.as_ref()).flatten()
+    }
+
     /// The hash of a request's balancing key, for a hash policy (computed once per request,
     /// reused by retries).
     pub fn hash_of(&self, headers: &HeaderMap, client_ip: IpAddr) -> Option<u64> {
@@ -300,6 +361,13 @@ impl ServiceRuntime {
             }
             ((f64::from(w) * WEIGHT_SCALE * b.health.weight_factor(now)) as u32).max(1)
         };
+        // The backend a sticky cookie names, while it can take the request.
+        if let Some(i) = ctx.sticky
+            && i < self.backends.len()
+            && weight(i) > 0
+        {
+            return Some(Pick { index: i, panic });
+        }
         let available = |g: usize| self.groups[g].members.iter().any(|&i| weight(i) > 0);
         let group = match (self.groups.len(), ctx.placement) {
             (1, _) => &self.groups[0],

@@ -154,3 +154,81 @@ async fn hashing_on_cookie_and_client_ip() {
     }
     g.running.shutdown().await;
 }
+
+/// Sticky sessions (`sticky = {}`): the first answer sets a cookie naming its backend, later
+/// requests with it stay there and get no new cookie; a cookie naming no backend, or one that
+/// stopped answering, is replaced along with the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_cookie_keeps_a_client_on_its_backend_until_that_backend_goes() {
+    let backends = [
+        Backend::start("a", Behavior::Name).await,
+        Backend::start("b", Behavior::Name).await,
+        Backend::start("c", Behavior::Name).await,
+    ];
+    let g = Gantry::start(&one_service(
+        &[(&backends[0], 1), (&backends[1], 1), (&backends[2], 1)],
+        "sticky = { secure = true }\nretries = { attempts = 2 }",
+    ))
+    .await;
+    let c = client();
+    let set_cookie = |a: &Answer| {
+        a.headers
+            .get("set-cookie")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let first = get(&c, g.addr(), "h", "/").await;
+    let set = set_cookie(&first).expect("the first answer sets the cookie");
+    let (pair, attrs) = set.split_once(';').unwrap();
+    assert!(pair.starts_with("gantry_sticky="), "{set}");
+    assert_eq!(attrs, " Path=/; Secure; HttpOnly; SameSite=Lax");
+    // Round robin alone would spread these over all three.
+    for _ in 0..30 {
+        let again = send(
+            &c,
+            g.addr(),
+            "GET",
+            "h",
+            "/",
+            &[("cookie", &format!("theme=dark; {pair}"))],
+        )
+        .await
+        .unwrap();
+        assert_eq!(again.backend(), first.backend());
+        assert_eq!(set_cookie(&again), None, "the cookie already names it");
+    }
+    // A cookie that names no backend is replaced.
+    let stranger = send(
+        &c,
+        g.addr(),
+        "GET",
+        "h",
+        "/",
+        &[("cookie", "gantry_sticky=0123456789abcdef")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(stranger.status, 200);
+    assert!(set_cookie(&stranger).is_some_and(|s| s.starts_with("gantry_sticky=")));
+    // Its backend stops: the client moves, with a cookie naming the new one.
+    let chosen = backends.iter().find(|b| b.name == first.backend()).unwrap();
+    chosen.stop();
+    let moved = send(&c, g.addr(), "GET", "h", "/", &[("cookie", pair)])
+        .await
+        .unwrap();
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    assert_ne!(moved.backend(), first.backend());
+    let new_pair = set_cookie(&moved)
+        .expect("a new cookie")
+        .split_once(';')
+        .unwrap()
+        .0
+        .to_string();
+    assert_ne!(new_pair, pair);
+    for _ in 0..10 {
+        let again = send(&c, g.addr(), "GET", "h", "/", &[("cookie", &new_pair)])
+            .await
+            .unwrap();
+        assert_eq!(again.backend(), moved.backend());
+    }
+    g.running.shutdown().await;
+}

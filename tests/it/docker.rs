@@ -663,6 +663,40 @@ async fn an_aliyun_probe_takes_a_failing_replica_out() {
     g.running.shutdown().await;
 }
 
+/// `aliyun.routing.session_sticky: true`: a client stays on the replica that first answered it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliyun_session_sticky_keeps_a_client_on_its_replica() {
+    let _lock = lock().await;
+    let mut cleanup = Cleanup::default();
+    let host = format!("{}.test", unique("sticky"));
+    let labels = [
+        ("aliyun.routing.port_80", host.as_str()),
+        ("aliyun.routing.session_sticky", "true"),
+    ];
+    let replicas = [
+        run_backend(&mut cleanup, &labels, &[]),
+        run_backend(&mut cleanup, &labels, &[]),
+    ];
+    let g = gantry_on_docker("", None).await;
+    eventually(Duration::from_secs(20), "both replicas to be routed", || async {
+        let (hits, _) = spread(g.addr(), &host, 10).await;
+        (hits.len() == 2).then_some(())
+    })
+    .await;
+    let c = client();
+    let first = get(&c, g.addr(), &host, "/").await;
+    assert!(replicas.contains(&first.backend().to_string()));
+    let set = first.headers["set-cookie"].to_str().unwrap().to_string();
+    let pair = set.split_once(';').unwrap().0;
+    for _ in 0..20 {
+        let again = send(&c, g.addr(), "GET", &host, "/", &[("cookie", pair)])
+            .await
+            .unwrap();
+        assert_eq!(again.backend(), first.backend());
+    }
+    g.running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gantry_in_a_container_routes_by_container_ip_on_its_network() {
     let _lock = lock().await;

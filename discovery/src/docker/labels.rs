@@ -13,6 +13,7 @@
 //! gantry.enable  gantry.version  gantry.weight  gantry.docker.network  gantry.port
 //! aliyun.scale  gantry.scale.min | max | target | utilization | window | burst_window
 //! aliyun.probe.url | timeout_seconds                                     health check
+//! aliyun.routing.session_sticky                                           sticky cookie
 //! ```
 //!
 //! In a routing label, a name without a dot (`wordpress`) is a domain prefix when the Docker
@@ -143,6 +144,8 @@ pub struct ContainerDecl {
     pub route_middlewares: Vec<String>,
     /// `aliyun.probe.url`: the health check of the container's compact routes.
     pub probe: Option<ProbeDecl>,
+    /// `aliyun.routing.session_sticky`: the compact routes' clients stay on their replica.
+    pub session_sticky: bool,
 }
 
 /// Where problems of a container come from.
@@ -184,6 +187,12 @@ pub fn parse(
             (None, Some(r)) => {
                 if let Some(p) = r.strip_prefix("routing.port_") {
                     routes(&mut d, &mut errs, &o, key, p, value, default_domain);
+                } else if r == "routing.session_sticky" {
+                    match value.trim() {
+                        "true" => d.session_sticky = true,
+                        "false" => d.session_sticky = false,
+                        v => errs.push(&o, label(key), format!("{v:?} is not true or false")),
+                    }
                 } else if r == "scale" {
                     d.scale.initial = number(&mut errs, &o, key, value, 1, 1000);
                 } else if r == "probe.url" {

@@ -26,7 +26,7 @@ use gantry_config::health::FileHealthCheck;
 use gantry_config::middleware::{FileMiddleware, validate_middleware};
 use gantry_config::router::{FileRouter, validate_router};
 use gantry_config::scale::FileScale;
-use gantry_config::service::{FileService, validate_service};
+use gantry_config::service::{FileService, FileSticky, validate_service};
 use gantry_config::{Backend, BackendUrl, DesiredState, Errors, Scheme};
 
 use super::labels::{self, ContainerDecl, ContainerFacts, DockerHealth, origin};
@@ -101,6 +101,8 @@ struct RouteGroup {
     middlewares: Vec<String>,
     /// Its `aliyun.probe.url`, as a health check.
     health: Option<FileHealthCheck>,
+    /// Its `aliyun.routing.session_sticky`.
+    sticky: bool,
 }
 
 struct FullService {
@@ -191,6 +193,7 @@ impl Declared {
                 scale: scale.clone(),
                 middlewares: decl.route_middlewares.clone(),
                 health: health.clone(),
+                sticky: decl.session_sticky,
             });
             if group.project != decl.project {
                 self.problems.push(
@@ -213,6 +216,16 @@ impl Declared {
                 self.problems.push(
                     &o,
                     "label gantry.middlewares",
+                    format!(
+                        "differs from that of container {}, which routes {} too; using theirs",
+                        group.port_owner, r.host
+                    ),
+                );
+            }
+            if group.sticky != decl.session_sticky {
+                self.problems.push(
+                    &o,
+                    "label aliyun.routing.session_sticky",
                     format!(
                         "differs from that of container {}, which routes {} too; using theirs",
                         group.port_owner, r.host
@@ -369,6 +382,7 @@ impl Declared {
             let settings = FileService {
                 scale: group.scale,
                 health_check: group.health,
+                sticky: group.sticky.then(FileSticky::default),
                 ..Default::default()
             };
             if let Some(s) = build_service(&name, settings, group.members, &o, &mut self.problems) {
