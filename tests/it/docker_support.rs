@@ -65,6 +65,15 @@ pub fn test_image() -> &'static str {
             .arg("-cf")
             .arg(&tar)
             .arg("."));
+        let id_of = || {
+            Command::new("docker")
+                .args(["image", "inspect", "-f", "{{.Id}}", "gantry-test:it"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        };
+        let previous = id_of();
         run(Command::new("docker").args([
             "import",
             "-c",
@@ -74,6 +83,11 @@ pub fn test_image() -> &'static str {
             tar.to_str().unwrap(),
             "gantry-test:it",
         ]));
+        // The image of an earlier run lost its tag to this one: remove it rather than leave it
+        // dangling (a failure only means something still uses it).
+        if let Some(old) = previous.filter(|old| Some(old) != id_of().as_ref()) {
+            let _ = Command::new("docker").args(["rmi", &old]).output();
+        }
         "gantry-test:it".to_string()
     })
 }
