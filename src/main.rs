@@ -323,6 +323,9 @@ async fn async_main(command: Command) -> ExitCode {
         }
         Command::Check { .. } | Command::Probe { .. } => return ExitCode::FAILURE,
     };
+    // Before the listeners open: a SIGHUP (or SIGTERM) that arrives once Gantry answers must be
+    // Gantry's to handle, not the default action's (which ends the process).
+    let signals = Signals::install();
     let running = match gantry::start(opts).await {
         Ok(r) => r,
         Err(e) => {
@@ -337,7 +340,10 @@ async fn async_main(command: Command) -> ExitCode {
             gantry::demo::instructions(running.addr(), running.admin_addr)
         );
     }
-    wait_for_signals(&running).await;
+    match signals {
+        Some(s) => s.wait(&running).await,
+        None => error!("cannot install signal handlers"),
+    }
     info!("shutting down: draining in-flight requests");
     running.shutdown().await;
     backends_stop.cancel();
@@ -345,25 +351,35 @@ async fn async_main(command: Command) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// SIGHUP reloads the config; SIGTERM and SIGINT return (and the caller drains).
-async fn wait_for_signals(running: &gantry::Running) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                info!("SIGHUP: reloading the config file");
-                running.reload();
+/// The signals a running Gantry acts on, installed before it starts (a signal that arrives
+/// meanwhile waits for `wait`).
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Some(Self {
+            hup: signal(SignalKind::hangup()).ok()?,
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+        })
+    }
+
+    /// SIGHUP reloads the config; SIGTERM and SIGINT return (and the caller drains).
+    async fn wait(mut self, running: &gantry::Running) {
+        loop {
+            tokio::select! {
+                _ = self.hup.recv() => {
+                    info!("SIGHUP: reloading the config file");
+                    running.reload();
+                }
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
             }
-            _ = term.recv() => return,
-            _ = int.recv() => return,
         }
     }
 }

@@ -170,3 +170,22 @@ async fn sighup_reloads_the_file() {
     let s = admin_json(p.admin, "/api/v1/status").await;
     assert_eq!(s["generation"], 2);
 }
+
+/// A SIGHUP while Gantry starts (here: the moment its admin listener is up, before the proxy
+/// listeners) is a reload, never the default action (which ends the process): the handlers are
+/// installed before anything listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_right_after_start_reloads_and_does_not_kill() {
+    let a = Backend::start("a", Behavior::Name).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gantry.toml");
+    std::fs::write(&config, one_service(&[(&a, 1)], "")).unwrap();
+    let mut p = GantryProcess::spawn_signalled(
+        &["run", "--config", config.to_str().unwrap()],
+        "admin listening",
+        rustix::process::Signal::HUP,
+    );
+    let c = client();
+    assert_eq!(get(&c, p.addr, "h", "/").await.backend(), "a");
+    assert!(p.child.try_wait().unwrap().is_none(), "gantry exited on SIGHUP");
+}

@@ -446,6 +446,16 @@ impl GantryProcess {
     /// [`GantryProcess::spawn`] with its standard output sent to `stdout` (`Stdio::piped()`:
     /// taken from `child.stdout`).
     pub fn spawn_with_stdout(args: &[&str], stdout: Stdio) -> Self {
+        Self::spawn_inner(args, stdout, None)
+    }
+
+    /// [`GantryProcess::spawn`], sending `signal` the moment a log line contains `when` (while
+    /// Gantry is still starting).
+    pub fn spawn_signalled(args: &[&str], when: &str, signal: rustix::process::Signal) -> Self {
+        Self::spawn_inner(args, Stdio::null(), Some((when, signal)))
+    }
+
+    fn spawn_inner(args: &[&str], stdout: Stdio, mut early: Option<(&str, rustix::process::Signal)>) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
             .args(args)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
@@ -479,6 +489,13 @@ impl GantryProcess {
                         log.lock().unwrap()
                     )
                 });
+            if let Some((when, signal)) = early
+                && line.contains(when)
+            {
+                let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+                rustix::process::kill_process(pid, signal).unwrap();
+                early = None;
+            }
             for (what, key) in [("proxy listening", "proxy"), ("admin listening", "admin")] {
                 if line.contains(what) {
                     let addr = line
