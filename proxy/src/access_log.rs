@@ -21,7 +21,6 @@ use http::{Method, Request, Response, Version};
 use prometheus::IntCounter;
 
 use crate::conn::ConnInfo;
-use crate::forward::X_REQUEST_ID;
 use crate::response::ResponseBody;
 
 /// What `handle` learned about a request, for its line (a response extension, only when the
@@ -136,7 +135,7 @@ enum Field {
 }
 const FIELDS: usize = 5;
 
-/// Room kept in a line's text for the request ID (added with the response).
+/// Room kept in a line's text for the request ID (added by `handle`, once it has one).
 const REQUEST_ID_ROOM: usize = 40;
 
 impl Line {
@@ -380,11 +379,6 @@ impl AccessLogger {
             return;
         }
         line.status = resp.status().as_u16();
-        if line.at[Field::RequestId as usize] == (0, 0)
-            && let Some(id) = resp.headers().get(&X_REQUEST_ID)
-        {
-            line.request_id(id);
-        }
         // Gantry's own failures and upgrades only (the common answer carries no extension).
         if !resp.extensions().is_empty() {
             if let Some(Failure(kind)) = resp.extensions_mut().remove::<Failure>() {

@@ -140,12 +140,11 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         conn: &Arc<ConnInfo>,
-        line: Option<&mut crate::access_log::Line>,
+        mut line: Option<&mut crate::access_log::Line>,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         let snap = self.store.load();
         let request_id = request_id(req.headers_mut());
-        let mut line = line;
         if let Some(l) = line.as_deref_mut() {
             l.request_id(&request_id);
         }

@@ -188,11 +188,7 @@ pub fn parse(
                 if let Some(p) = r.strip_prefix("routing.port_") {
                     routes(&mut d, &mut errs, &o, key, p, value, default_domain);
                 } else if r == "routing.session_sticky" {
-                    match value.trim() {
-                        "true" => d.session_sticky = true,
-                        "false" => d.session_sticky = false,
-                        v => errs.push(&o, label(key), format!("{v:?} is not true or false")),
-                    }
+                    d.session_sticky = boolean(&mut errs, &o, key, value).unwrap_or(d.session_sticky);
                 } else if r == "scale" {
                     d.scale.initial = number(&mut errs, &o, key, value, 1, 1000);
                 } else if r == "probe.url" {
@@ -204,7 +200,7 @@ pub fn parse(
                     probe_timeout = number(&mut errs, &o, key, value, 1, 300);
                 } else {
                     // The cloud's load balancer ports, logs, dependencies, global services,
-                    // probes, stickiness and rolling updates: said, not silently dropped.
+                    // command probes and rolling updates: said, not silently dropped.
                     errs.push(&o, label(key), "not supported by Gantry; ignored");
                 }
                 continue;
@@ -212,11 +208,7 @@ pub fn parse(
             _ => continue,
         };
         match rest {
-            "enable" => match value.trim() {
-                "true" => d.enabled = true,
-                "false" => d.enabled = false,
-                v => errs.push(&o, label(key), format!("{v:?} is not true or false")),
-            },
+            "enable" => d.enabled = boolean(&mut errs, &o, key, value).unwrap_or(d.enabled),
             "version" => match check_version(value.trim()) {
                 Ok(()) => d.version = Some(value.trim().to_string()),
                 Err(e) => errs.push(&o, label(key), e),
@@ -519,6 +511,17 @@ fn typed<T: DeserializeOwned>(table: toml::Table, errs: &mut Errors, o: &str, pr
         Ok(v) => Some(v),
         Err(e) => {
             errs.push(o, label(prefix), e.message().trim().to_string());
+            None
+        }
+    }
+}
+
+fn boolean(errs: &mut Errors, o: &str, key: &str, value: &str) -> Option<bool> {
+    match value.trim() {
+        "true" => Some(true),
+        "false" => Some(false),
+        v => {
+            errs.push(o, label(key), format!("{v:?} is not true or false"));
             None
         }
     }

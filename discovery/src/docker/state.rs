@@ -166,13 +166,12 @@ impl Declared {
             let key = (r.host.clone(), r.path.clone());
             let scale = decl.scale.settings();
             let health = match &decl.probe {
-                Some(p) if p.port.is_some_and(|port| port != r.port) => {
+                Some(labels::ProbeDecl { port: Some(port), .. }) if *port != r.port => {
                     self.problems.push(
                         &o,
                         "label aliyun.probe.url",
                         format!(
-                            "port {} is not the routed port {}: Gantry checks the port it routes; not checked",
-                            p.port.unwrap_or_default(),
+                            "port {port} is not the routed port {}: Gantry checks the port it routes; not checked",
                             r.port
                         ),
                     );
@@ -212,35 +211,28 @@ impl Declared {
                 );
                 continue;
             }
-            if group.middlewares != decl.route_middlewares {
-                self.problems.push(
-                    &o,
+            // Settings of the route's service that the first container decides.
+            for (differs, field) in [
+                (
+                    group.middlewares != decl.route_middlewares,
                     "label gantry.middlewares",
-                    format!(
-                        "differs from that of container {}, which routes {} too; using theirs",
-                        group.port_owner, r.host
-                    ),
-                );
-            }
-            if group.sticky != decl.session_sticky {
-                self.problems.push(
-                    &o,
+                ),
+                (
+                    group.sticky != decl.session_sticky,
                     "label aliyun.routing.session_sticky",
-                    format!(
-                        "differs from that of container {}, which routes {} too; using theirs",
-                        group.port_owner, r.host
-                    ),
-                );
-            }
-            if group.health != health {
-                self.problems.push(
-                    &o,
-                    "label aliyun.probe.url",
-                    format!(
-                        "differs from that of container {}, which routes {} too; using theirs",
-                        group.port_owner, r.host
-                    ),
-                );
+                ),
+                (group.health != health, "label aliyun.probe.url"),
+            ] {
+                if differs {
+                    self.problems.push(
+                        &o,
+                        field,
+                        format!(
+                            "differs from that of container {}, which routes {} too; using theirs",
+                            group.port_owner, r.host
+                        ),
+                    );
+                }
             }
             if group.scale != scale {
                 self.problems.push(
