@@ -84,6 +84,8 @@ pub enum StartError {
     Metrics(prometheus::Error),
     /// The access log's file cannot be opened.
     AccessLog(String, std::io::Error),
+    /// An ACME resolver cannot be set up (its storage, its CA file).
+    Acme(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -93,6 +95,7 @@ impl std::fmt::Display for StartError {
             StartError::Bind { what, addr, error } => write!(f, "cannot listen on {addr} ({what}): {error}"),
             StartError::Metrics(e) => write!(f, "metrics registry: {e}"),
             StartError::AccessLog(target, e) => write!(f, "cannot open the access log {target}: {e}"),
+            StartError::Acme(e) => write!(f, "ACME: {e}"),
         }
     }
 }
@@ -363,12 +366,23 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         &opts,
         &static_config,
         &proxy,
-        instance,
+        instance.clone(),
         updates_tx,
         &registry,
         &shutdown,
     )?;
     let admin_token = settings.admin_token.clone();
+    // Before the entrypoints: TLS entrypoints offer acme-tls/1 when a resolver answers it.
+    let acme = spawn_acme(
+        &opts,
+        &static_config,
+        &proxy,
+        &status,
+        &registry,
+        &shutdown,
+        instance,
+    )
+    .await?;
 
     let entrypoints = serve_entrypoints(&static_config, listeners, &proxy, &shutdown, &mut tasks)?;
     let admin_addr = admin_listener.local_addr().map_err(|error| StartError::Bind {
@@ -384,6 +398,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         rollouts,
         scaling,
         scaler,
+        acme,
         token: admin_token,
     });
     tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
@@ -410,6 +425,58 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         tasks,
         drain_timeout: settings.drain_timeout,
     })
+}
+
+/// The certificate manager, when `[acme.*]` resolvers are configured. Paths (storage, CA file)
+/// are relative to the config file.
+async fn spawn_acme(
+    opts: &Options,
+    static_config: &StaticConfig,
+    proxy: &Arc<Proxy>,
+    status: &Arc<Publisher>,
+    registry: &Registry,
+    shutdown: &Shutdown,
+    instance: String,
+) -> Result<Option<gantry_control::acme::Acme>, StartError> {
+    use gantry_control::acme::{Acme, fleet::Fleet, store::Storage};
+    if static_config.acme.is_empty() {
+        return Ok(None);
+    }
+    let dir = opts
+        .config
+        .as_ref()
+        .and_then(|c| c.parent())
+        .unwrap_or(std::path::Path::new(""));
+    // With etcd, storage defaults to etcd: the fleet shares orders, answers and certificates.
+    let fleet = opts.etcd.as_ref().map(|e| Fleet {
+        endpoints: e.endpoints.clone(),
+        keys: gantry_discovery::etcd::Keys::new(&e.prefix),
+        instance,
+    });
+    let mut resolvers = Vec::new();
+    for r in &static_config.acme {
+        let mut r = r.clone();
+        let storage = match (&r.storage, &fleet) {
+            (Some(storage), _) => Storage::dir(&dir.join(storage), &r.name),
+            (None, Some(f)) => Storage::Etcd(f.clone(), r.name.clone()),
+            (None, None) => {
+                return Err(StartError::Acme(format!(
+                    "acme.{}.storage: name a directory to keep the account and certificates in (a restart must not order them again), or run with --etcd to keep them there",
+                    r.name
+                )));
+            }
+        };
+        r.ca = r.ca.map(|c| dir.join(c).display().to_string());
+        resolvers.push((r, storage));
+    }
+    let acme = Acme::new(proxy.clone(), resolvers, registry).map_err(StartError::Acme)?;
+    // Stored certificates serve from the first handshake.
+    acme.load_stored().await;
+    if let Some(f) = fleet.filter(|_| static_config.acme.iter().any(|r| r.storage.is_none())) {
+        tokio::spawn(acme.clone().follow(f, shutdown.token()));
+    }
+    tokio::spawn(acme.clone().run(status.subscribe(), shutdown.token()));
+    Ok(Some(acme))
 }
 
 /// The etcd source: the fleet's shared configuration.

@@ -55,6 +55,8 @@ pub struct FileConfig {
     pub rollouts: BTreeMap<String, crate::rollout::FileRollout>,
     pub access_log: Option<crate::access_log::FileAccessLog>,
     pub tracing: Option<crate::traces::FileTracing>,
+    #[serde(default)]
+    pub acme: BTreeMap<String, crate::acme::FileAcme>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,7 +136,8 @@ impl FileConfig {
         let has_certificates = self
             .tls
             .as_ref()
-            .is_some_and(|t| !t.certificates.is_empty() || t.default.is_some());
+            .is_some_and(|t| !t.certificates.is_empty() || t.default.is_some())
+            || !self.acme.is_empty();
         let mut entrypoints = Vec::new();
         for (name, ep) in &self.entrypoints {
             let field = format!("entrypoints.{name}");
@@ -147,7 +150,7 @@ impl FileConfig {
                 errs.push(
                     origin,
                     format!("{field}.tls"),
-                    "TLS needs at least one certificate in [[tls.certificates]]",
+                    "TLS needs at least one certificate in [[tls.certificates]] or an [acme.<name>] resolver",
                 );
             }
             let limits = validate_listener_limits(
@@ -247,6 +250,7 @@ impl FileConfig {
         let tracing = self
             .tracing
             .map(|t| crate::traces::validate_tracing(t, origin, &mut errs));
+        let acme = crate::acme::validate_acme(self.acme, origin, &mut errs);
         let mut state = match validate_state(self.routers, self.services, self.middlewares, origin, read) {
             Ok(s) => s,
             Err(e) => {
@@ -265,6 +269,7 @@ impl FileConfig {
                 rollouts,
                 access_log,
                 tracing,
+                acme,
             },
             state,
         })
@@ -322,6 +327,9 @@ pub struct StaticConfig {
     /// Span export, when configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracing: Option<crate::traces::Tracing>,
+    /// ACME certificate resolvers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub acme: Vec<crate::acme::AcmeResolver>,
 }
 
 /// The default drain deadline after SIGTERM.
@@ -346,6 +354,7 @@ impl Default for StaticConfig {
             rollouts: Vec::new(),
             access_log: None,
             tracing: None,
+            acme: Vec::new(),
         }
     }
 }

@@ -36,6 +36,7 @@
 //! field and the reason.
 
 pub mod access_log;
+pub mod acme;
 pub mod backend;
 pub mod canary;
 pub mod check;

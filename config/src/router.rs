@@ -34,6 +34,18 @@ pub struct Router {
     /// Middlewares run in this order (names; declared by any source).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub middlewares: Vec<String>,
+    /// Certificates for the router's hosts come from an ACME resolver.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RouterTls>,
+}
+
+/// `tls = { resolver = "le" }`: the router's hosts get certificates from that ACME resolver
+/// (`None`: the default resolver, when one is configured).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterTls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<String>,
 }
 
 /// The default request-body limit of a router. Bodies are streamed, never held in memory, so the
@@ -58,6 +70,7 @@ pub struct FileRouter {
     pub redirect_https: Option<bool>,
     pub access_log: Option<bool>,
     pub middlewares: Option<Vec<String>>,
+    pub tls: Option<RouterTls>,
 }
 
 pub fn validate_router(
@@ -204,7 +217,11 @@ pub fn validate_router(
             middlewares.push(m.to_string());
         }
     }
+    if let Some(resolver) = r.tls.as_ref().and_then(|t| t.resolver.as_deref()) {
+        check_name(errs, origin, &format!("{field}.tls.resolver"), resolver);
+    }
     (errs.0.len() == before).then_some(Router {
+        tls: r.tls,
         middlewares,
         max_body_bytes,
         redirect_https,

@@ -59,6 +59,7 @@ pub struct Route {
     /// The route's middlewares in order, each with its declaration (`None`: no source declares
     /// it, and the route answers 503 until one does).
     pub middlewares: Box<[UsedMiddleware]>,
+    pub tls: Option<crate::router::RouterTls>,
 }
 
 /// A middleware a route names, and its declaration (`None`: nobody declares it).
@@ -75,6 +76,7 @@ impl Route {
             service: self.service_name.to_string(),
             max_body_bytes: self.max_body_bytes,
             redirect_https: self.redirect_https,
+            tls: self.tls.clone(),
             access_log: self.access_log,
             middlewares: self.middlewares.iter().map(|(n, _)| n.to_string()).collect(),
         }
@@ -384,6 +386,7 @@ impl RoutingTable {
                 max_body_bytes: r.max_body_bytes,
                 redirect_https: r.redirect_https,
                 access_log: r.access_log,
+                tls: r.tls.clone(),
                 entrypoints: r.entrypoints.clone(),
                 attached: attached.into(),
             });

@@ -102,6 +102,8 @@ pub struct CertStore {
     /// `*.example.com` is stored as `example.com` and matches exactly one more label (RFC 6125).
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    /// Every configured certificate once (for the admin API and metrics).
+    all: Vec<Arc<CertifiedKey>>,
 }
 
 impl CertStore {
@@ -123,7 +125,16 @@ impl CertStore {
             .as_ref()
             .or(tls.certificates.first())
             .map(|c| c.key.clone());
+        for c in tls.certificates.iter().chain(&tls.default) {
+            if !store.all.iter().any(|k| Arc::ptr_eq(k, &c.key)) {
+                store.all.push(c.key.clone());
+            }
+        }
         store
+    }
+
+    pub fn certificates(&self) -> impl Iterator<Item = &Arc<CertifiedKey>> {
+        self.all.iter()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -132,17 +143,22 @@ impl CertStore {
 
     /// The certificate for a TLS ClientHello's server name (or its absence).
     pub fn resolve(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        if let Some(name) = server_name {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            if let Some(k) = self.exact.get(&name) {
-                return Some(k.clone());
-            }
-            if let Some((_, parent)) = name.split_once('.')
-                && let Some(k) = self.wildcard.get(parent)
-            {
-                return Some(k.clone());
-            }
+        server_name
+            .and_then(|n| self.find(&n.trim_end_matches('.').to_ascii_lowercase()))
+            .or_else(|| self.default.clone())
+    }
+
+    /// The configured certificate that covers `name` (lowercase, no trailing dot), exactly or
+    /// by wildcard; not the default.
+    pub fn find(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        if let Some(k) = self.exact.get(name) {
+            return Some(k.clone());
         }
+        let (_, parent) = name.split_once('.')?;
+        self.wildcard.get(parent).cloned()
+    }
+
+    pub fn default_cert(&self) -> Option<Arc<CertifiedKey>> {
         self.default.clone()
     }
 }

@@ -1,6 +1,7 @@
 //! Gantry's control plane: what decides, beside the data plane that serves.
 //!
 //! ```text
+//! acme       certificates from ACME CAs for the hosts routers ask them for
 //! publish    the reconciler's sink: a reconciled table becomes a live snapshot; readiness,
 //!            generation, per-source status and the last refused update
 //! rollout    progressive rollouts: the pure judgement (`judge`) apart from the driver, one
@@ -17,6 +18,7 @@
 //! Every etcd key it reads or writes is named in `gantry_discovery::etcd::keys`. Domain errors
 //! are domain enums; the admin API (root crate) maps them to status codes in one place.
 
+pub mod acme;
 pub mod fleet;
 pub mod publish;
 pub mod rollout;

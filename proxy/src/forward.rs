@@ -152,6 +152,14 @@ impl Proxy {
             Ok(a) => a,
             Err(resp) => return resp,
         };
+        // ACME HTTP-01 challenges, before any routing, redirect or middleware.
+        if let Some(acme) = self.acme.get()
+            && acme.http01
+            && conn.proto == "http"
+            && req.uri().path().starts_with(crate::acme::CHALLENGE_PREFIX)
+        {
+            return acme.answer(req.uri().path());
+        }
         let r = match self.route(&snap, &req, conn, &mut admitted, &request_id) {
             Ok(r) => r,
             Err(resp) => return resp,

@@ -26,6 +26,7 @@
 //! This crate never imports `gantry-discovery`: where routes come from is not its business.
 
 pub mod access_log;
+pub mod acme;
 pub mod backend;
 pub mod balance;
 pub mod body;

@@ -33,6 +33,9 @@ pub struct Proxy {
     pub(crate) tunnels: tokio_util::task::TaskTracker,
     /// The access log, when configured (set once, before serving).
     pub access_log: std::sync::OnceLock<Arc<crate::access_log::AccessLogger>>,
+    /// ACME certificates and challenge answers, when a resolver is configured (set once, before
+    /// serving).
+    pub acme: std::sync::OnceLock<Arc<crate::acme::AcmeCerts>>,
 }
 
 impl Proxy {
@@ -53,6 +56,7 @@ impl Proxy {
             entrypoints,
             tunnels: tokio_util::task::TaskTracker::new(),
             access_log: std::sync::OnceLock::new(),
+            acme: std::sync::OnceLock::new(),
         }))
     }
 

@@ -145,6 +145,10 @@ fn tls_acceptor(proxy: &Arc<Proxy>, t: &gantry_config::EntrypointTls) -> Result<
     } else {
         vec![b"http/1.1".to_vec()]
     };
+    if proxy.acme.get().is_some_and(|a| a.tls_alpn01) {
+        // Only a client that offers nothing else (the CA validating TLS-ALPN-01) gets it.
+        cfg.alpn_protocols.push(crate::acme::ACME_TLS_ALPN.to_vec());
+    }
     cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
@@ -160,8 +164,31 @@ impl std::fmt::Debug for SnapshotCerts {
 }
 
 impl ResolvesServerCert for SnapshotCerts {
+    /// A configured certificate for the name (exact, then wildcard) always wins; then one issued
+    /// by ACME; then the configured default, then Gantry's own default. A CA validating
+    /// TLS-ALPN-01 gets the challenge certificate, and nothing else does.
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let found = self.0.snapshot().table.certs().resolve(hello.server_name());
+        let snapshot = self.0.snapshot();
+        let certs = snapshot.table.certs();
+        let found = match self.0.acme.get() {
+            None => certs.resolve(hello.server_name()),
+            Some(acme) => {
+                let name = hello
+                    .server_name()
+                    .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+                let challenge = hello
+                    .alpn()
+                    .is_some_and(|mut p| p.any(|p| p == crate::acme::ACME_TLS_ALPN));
+                if challenge {
+                    // RFC 8737: the validation handshake offers acme-tls/1 alone.
+                    return name.and_then(|n| acme.challenge_cert(&n));
+                }
+                name.as_deref()
+                    .and_then(|n| certs.find(n).or_else(|| acme.issued(n)))
+                    .or_else(|| certs.default_cert())
+                    .or_else(|| acme.fallback())
+            }
+        };
         if found.is_none() {
             debug!(sni = ?hello.server_name(), "no certificate for this name");
         }
@@ -226,6 +253,11 @@ impl Conn {
             Some(acceptor) => match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let session = tls.get_ref().1;
+                    if session.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+                        // A TLS-ALPN-01 validation: the handshake was the answer.
+                        self.active.dec();
+                        return;
+                    }
                     let h2 = session.alpn_protocol() == Some(b"h2");
                     let version = match session.protocol_version() {
                         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",

@@ -39,6 +39,8 @@ pub struct Admin {
     pub rollouts: Arc<Rollouts>,
     pub scaling: Arc<crate::scaling::Scaling>,
     pub scaler: Option<Arc<crate::scaler::Scaler>>,
+    /// The certificate manager, when ACME resolvers are configured.
+    pub acme: Option<gantry_control::acme::Acme>,
     /// The bearer token of writes; `None`: writes are refused.
     pub token: Option<String>,
 }
@@ -55,6 +57,7 @@ GET  /api/v1/status          readiness, generation, each source's status, the la
 GET  /api/v1/versions        version weights and per-version requests, errors, p99
 GET  /api/v1/rollouts        rollouts, their phase, step and decisions
 GET  /api/v1/scaling         replica recommendations and the Docker scaler's actions
+GET  /api/v1/certificates    TLS certificates: ACME state, issuer, expiry, last error, next attempt
 
 Writes need Authorization: Bearer <token> (GANTRY_ADMIN_TOKEN or [admin] token_file):
 PUT|DELETE /api/v1/services/<name>/weights
@@ -156,6 +159,16 @@ impl Admin {
             "/api/v1/versions" => self.versions(),
             "/api/v1/rollouts" => json_response(StatusCode::OK, &self.rollouts.view()),
             "/api/v1/scaling" => json_response(StatusCode::OK, &self.scaling_view()),
+            "/api/v1/certificates" => json_response(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "acme": self.acme.is_some(),
+                    "certificates": match &self.acme {
+                        Some(a) => a.view(),
+                        None => gantry_control::acme::configured(&self.proxy),
+                    },
+                }),
+            ),
             _ => json_response(
                 StatusCode::NOT_FOUND,
                 &NotFound {
@@ -169,6 +182,7 @@ impl Admin {
                         "/api/v1/versions",
                         "/api/v1/rollouts",
                         "/api/v1/scaling",
+                        "/api/v1/certificates",
                     ],
                 },
             ),

@@ -289,6 +289,7 @@ fn random_router(rng: &mut fastrand::Rng, services: &[&str]) -> crate::router::R
         redirect_https: false,
         access_log: true,
         middlewares: Vec::new(),
+        tls: None,
     }
 }
 

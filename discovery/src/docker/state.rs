@@ -362,6 +362,9 @@ impl Declared {
                 hosts: Some(vec![host]),
                 path_prefix: path,
                 redirect_https: Some(group.https),
+                // An https:// route's host gets its certificate from the default ACME resolver,
+                // when one is configured.
+                tls: group.https.then(gantry_config::router::RouterTls::default),
                 service: Some(name.clone()),
                 middlewares: (!group.middlewares.is_empty()).then_some(group.middlewares),
                 ..Default::default()

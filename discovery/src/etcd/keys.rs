@@ -15,6 +15,12 @@
 //! <prefix>rollouts/<service>/driver       the driving instance        under the driver's lease
 //! <prefix>rollouts/<service>/decision     the last decision
 //! <prefix>scaling/<service>               the replica recommendation
+//! <prefix>acme/<resolver>/account         the ACME account (JSON)     written by the first orderer
+//! <prefix>acme/<resolver>/certs/<host>    a certificate and its key   written by its orderer
+//! <prefix>acme/<resolver>/orders/<host>   the ordering instance       under the order's lease
+//! <prefix>acme/<resolver>/failures/<host> failures, next attempt      written by the orderer
+//! <prefix>acme/challenges/http/<token>    an HTTP-01 answer           under the order's lease
+//! <prefix>acme/challenges/alpn/<host>     a TLS-ALPN-01 digest (hex)  under the order's lease
 //! ```
 
 /// The default key prefix.
@@ -122,10 +128,63 @@ impl Keys {
     pub fn scaling(&self, service: &str) -> String {
         format!("{}scaling/{service}", self.prefix)
     }
+
+    /// The prefix of every ACME key.
+    pub fn acme(&self) -> String {
+        format!("{}acme/", self.prefix)
+    }
+
+    pub fn acme_account(&self, resolver: &str) -> String {
+        format!("{}acme/{resolver}/account", self.prefix)
+    }
+
+    pub fn acme_certs(&self, resolver: &str) -> String {
+        format!("{}acme/{resolver}/certs/", self.prefix)
+    }
+
+    pub fn acme_cert(&self, resolver: &str, host: &str) -> String {
+        format!("{}acme/{resolver}/certs/{host}", self.prefix)
+    }
+
+    pub fn acme_order(&self, resolver: &str, host: &str) -> String {
+        format!("{}acme/{resolver}/orders/{host}", self.prefix)
+    }
+
+    pub fn acme_failures(&self, resolver: &str, host: &str) -> String {
+        format!("{}acme/{resolver}/failures/{host}", self.prefix)
+    }
+
+    pub fn acme_http_challenge(&self, token: &str) -> String {
+        format!("{}acme/challenges/http/{token}", self.prefix)
+    }
+
+    pub fn acme_alpn_challenge(&self, host: &str) -> String {
+        format!("{}acme/challenges/alpn/{host}", self.prefix)
+    }
+
+    /// What a key under [`Keys::acme`] is.
+    pub fn parse_acme<'k>(&self, key: &'k str) -> Option<AcmeKey<'k>> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("acme/")?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        Some(match parts.as_slice() {
+            ["challenges", "http", token] => AcmeKey::HttpChallenge(token),
+            ["challenges", "alpn", host] => AcmeKey::AlpnChallenge(host),
+            [resolver, "certs", host] => AcmeKey::Cert(resolver, host),
+            _ => return None,
+        })
+    }
+}
+
+/// The ACME keys instances follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeKey<'k> {
+    Cert(&'k str, &'k str),
+    HttpChallenge(&'k str),
+    AlpnChallenge(&'k str),
 }
 
 /// Prefixes under the layout's root that are not configuration.
-pub const RESERVED: [&str; 3] = ["instances/", "rollouts/", "scaling/"];
+pub const RESERVED: [&str; 4] = ["instances/", "rollouts/", "scaling/", "acme/"];
 
 /// What a key is, by its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
