@@ -19,7 +19,7 @@ pub(crate) async fn lock() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-async fn gantry_on_docker(config: &str, endpoint: Option<String>) -> Gantry {
+pub(crate) async fn gantry_on_docker(config: &str, endpoint: Option<String>) -> Gantry {
     let opts = gantry::Options {
         docker: Some(gantry::DockerFlags {
             endpoint,
@@ -86,7 +86,7 @@ fn published_url(container: &str, port: u16) -> String {
     )
 }
 
-fn run_backend(cleanup: &mut Cleanup, labels: &[(&str, &str)], extra: &[&str]) -> String {
+pub(crate) fn run_backend(cleanup: &mut Cleanup, labels: &[(&str, &str)], extra: &[&str]) -> String {
     let name = unique("gtc");
     let mut args = vec!["run", "-d", "--name", &name, "-p", "127.0.0.1::80"];
     let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -5,6 +5,8 @@
 
 // Shared fixtures: not every helper is used by every test module at every point in history.
 #[allow(dead_code)]
+mod acme_support;
+#[allow(dead_code)]
 mod docker_support;
 #[allow(dead_code)]
 mod etcd_support;
@@ -13,6 +15,7 @@ mod support;
 
 mod abuse;
 mod access_log;
+mod acme;
 mod admin_api;
 mod auth;
 mod balancing;

@@ -50,7 +50,7 @@ backends = [{{ url = "{}" }}]
 /// Handshakes with `sni` (None: no SNI extension) and returns the server's leaf certificate and
 /// the ALPN protocol, using a verifier that accepts anything (what is checked is which
 /// certificate came back).
-async fn handshake(
+pub(crate) async fn handshake(
     addr: SocketAddr,
     sni: Option<&str>,
     alpn: &[&[u8]],
@@ -77,7 +77,7 @@ async fn handshake(
 }
 
 #[derive(Debug)]
-struct AcceptAny;
+pub(crate) struct AcceptAny;
 
 impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     fn verify_server_cert(
