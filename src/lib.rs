@@ -352,6 +352,10 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         Some(e) => fleet::instance_id(e, static_config.admin),
         None => fleet::hostname(),
     };
+    let fleet_view = opts
+        .etcd
+        .clone()
+        .map(|e| fleet::FleetView::new(e, instance.clone()));
     if let Some(e) = &opts.etcd {
         tokio::spawn(scaling::publish_to_etcd(
             scaling.clone(),
@@ -400,6 +404,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         scaler,
         acme,
         token: admin_token,
+        fleet: fleet_view,
     });
     tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
     if let Some(e) = opts.etcd.clone() {

@@ -99,6 +99,118 @@ pub async fn publish_instance(
     }
 }
 
+/// `GET /api/v1/fleet`: the instances sharing this etcd prefix, read from their records when
+/// asked (the dashboard asks every few seconds), and the rollouts each drives.
+pub struct FleetView {
+    opts: EtcdOptions,
+    here: String,
+    client: tokio::sync::Mutex<Option<etcd_client::Client>>,
+}
+
+impl std::fmt::Debug for FleetView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetView")
+            .field("opts", &self.opts)
+            .field("here", &self.here)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetView {
+    pub fn new(opts: EtcdOptions, here: String) -> Self {
+        FleetView {
+            opts,
+            here,
+            client: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// `{"etcd": true, "instance": <this one>, "instances": [...]}`; when etcd cannot be read,
+    /// `"error"` says why and the list is empty.
+    pub async fn view(&self) -> serde_json::Value {
+        match tokio::time::timeout(Duration::from_secs(3), self.read()).await {
+            Ok(Ok(instances)) => json!({"etcd": true, "instance": self.here, "instances": instances}),
+            Ok(Err(e)) => {
+                *self.client.lock().await = None;
+                json!({"etcd": true, "instance": self.here, "instances": [], "error": e})
+            }
+            Err(_) => {
+                *self.client.lock().await = None;
+                json!({"etcd": true, "instance": self.here, "instances": [], "error": "etcd did not answer within 3 s"})
+            }
+        }
+    }
+
+    async fn read(&self) -> Result<Vec<serde_json::Value>, String> {
+        use etcd_client::GetOptions;
+        let mut slot = self.client.lock().await;
+        let client = match slot.take() {
+            Some(c) => slot.insert(c),
+            None => slot.insert(gantry_discovery::etcd::source::connect_any(&self.opts.endpoints).await?),
+        };
+        let keys = Keys::new(&self.opts.prefix);
+        let records = client
+            .get(keys.instance(""), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let rollouts = client
+            .get(keys.rollouts(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let drivers: Vec<(String, String)> = rollouts
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let (service, what) = keys.parse_rollout(kv.key_str().ok()?)?;
+                (what == gantry_discovery::etcd::RolloutKey::Driver)
+                    .then(|| Some((kv.value_str().ok()?.to_string(), service.to_string())))?
+            })
+            .collect();
+        Ok(fleet_view(
+            records
+                .kvs()
+                .iter()
+                .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+                .collect(),
+            &drivers,
+            &self.here,
+        ))
+    }
+}
+
+/// Each instance record with what the view adds: `behind` (how many etcd revisions it is behind
+/// the newest revision any instance serves), `this` and `drives` (the rollouts it drives).
+fn fleet_view(
+    records: Vec<serde_json::Value>,
+    drivers: &[(String, String)],
+    here: &str,
+) -> Vec<serde_json::Value> {
+    let newest = records.iter().filter_map(|r| r["revision"].as_i64()).max();
+    let mut out: Vec<serde_json::Value> = records
+        .into_iter()
+        .map(|mut r| {
+            let id = r["id"].as_str().unwrap_or_default().to_string();
+            let behind = match (newest, r["revision"].as_i64()) {
+                (Some(n), Some(rev)) => json!(n - rev),
+                _ => serde_json::Value::Null,
+            };
+            let drives: Vec<String> = drivers
+                .iter()
+                .filter(|(by, _)| *by == id)
+                .map(|(_, s)| format!("rollout {s}"))
+                .collect();
+            if let Some(o) = r.as_object_mut() {
+                o.insert("behind".into(), behind);
+                o.insert("this".into(), json!(id == here));
+                o.insert("drives".into(), json!(drives));
+            }
+            r
+        })
+        .collect();
+    out.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    out
+}
+
 /// `gantry register`.
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -250,6 +362,25 @@ async fn remove_routes_if_last(r: &Registration, routes: &[(String, String)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fleet_view_names_laggards_and_drivers() {
+        let records = vec![
+            json!({"id": "b", "revision": 40, "ready": true}),
+            json!({"id": "a", "revision": 42, "ready": true}),
+            json!({"id": "c", "ready": false}),
+        ];
+        let drivers = vec![("a".to_string(), "shop".to_string())];
+        let v = fleet_view(records, &drivers, "b");
+        let ids: Vec<&str> = v.iter().map(|r| r["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(v[0]["behind"], 0);
+        assert_eq!(v[0]["drives"], json!(["rollout shop"]));
+        assert_eq!(v[1]["behind"], 2);
+        assert_eq!(v[1]["this"], true);
+        assert_eq!(v[1]["drives"], json!([]));
+        assert!(v[2]["behind"].is_null());
+    }
 
     fn reg(url: &str, route: Option<&str>) -> Registration {
         Registration {

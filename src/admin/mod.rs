@@ -43,11 +43,16 @@ pub struct Admin {
     pub acme: Option<gantry_control::acme::Acme>,
     /// The bearer token of writes; `None`: writes are refused.
     pub token: Option<String>,
+    /// The instances sharing etcd, when there is etcd.
+    pub fleet: Option<crate::fleet::FleetView>,
 }
 
-/// What `GET /` answers: the endpoints and what each is for.
+/// What `GET /api/v1/` answers (and `GET /` to a client that does not ask for HTML): the
+/// endpoints and what each is for.
 const INDEX: &str = "\
 Gantry admin API
+
+GET  /                       the dashboard (to a browser; this text to other clients)
 
 GET  /metrics                Prometheus metrics
 GET  /healthz                200 while the process runs
@@ -58,12 +63,25 @@ GET  /api/v1/versions        version weights and per-version requests, errors, p
 GET  /api/v1/rollouts        rollouts, their phase, step and decisions
 GET  /api/v1/scaling         replica recommendations and the Docker scaler's actions
 GET  /api/v1/certificates    TLS certificates: ACME state, issuer, expiry, last error, next attempt
+GET  /api/v1/fleet           with etcd: the instances sharing it, the revision each serves, what each drives
 
 Writes need Authorization: Bearer <token> (GANTRY_ADMIN_TOKEN or [admin] token_file):
 PUT|DELETE /api/v1/services/<name>/weights
 POST       /api/v1/services/<name>/drain
 POST       /api/v1/rollouts/<service>[/pause|/resume|/abort]
+POST       /api/v1/token              checks a token, changes nothing
 ";
+
+/// The dashboard: plain HTML, CSS and JavaScript, embedded in the binary (no CDN, works offline).
+const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("dashboard/app.js");
+const DASHBOARD_CSS: &str = include_str!("dashboard/app.css");
+const DASHBOARD_ICON: &str = include_str!("dashboard/icon.svg");
+
+/// Every admin answer's policy: scripts and styles only from the admin listener's own files (no
+/// inline script), data only from its own API, never framed.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// Admin request bodies are small JSON documents.
 const MAX_BODY: usize = 64 * 1024;
@@ -116,9 +134,38 @@ impl Admin {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Answer {
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return self.write(req).await;
+        let mut r = if req.method() != Method::GET && req.method() != Method::HEAD {
+            self.write(req).await
+        } else if req.uri().path() == "/api/v1/fleet" {
+            self.fleet().await
+        } else {
+            self.read(&req)
+        };
+        let h = r.headers_mut();
+        for (name, value) in [
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+        ] {
+            h.insert(name, header::HeaderValue::from_static(value));
         }
+        r
+    }
+
+    /// `GET /api/v1/fleet`: read from etcd when asked; without etcd, this instance alone.
+    async fn fleet(&self) -> Answer {
+        match &self.fleet {
+            Some(f) => json_response(StatusCode::OK, &f.view().await),
+            None => json_response(
+                StatusCode::OK,
+                &serde_json::json!({"etcd": false, "instance": self.rollouts.view().instance, "instances": []}),
+            ),
+        }
+    }
+
+    fn read(&self, req: &Request<Incoming>) -> Answer {
         let path = req.uri().path();
         match path {
             "/metrics" => {
@@ -137,7 +184,18 @@ impl Admin {
                 );
                 r
             }
-            "/" => text(StatusCode::OK, INDEX.into()),
+            "/" if wants_html(req) => asset(DASHBOARD_HTML, "text/html; charset=utf-8"),
+            "/" | "/api/v1" | "/api/v1/" => text(StatusCode::OK, INDEX.into()),
+            "/dashboard/" => asset(DASHBOARD_HTML, "text/html; charset=utf-8"),
+            "/dashboard" => {
+                let mut r = text(StatusCode::PERMANENT_REDIRECT, "/dashboard/\n".into());
+                r.headers_mut()
+                    .insert(header::LOCATION, header::HeaderValue::from_static("/dashboard/"));
+                r
+            }
+            "/dashboard/app.js" => asset(DASHBOARD_JS, "text/javascript; charset=utf-8"),
+            "/dashboard/app.css" => asset(DASHBOARD_CSS, "text/css; charset=utf-8"),
+            "/dashboard/icon.svg" | "/favicon.ico" => asset(DASHBOARD_ICON, "image/svg+xml"),
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
             "/readyz" => {
                 if self.status.is_ready() {
@@ -174,6 +232,8 @@ impl Admin {
                 &NotFound {
                     error: format!("no such endpoint {path:?}"),
                     endpoints: &[
+                        "/",
+                        "/dashboard/",
                         "/metrics",
                         "/healthz",
                         "/readyz",
@@ -183,6 +243,7 @@ impl Admin {
                         "/api/v1/rollouts",
                         "/api/v1/scaling",
                         "/api/v1/certificates",
+                        "/api/v1/fleet",
                     ],
                 },
             ),
@@ -191,6 +252,15 @@ impl Admin {
 
     /// Writes: authenticated, validated in full before anything changes.
     async fn write(&self, req: Request<Incoming>) -> Answer {
+        // A browser sends Origin with every cross-site write; the dashboard's own are same-origin.
+        // (A cross-site page cannot send the bearer header without a CORS preflight, which this
+        // API never answers; refusing by Origin as well makes that explicit.)
+        if let Some(origin) = cross_origin(&req) {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("cross-origin admin writes are refused (Origin: {origin})"),
+            );
+        }
         let Some(token) = &self.token else {
             return error(
                 StatusCode::FORBIDDEN,
@@ -221,6 +291,9 @@ impl Admin {
         };
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method, parts.as_slice()) {
+            (Method::POST, ["api", "v1", "token"]) => {
+                json_response(StatusCode::OK, &serde_json::json!({"token": "accepted"}))
+            }
             (Method::PUT, ["api", "v1", "services", svc, "weights"]) => self.set_weights(svc, &body).await,
             (Method::DELETE, ["api", "v1", "services", svc, "weights"]) => {
                 if self.proxy.snapshot().service_named(svc).is_none() {
@@ -279,7 +352,7 @@ impl Admin {
             (m, _) => error(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no such endpoint: {m} {path} (writes: PUT|DELETE /api/v1/services/<name>/weights, POST /api/v1/services/<name>/drain, POST /api/v1/rollouts/<service>[/pause|/resume|/abort])"
+                    "no such endpoint: {m} {path} (writes: POST /api/v1/token, PUT|DELETE /api/v1/services/<name>/weights, POST /api/v1/services/<name>/drain, POST /api/v1/rollouts/<service>[/pause|/resume|/abort])"
                 ),
             ),
         }
@@ -418,7 +491,7 @@ impl Admin {
             .map(|svc| {
                 (
                     svc.name.to_string(),
-                    ServiceView::new(&svc.spec, &svc.backends, now),
+                    ServiceView::new(&svc.spec, &svc.backends, svc.state.in_flight(), now),
                 )
             })
             .collect();
@@ -448,6 +521,36 @@ impl Admin {
             last_error: inner.last_error,
         }
     }
+}
+
+/// Whether the client prefers HTML (a browser opening the admin address).
+fn wants_html(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+}
+
+/// The `Origin` of a request from another site than the admin listener's own, if any: its
+/// host and port differ from the `Host` the request was sent to.
+fn cross_origin(req: &Request<Incoming>) -> Option<String> {
+    let origin = req.headers().get(header::ORIGIN)?;
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    let same = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.strip_prefix("http://").or_else(|| o.strip_prefix("https://")))
+        .is_some_and(|o| Some(o) == host);
+    (!same).then(|| String::from_utf8_lossy(origin.as_bytes()).into_owned())
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
 }
 
 /// Compares without stopping at the first difference (the time does not tell a guesser how

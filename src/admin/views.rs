@@ -30,6 +30,11 @@ pub struct RoutesView<'a> {
 #[derive(Debug, Serialize)]
 pub struct ServiceView<'a> {
     pub backends: Vec<BackendView<'a>>,
+    /// Requests in flight to the whole service now.
+    pub in_flight: u32,
+    /// The circuit breaker: "open" while `in_flight` is at `limits.max_pending_requests` (more
+    /// requests get a fast 503), else "closed".
+    pub breaker: &'static str,
     pub policy: &'a Policy,
     pub timeouts: &'a Timeouts,
     pub limits: &'a Limits,
@@ -64,8 +69,12 @@ fn no_canary(c: &&Canary) -> bool {
 }
 
 impl<'a> ServiceView<'a> {
-    pub fn new(spec: &'a Service, states: &'a [std::sync::Arc<BackendState>], now: Instant) -> Self {
-        let now = gantry_proxy::clock::nanos_since_epoch(now);
+    pub fn new(
+        spec: &'a Service,
+        states: &'a [std::sync::Arc<BackendState>],
+        in_flight: u32,
+        now: Instant,
+    ) -> Self {
         Self {
             backends: spec
                 .backends
@@ -73,6 +82,12 @@ impl<'a> ServiceView<'a> {
                 .zip(states)
                 .map(|(b, s)| BackendView::new(b, s, now))
                 .collect(),
+            in_flight,
+            breaker: if in_flight >= spec.limits.max_pending_requests {
+                "open"
+            } else {
+                "closed"
+            },
             policy: &spec.policy,
             timeouts: &spec.timeouts,
             limits: &spec.limits,
@@ -103,10 +118,14 @@ pub struct BackendView<'a> {
     pub in_flight: u32,
     pub open_connections: u32,
     pub idle_connections: usize,
+    /// The time to a response head, as least-request weighs it (an EWMA that decays towards 0
+    /// while the backend gets no traffic).
+    pub latency_ewma_ms: f64,
 }
 
 impl<'a> BackendView<'a> {
-    fn new(spec: &'a Backend, s: &BackendState, now: u64) -> Self {
+    fn new(spec: &'a Backend, s: &BackendState, at: Instant) -> Self {
+        let now = gantry_proxy::clock::nanos_since_epoch(at);
         Self {
             spec,
             state: s.health.phase(now).as_str(),
@@ -116,6 +135,7 @@ impl<'a> BackendView<'a> {
             in_flight: s.in_flight(),
             open_connections: s.open_connections(),
             idle_connections: s.idle_connections(),
+            latency_ewma_ms: (s.latency_ewma(at) / 1e4).round() / 100.0,
         }
     }
 }
