@@ -22,6 +22,7 @@ mod balancing;
 mod canary;
 mod cli;
 mod compress;
+mod dashboard;
 mod docker;
 mod errors;
 mod etcd;

@@ -446,18 +446,29 @@ impl GantryProcess {
     /// [`GantryProcess::spawn`] with its standard output sent to `stdout` (`Stdio::piped()`:
     /// taken from `child.stdout`).
     pub fn spawn_with_stdout(args: &[&str], stdout: Stdio) -> Self {
-        Self::spawn_inner(args, stdout, None)
+        Self::spawn_inner(args, &[], stdout, None)
+    }
+
+    /// [`GantryProcess::spawn`] with these environment variables set.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_inner(args, env, Stdio::null(), None)
     }
 
     /// [`GantryProcess::spawn`], sending `signal` the moment a log line contains `when` (while
     /// Gantry is still starting).
     pub fn spawn_signalled(args: &[&str], when: &str, signal: rustix::process::Signal) -> Self {
-        Self::spawn_inner(args, Stdio::null(), Some((when, signal)))
+        Self::spawn_inner(args, &[], Stdio::null(), Some((when, signal)))
     }
 
-    fn spawn_inner(args: &[&str], stdout: Stdio, mut early: Option<(&str, rustix::process::Signal)>) -> Self {
+    fn spawn_inner(
+        args: &[&str],
+        env: &[(&str, &str)],
+        stdout: Stdio,
+        mut early: Option<(&str, rustix::process::Signal)>,
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
             .args(args)
+            .envs(env.iter().copied())
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             // GANTRY_TEST_LOG=debug (or a filter) shows more of the process's log on failures.
             .env(
