@@ -26,7 +26,7 @@ async fn fleet(etcd: &Etcd) -> Vec<gantry::Running> {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             admin: Some("127.0.0.1:0".parse().unwrap()),
             etcd: Some(gantry::fleet::EtcdOptions {
-                endpoints: etcd.endpoints(),
+                endpoints: etcd.endpoints().into(),
                 prefix: "/gantry/".into(),
                 instance_id: None,
             }),

@@ -86,6 +86,8 @@ pub enum StartError {
     AccessLog(String, std::io::Error),
     /// An ACME resolver cannot be set up (its storage, its CA file).
     Acme(String),
+    /// etcd refused the configured credentials.
+    Etcd(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -96,6 +98,7 @@ impl std::fmt::Display for StartError {
             StartError::Metrics(e) => write!(f, "metrics registry: {e}"),
             StartError::AccessLog(target, e) => write!(f, "cannot open the access log {target}: {e}"),
             StartError::Acme(e) => write!(f, "ACME: {e}"),
+            StartError::Etcd(e) => write!(f, "etcd: {e}"),
         }
     }
 }
@@ -284,6 +287,10 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     );
     let static_config = settings.static_config.clone();
     let names: Vec<String> = static_config.entrypoints.iter().map(|e| e.name.clone()).collect();
+    // Credentials etcd refuses will not get better by retrying: say so and do not start.
+    if let Some(e) = &opts.etcd {
+        e.endpoints.check_credentials().await.map_err(StartError::Etcd)?;
+    }
 
     // 2. Sockets, before anything reports ready.
     let (listeners, admin_listener) = bind(&static_config).await?;
@@ -498,7 +505,14 @@ fn spawn_etcd(
             gantry_discovery::etcd::source::EtcdMetrics::new(registry).map_err(StartError::Metrics)?,
         ),
     };
-    info!(endpoints = %e.endpoints.join(","), prefix = %source.prefix, "following etcd");
+    let security = e.endpoints.security();
+    info!(
+        endpoints = %e.endpoints.join(","),
+        prefix = %source.prefix,
+        tls = security.tls(),
+        user = security.user().unwrap_or("-"),
+        "following etcd"
+    );
     tokio::spawn(source.run(updates.clone(), shutdown.token()));
     Ok(())
 }

@@ -27,6 +27,56 @@ struct Cli {
     command: Command,
 }
 
+/// How to reach an etcd that requires TLS, client certificates or a user (`run` and `register`).
+#[derive(clap::Args, Debug, Clone)]
+struct EtcdSecurityFlags {
+    /// PEM file of the CA that signed the etcd members' certificates (members are then https://
+    /// URLs). https:// members without it are verified against the system's CAs.
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// PEM client certificate, for members that require one (--client-cert-auth).
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// PEM key of --etcd-cert.
+    #[arg(long, value_name = "FILE")]
+    etcd_key: Option<PathBuf>,
+    /// The name the members' certificates must carry (default: each URL's host).
+    #[arg(long, value_name = "NAME")]
+    etcd_server_name: Option<String>,
+    /// etcd user (authentication on). Its password comes from GANTRY_ETCD_PASSWORD or
+    /// --etcd-password-file, never from a flag: flags show in the process list.
+    #[arg(long, value_name = "NAME")]
+    etcd_user: Option<String>,
+    /// File holding the etcd user's password (one line; wins over GANTRY_ETCD_PASSWORD).
+    #[arg(long, value_name = "FILE")]
+    etcd_password_file: Option<PathBuf>,
+}
+
+impl EtcdSecurityFlags {
+    /// The members with these settings, files read and checked.
+    fn endpoints(self, urls: Vec<String>) -> Result<gantry_discovery::etcd::Endpoints, String> {
+        use gantry_discovery::etcd::{Endpoints, Security, SecurityFiles};
+        let password = match &self.etcd_password_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| format!("--etcd-password-file {}: {e}", p.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            None => std::env::var("GANTRY_ETCD_PASSWORD").ok(),
+        };
+        let security = Security::load(SecurityFiles {
+            ca: self.etcd_ca.as_deref(),
+            cert: self.etcd_cert.as_deref(),
+            key: self.etcd_key.as_deref(),
+            server_name: self.etcd_server_name.as_deref(),
+            user: self.etcd_user.as_deref(),
+            password,
+        })?;
+        Endpoints::new(urls, security)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run with built-in backends: proxy on 127.0.0.1:8080, admin on 127.0.0.1:8081.
@@ -76,6 +126,8 @@ enum Command {
         /// The etcd key prefix.
         #[arg(long, default_value = gantry_discovery::etcd::DEFAULT_PREFIX)]
         etcd_prefix: String,
+        #[command(flatten)]
+        etcd_security: EtcdSecurityFlags,
         /// This instance's name under <prefix>instances/ (default: <host name>-<admin port>).
         #[arg(long)]
         instance_id: Option<String>,
@@ -93,6 +145,8 @@ enum Command {
         etcd: Vec<String>,
         #[arg(long, default_value = gantry_discovery::etcd::DEFAULT_PREFIX)]
         etcd_prefix: String,
+        #[command(flatten)]
+        etcd_security: EtcdSecurityFlags,
         /// The service the backend belongs to.
         #[arg(long)]
         service: String,
@@ -253,9 +307,21 @@ async fn async_main(command: Command) -> ExitCode {
             docker_scale,
             etcd,
             etcd_prefix,
+            etcd_security,
             instance_id,
             driver_ttl,
         } => {
+            let etcd = if etcd.is_empty() {
+                None
+            } else {
+                match etcd_security.endpoints(etcd) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        eprintln!("gantry run: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            };
             let docker =
                 (docker.is_some() || docker_address.is_some() || docker_network.is_some() || docker_scale)
                     .then(|| gantry::DockerFlags {
@@ -270,8 +336,8 @@ async fn async_main(command: Command) -> ExitCode {
                     listen,
                     admin,
                     docker,
-                    etcd: (!etcd.is_empty()).then_some(gantry::fleet::EtcdOptions {
-                        endpoints: etcd,
+                    etcd: etcd.map(|endpoints| gantry::fleet::EtcdOptions {
+                        endpoints,
                         prefix: etcd_prefix,
                         instance_id,
                     }),
@@ -292,6 +358,7 @@ async fn async_main(command: Command) -> ExitCode {
         Command::Register {
             etcd,
             etcd_prefix,
+            etcd_security,
             service,
             url,
             route,
@@ -309,8 +376,15 @@ async fn async_main(command: Command) -> ExitCode {
                     }
                 },
             };
+            let endpoints = match etcd_security.endpoints(etcd) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("gantry register: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let r = gantry::fleet::Registration {
-                endpoints: etcd,
+                endpoints,
                 prefix: etcd_prefix,
                 service,
                 url,

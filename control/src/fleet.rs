@@ -10,9 +10,9 @@ use gantry_config::Errors;
 use gantry_config::backend::{FileBackend, validate_backend};
 use gantry_config::check::check_name;
 use gantry_config::compact::{compact_route, route_service_name};
+use gantry_discovery::etcd::Endpoints;
 use gantry_discovery::etcd::Keys;
 use gantry_discovery::etcd::lease::{Keep, keep};
-use gantry_discovery::etcd::source::connect;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -24,10 +24,10 @@ use crate::time::unix_secs;
 /// How long an instance record outlives its instance.
 pub const INSTANCE_TTL: Duration = Duration::from_secs(10);
 
-/// `--etcd`, `--etcd-prefix`, `--instance-id`.
+/// `--etcd` (with its TLS and credentials), `--etcd-prefix`, `--instance-id`.
 #[derive(Debug, Clone, Default)]
 pub struct EtcdOptions {
-    pub endpoints: Vec<String>,
+    pub endpoints: Endpoints,
     pub prefix: String,
     /// Default: `<host name>-<admin port>`.
     pub instance_id: Option<String>,
@@ -146,7 +146,7 @@ impl FleetView {
         let mut slot = self.client.lock().await;
         let client = match slot.take() {
             Some(c) => slot.insert(c),
-            None => slot.insert(gantry_discovery::etcd::source::connect_any(&self.opts.endpoints).await?),
+            None => slot.insert(self.opts.endpoints.connect_any().await?),
         };
         let keys = Keys::new(&self.opts.prefix);
         let records = client
@@ -214,7 +214,7 @@ fn fleet_view(
 /// `gantry register`.
 #[derive(Debug, Clone)]
 pub struct Registration {
-    pub endpoints: Vec<String>,
+    pub endpoints: Endpoints,
     pub prefix: String,
     pub service: String,
     pub url: String,
@@ -324,8 +324,8 @@ pub async fn register(r: Registration) -> ExitCode {
 /// someone changed them meanwhile.
 async fn remove_routes_if_last(r: &Registration, routes: &[(String, String)]) {
     use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
-    for endpoint in &r.endpoints {
-        let Ok(mut client) = connect(endpoint).await else {
+    for endpoint in r.endpoints.iter() {
+        let Ok(mut client) = r.endpoints.connect(endpoint).await else {
             continue;
         };
         let prefix = Keys::new(&r.prefix).backends(&r.service);
@@ -384,7 +384,7 @@ mod tests {
 
     fn reg(url: &str, route: Option<&str>) -> Registration {
         Registration {
-            endpoints: vec!["http://127.0.0.1:2379".into()],
+            endpoints: vec!["http://127.0.0.1:2379".to_string()].into(),
             prefix: "/gantry/".into(),
             service: "blog".into(),
             url: url.into(),

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use gantry_discovery::etcd::Endpoints;
 use gantry_discovery::etcd::Keys;
-use gantry_discovery::etcd::source::connect_any;
 use tokio_util::sync::CancellationToken;
 
 /// How long a dead orderer holds a host's lock.
@@ -15,7 +15,7 @@ pub const LOCK_TTL: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct Fleet {
-    pub endpoints: Vec<String>,
+    pub endpoints: Endpoints,
     pub keys: Keys,
     pub instance: String,
 }
@@ -29,7 +29,7 @@ pub struct Lock {
 
 impl Fleet {
     pub async fn client(&self) -> Result<Client, String> {
-        connect_any(&self.endpoints).await
+        self.endpoints.connect_any().await
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use gantry_config::rollout::RolloutSpec;
-use gantry_discovery::etcd::source::connect_any;
-use gantry_discovery::etcd::{Keys, RolloutKey};
+use gantry_discovery::etcd::{Endpoints, Keys, RolloutKey};
 use gantry_proxy::metrics::VersionStats;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -22,7 +21,7 @@ use super::{RolloutError, Rollouts};
 /// Where a fleet's rollouts live.
 #[derive(Debug, Clone)]
 pub struct EtcdBacking {
-    pub endpoints: Vec<String>,
+    pub endpoints: Endpoints,
     pub keys: Keys,
     /// The driver key's lease: how long a dead driver holds its rollouts.
     pub lease_ttl: Duration,
@@ -31,7 +30,9 @@ pub struct EtcdBacking {
 impl Rollouts {
     pub(super) async fn start_etcd(&self, etcd: &EtcdBacking, spec: RolloutSpec) -> Result<(), RolloutError> {
         let service = spec.service.clone();
-        let mut client = connect_any(&etcd.endpoints)
+        let mut client = etcd
+            .endpoints
+            .connect_any()
             .await
             .map_err(RolloutError::Unavailable)?;
         let key = |k| etcd.keys.rollout(&service, k);
@@ -62,7 +63,9 @@ impl Rollouts {
         etcd: &EtcdBacking,
         spec: &RolloutSpec,
     ) -> Result<bool, RolloutError> {
-        let mut client = connect_any(&etcd.endpoints)
+        let mut client = etcd
+            .endpoints
+            .connect_any()
             .await
             .map_err(RolloutError::Unavailable)?;
         let key = etcd.keys.rollout(&spec.service, RolloutKey::Spec);
@@ -84,7 +87,9 @@ impl Rollouts {
         service: &str,
         weights: Option<BTreeMap<String, u32>>,
     ) -> Result<Option<i64>, RolloutError> {
-        let mut client = connect_any(&etcd.endpoints)
+        let mut client = etcd
+            .endpoints
+            .connect_any()
             .await
             .map_err(RolloutError::Unavailable)?;
         let key = etcd.keys.weights(service);
@@ -111,7 +116,9 @@ impl Rollouts {
         service: &str,
         cmd: Command,
     ) -> Result<RolloutState, RolloutError> {
-        let mut client = connect_any(&etcd.endpoints)
+        let mut client = etcd
+            .endpoints
+            .connect_any()
             .await
             .map_err(RolloutError::Unavailable)?;
         let key = etcd.keys.rollout(service, RolloutKey::State);
@@ -181,7 +188,7 @@ impl Rollouts {
 
     async fn etcd_session(&self, etcd: &EtcdBacking, shutdown: &CancellationToken) -> Result<(), String> {
         let lease_ttl = etcd.lease_ttl;
-        let mut client = connect_any(&etcd.endpoints).await?;
+        let mut client = etcd.endpoints.connect_any().await?;
         let ttl = lease_ttl.as_secs().max(1) as i64;
         let lease = client
             .lease_grant(ttl, None)

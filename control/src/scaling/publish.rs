@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gantry_discovery::etcd::Endpoints;
 use gantry_discovery::etcd::Keys;
-use gantry_discovery::etcd::source::connect_any;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -17,7 +17,7 @@ use super::{Mode, Scaling};
 /// services that stopped declaring scale settings.
 pub async fn publish_to_etcd(
     scaling: Arc<Scaling>,
-    endpoints: Vec<String>,
+    endpoints: Endpoints,
     keys: Keys,
     instance: String,
     refresh: Duration,
@@ -33,7 +33,7 @@ pub async fn publish_to_etcd(
         }
         let all = updates.borrow_and_update().clone();
         if client.is_none() {
-            match connect_any(&endpoints).await {
+            match endpoints.connect_any().await {
                 Ok(c) => client = Some(c),
                 Err(e) => {
                     warn!(error = %e, "scaling: cannot reach etcd to publish recommendations");

@@ -8,14 +8,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::source::connect;
+use super::Endpoints;
 use crate::backoff::Backoff;
 
 /// What to keep.
 #[derive(Debug, Clone)]
 pub struct Keep {
     /// Members, tried in turn.
-    pub endpoints: Vec<String>,
+    pub endpoints: Endpoints,
     pub ttl: Duration,
     /// Keys under the lease; their values are read from here, and written again whenever it
     /// changes.
@@ -71,7 +71,7 @@ async fn put_all(client: &mut Client, lease: i64, kv: &[(String, String)]) -> Re
 
 async fn session(endpoint: &str, k: &Keep, shutdown: &CancellationToken) -> Result<(), String> {
     let mut values = k.values.clone();
-    let mut client: Client = connect(endpoint).await?;
+    let mut client: Client = k.endpoints.connect(endpoint).await?;
     let ttl = k.ttl.as_secs().max(1);
     let lease = client
         .lease_grant(ttl as i64, None)

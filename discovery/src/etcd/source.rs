@@ -4,13 +4,14 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, GetOptions, WatchOptions};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::Endpoints;
 use super::keys::is_config;
 use super::layout::{Entry, Layout};
 use crate::backoff::Backoff;
@@ -70,36 +71,10 @@ impl EtcdMetrics {
 #[derive(Debug, Clone)]
 pub struct EtcdSource {
     /// Members, tried in turn: one connection at a time, so the member in use is known.
-    pub endpoints: Vec<String>,
+    pub endpoints: Endpoints,
     /// Keys live under this prefix (default `/gantry/`).
     pub prefix: String,
     pub metrics: Option<EtcdMetrics>,
-}
-
-/// How Gantry connects to one member.
-/// A client of the first member that answers.
-pub async fn connect_any(endpoints: &[String]) -> Result<Client, String> {
-    let mut last = String::from("no etcd endpoint");
-    for e in endpoints {
-        match connect(e).await {
-            Ok(c) => return Ok(c),
-            Err(err) => last = format!("{e}: {err}"),
-        }
-    }
-    Err(last)
-}
-
-pub fn connect_options() -> ConnectOptions {
-    ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
-}
-
-pub async fn connect(endpoint: &str) -> Result<Client, String> {
-    Client::connect([endpoint], Some(connect_options()))
-        .await
-        .map_err(|e| e.to_string())
 }
 
 enum Stop {
@@ -170,7 +145,7 @@ impl EtcdSource {
         updates: &mpsc::Sender<Update>,
         shutdown: &CancellationToken,
     ) -> Stop {
-        let mut client = match connect(endpoint).await {
+        let mut client = match self.endpoints.connect(endpoint).await {
             Ok(c) => c,
             Err(e) => return Stop::Failed(e),
         };
