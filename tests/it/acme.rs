@@ -501,7 +501,7 @@ fn fleet_config(http: u16, https: u16, pebble: &Pebble, hosts: &[String], backen
 fn etcd_opts(etcd: &crate::etcd_support::Etcd, prefix: &str) -> gantry::Options {
     gantry::Options {
         etcd: Some(gantry::fleet::EtcdOptions {
-            endpoints: etcd.endpoints(),
+            endpoints: etcd.endpoints().into(),
             prefix: prefix.into(),
             instance_id: None,
         }),

@@ -17,7 +17,7 @@ use crate::support::{Backend, Behavior, Gantry, admin_get, admin_json, client, e
 fn opts(endpoints: Vec<String>) -> gantry::Options {
     gantry::Options {
         etcd: Some(gantry::fleet::EtcdOptions {
-            endpoints,
+            endpoints: endpoints.into(),
             prefix: "/gantry/".into(),
             instance_id: None,
         }),

@@ -28,6 +28,36 @@ pub struct Member {
 pub struct Etcd {
     pub members: Vec<Member>,
     dir: tempfile::TempDir,
+    /// Members serve TLS and require client certificates.
+    tls: Option<EtcdTls>,
+    /// Authentication is on: root's password, used by [`Etcd::ctl`].
+    root_password: Option<String>,
+}
+
+/// TLS for a test etcd: a CA, the members' certificate and key, and a client certificate and
+/// key, as PEM files.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
+}
+
+impl EtcdTls {
+    /// What a client of these members needs.
+    pub fn options(&self) -> etcd_client::ConnectOptions {
+        let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+        etcd_client::ConnectOptions::new().with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca)))
+                .identity(etcd_client::Identity::from_pem(
+                    read(&self.client_cert),
+                    read(&self.client_key),
+                )),
+        )
+    }
 }
 
 impl Etcd {
@@ -42,8 +72,18 @@ impl Etcd {
         Self::start_on(&ports).await
     }
 
+    /// One member serving TLS on its client port and requiring client certificates signed by
+    /// `tls`'s CA.
+    pub async fn start_tls(tls: EtcdTls) -> Self {
+        Self::start_with(&[(free_port(), free_port())], Some(tls)).await
+    }
+
     /// Members on these (client, peer) ports.
     pub async fn start_on(ports: &[(u16, u16)]) -> Self {
+        Self::start_with(ports, None).await
+    }
+
+    async fn start_with(ports: &[(u16, u16)], tls: Option<EtcdTls>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let initial: Vec<String> = ports
             .iter()
@@ -53,10 +93,21 @@ impl Etcd {
         let mut members = Vec::new();
         for (i, (client, peer)) in ports.iter().enumerate() {
             let name = format!("m{i}");
-            let client_url = format!("http://127.0.0.1:{client}");
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let client_url = format!("{scheme}://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
             let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-            let child = Command::new("etcd")
+            let mut cmd = Command::new("etcd");
+            if let Some(t) = &tls {
+                cmd.arg("--cert-file")
+                    .arg(&t.server_cert)
+                    .arg("--key-file")
+                    .arg(&t.server_key)
+                    .arg("--trusted-ca-file")
+                    .arg(&t.ca)
+                    .arg("--client-cert-auth");
+            }
+            let child = cmd
                 .args(["--name", &name])
                 .arg("--data-dir")
                 .arg(dir.path().join(&name))
@@ -85,7 +136,12 @@ impl Etcd {
                 child: Some(child),
             });
         }
-        let etcd = Etcd { members, dir };
+        let etcd = Etcd {
+            members,
+            dir,
+            tls,
+            root_password: None,
+        };
         for m in &etcd.members {
             etcd.wait_healthy(&m.client_url).await;
         }
@@ -95,7 +151,8 @@ impl Etcd {
     async fn wait_healthy(&self, url: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(mut c) = etcd_client::Client::connect([url], None).await
+            let options = self.tls.as_ref().map(EtcdTls::options);
+            if let Ok(mut c) = etcd_client::Client::connect([url], options).await
                 && c.get("health-probe", None).await.is_ok()
             {
                 return;
@@ -116,6 +173,57 @@ impl Etcd {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Turns authentication on: a root user, and `user` with `password` allowed to read and
+    /// write everything under `prefix` (what a Gantry fleet needs).
+    pub fn enable_auth(&mut self, user: &str, password: &str, prefix: &str) {
+        let root = "root-password";
+        let (root_user, gantry_user) = (format!("root:{root}"), format!("{user}:{password}"));
+        for args in [
+            vec!["user", "add", root_user.as_str()],
+            vec!["user", "grant-role", "root", "root"],
+            vec!["user", "add", gantry_user.as_str()],
+            vec!["role", "add", user],
+            vec![
+                "role",
+                "grant-permission",
+                user,
+                "--prefix=true",
+                "readwrite",
+                prefix,
+            ],
+            vec!["user", "grant-role", user, user],
+            vec!["auth", "enable"],
+        ] {
+            self.ctl(&args);
+        }
+        self.root_password = Some(root.into());
+    }
+
+    /// etcdctl against the first member, with its TLS files and as root once authentication is
+    /// on.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let mut all: Vec<String> = Vec::new();
+        if let Some(t) = &self.tls {
+            for (flag, p) in [
+                ("--cacert", &t.ca),
+                ("--cert", &t.client_cert),
+                ("--key", &t.client_key),
+            ] {
+                all.push(flag.into());
+                all.push(p.display().to_string());
+            }
+        }
+        if let Some(pw) = &self.root_password {
+            all.push("--user".into());
+            all.push(format!("root:{pw}"));
+        }
+        all.extend(args.iter().map(|a| a.to_string()));
+        Self::etcdctl(
+            &self.members[0].client_url,
+            &all.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
     }
 
     pub fn endpoints(&self) -> Vec<String> {

@@ -26,6 +26,7 @@ mod dashboard;
 mod docker;
 mod errors;
 mod etcd;
+mod etcd_secure;
 mod h2;
 mod headers;
 mod health;

@@ -37,7 +37,7 @@ scale = {{ min = 1, max = 6, target = 2, utilization = 1.0, window = "4s" }}
     );
     let opts = gantry::Options {
         etcd: Some(gantry::fleet::EtcdOptions {
-            endpoints: etcd.endpoints(),
+            endpoints: etcd.endpoints().into(),
             prefix: "/gantry/".into(),
             instance_id: Some("scaling-test".into()),
         }),
