@@ -25,6 +25,12 @@ pub struct FileRollout {
     pub max_p99_ratio: Option<f64>,
     /// ...plus this much (so that sub-millisecond noise does not fail a gate).
     pub p99_slack: Option<String>,
+    /// With etcd: how long a step waits for every live instance to serve its weights before
+    /// `fleet_lagging` applies.
+    pub fleet_deadline: Option<String>,
+    /// `wait` (the step keeps waiting, naming the laggards) or `drop` (the step begins without
+    /// them once the deadline has passed).
+    pub fleet_lagging: Option<String>,
 }
 
 /// A validated rollout: move `service` from `stable` to `canary` step by step while the canary's
@@ -42,6 +48,27 @@ pub struct RolloutSpec {
     pub max_p99_ratio: f64,
     #[serde(with = "crate::duration::text")]
     pub p99_slack: Duration,
+    #[serde(with = "crate::duration::text", default = "default_fleet_deadline")]
+    pub fleet_deadline: Duration,
+    #[serde(default)]
+    pub fleet_lagging: Lagging,
+}
+
+/// What a step does about an instance that does not serve its weights within the deadline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lagging {
+    /// Keep waiting: the step is not judged on a split the fleet does not serve.
+    #[default]
+    Wait,
+    /// Begin the step without it.
+    Drop,
+}
+
+pub const DEFAULT_FLEET_DEADLINE: Duration = Duration::from_secs(30);
+
+fn default_fleet_deadline() -> Duration {
+    DEFAULT_FLEET_DEADLINE
 }
 
 // Validation keeps the rates finite (never NaN), so equality is an equivalence.
@@ -105,9 +132,22 @@ impl FileRollout {
         };
         let step_time = duration(self.step_time, "step_time", Duration::from_secs(60));
         let p99_slack = duration(self.p99_slack, "p99_slack", Duration::from_millis(5));
+        let fleet_deadline = duration(self.fleet_deadline, "fleet_deadline", DEFAULT_FLEET_DEADLINE);
         if step_time.is_zero() {
             errs.push(origin, format!("{field}.step_time"), "must be above zero");
         }
+        let fleet_lagging = match self.fleet_lagging.as_deref() {
+            None | Some("wait") => Lagging::Wait,
+            Some("drop") => Lagging::Drop,
+            Some(other) => {
+                errs.push(
+                    origin,
+                    format!("{field}.fleet_lagging"),
+                    format!("{other:?}: wait or drop"),
+                );
+                Lagging::Wait
+            }
+        };
         let min_requests = match self.min_requests {
             None => 100,
             Some(n) => u64::try_from(n).unwrap_or_else(|_| {
@@ -145,6 +185,8 @@ impl FileRollout {
             max_error_rate,
             max_p99_ratio,
             p99_slack,
+            fleet_deadline,
+            fleet_lagging,
         })
     }
 }

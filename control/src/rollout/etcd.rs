@@ -15,7 +15,7 @@ use gantry_proxy::metrics::VersionStats;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::judge::{self, Action, Command, RolloutState, started, weights};
+use super::judge::{self, Action, Command, RolloutState, await_fleet, fleet_check, started, weights};
 use super::{RolloutError, Rollouts};
 
 /// Where a fleet's rollouts live.
@@ -196,8 +196,10 @@ impl Rollouts {
             .map_err(|e| e.to_string())?
             .id();
         let (mut keeper, mut answers) = client.lease_keep_alive(lease).await.map_err(|e| e.to_string())?;
-        let mut tick = tokio::time::interval(self.tick.min(lease_ttl / 3));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let tick = self.tick.min(lease_ttl / 3);
+        // A step waiting for the fleet is looked at again soon: instances apply a change within
+        // milliseconds, and the step's clock should start when they have.
+        let mut pause = Duration::ZERO;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -205,19 +207,21 @@ impl Rollouts {
                     let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await;
                     return Ok(());
                 }
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(pause) => {}
             }
             keeper.keep_alive().await.map_err(|e| e.to_string())?;
             match tokio::time::timeout(lease_ttl, answers.message()).await {
                 Ok(Ok(Some(r))) if r.ttl() > 0 => {}
                 _ => return Err("the rollout lease expired or its keep-alive failed".into()),
             }
-            self.etcd_tick(&mut client, &etcd.keys, lease).await?;
+            let waiting = self.etcd_tick(&mut client, &etcd.keys, lease).await?;
+            pause = if waiting { FLEET_RECHECK.min(tick) } else { tick };
         }
     }
 
-    /// Reads every rollout; starts declared ones, takes undriven ones, drives its own.
-    async fn etcd_tick(&self, client: &mut Client, keys: &Keys, lease: i64) -> Result<(), String> {
+    /// Reads every rollout; starts declared ones, takes undriven ones, drives its own. True when
+    /// one of its own waits for the fleet.
+    async fn etcd_tick(&self, client: &mut Client, keys: &Keys, lease: i64) -> Result<bool, String> {
         let root = keys.rollouts();
         let got = client
             .get(root.as_str(), Some(GetOptions::new().with_prefix()))
@@ -245,6 +249,9 @@ impl Rollouts {
         }
         let mut seen = BTreeMap::new();
         let mut driving = BTreeMap::new();
+        // The revision each live instance serves, read once per tick when a step waits for it.
+        let mut fleet: Option<Vec<(String, i64)>> = None;
+        let mut waiting = false;
         for (service, k) in by {
             let key = |k| keys.rollout(&service, k);
             let state: Option<(RolloutState, i64)> = k
@@ -313,11 +320,37 @@ impl Rollouts {
                     );
                     (st, d)
                 }
+                (_, _, Some((st, rev))) if !st.fleet_ready => {
+                    // The step's weights are written; its clock starts when the fleet serves them.
+                    let awaited = if st.weights_revision > 0 {
+                        st.weights_revision
+                    } else {
+                        rev
+                    };
+                    if fleet.is_none() {
+                        fleet = Some(instance_revisions(client, keys).await?);
+                    }
+                    let instances = fleet.as_deref().unwrap_or_default();
+                    match fleet_check(&st, awaited, instances, crate::time::unix_ms()) {
+                        Some(next) => {
+                            waiting |= !next.fleet_ready;
+                            self.write_state(client, keys, &service, rev, &next).await?;
+                            seen.insert(service.clone(), next);
+                        }
+                        None => waiting = true,
+                    }
+                    continue;
+                }
                 (_, _, Some((st, _))) => match self.step(&st) {
                     Some(x) => x,
                     None => continue,
                 },
                 _ => continue,
+            };
+            // New weights (a start, a step): judged once the fleet serves them.
+            let next = match d.action {
+                Action::Start | Action::Step => await_fleet(next),
+                _ => next,
             };
             let guard = if state_rev == 0 {
                 Compare::create_revision(key(RolloutKey::State), CompareOp::Equal, 0)
@@ -343,6 +376,7 @@ impl Rollouts {
                     weights_op(keys, &next),
                 ]);
             if client.txn(txn).await.map_err(|e| e.to_string())?.succeeded() {
+                waiting |= !next.fleet_ready;
                 self.record(&d);
                 if fresh {
                     self.inner().windows.remove(&service);
@@ -353,9 +387,58 @@ impl Rollouts {
         let mut inner = self.inner();
         inner.states = seen;
         inner.driving = driving;
+        Ok(waiting)
+    }
+}
+
+impl Rollouts {
+    /// Writes a state that changes no weights (a step waiting for the fleet), guarded like
+    /// every write of the driver.
+    async fn write_state(
+        &self,
+        client: &mut Client,
+        keys: &Keys,
+        service: &str,
+        state_rev: i64,
+        next: &RolloutState,
+    ) -> Result<(), String> {
+        let key = |k| keys.rollout(service, k);
+        let txn = Txn::new()
+            .when([
+                Compare::value(key(RolloutKey::Driver), CompareOp::Equal, self.instance.as_str()),
+                Compare::mod_revision(key(RolloutKey::State), CompareOp::Equal, state_rev),
+            ])
+            .and_then([TxnOp::put(
+                key(RolloutKey::State),
+                serde_json::to_string(next).unwrap_or_default(),
+                None,
+            )]);
+        if client.txn(txn).await.map_err(|e| e.to_string())?.succeeded() {
+            info!(%service, reason = %next.reason, waiting_for = ?next.waiting_for, "rollouts: the step and the fleet");
+        }
         Ok(())
     }
 }
+
+/// Each live instance (a record under its lease) and the etcd revision it serves.
+async fn instance_revisions(client: &mut Client, keys: &Keys) -> Result<Vec<(String, i64)>, String> {
+    let got = client
+        .get(keys.instance(""), Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(got
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let v: serde_json::Value = serde_json::from_slice(kv.value()).ok()?;
+            let id = v["id"].as_str()?.to_string();
+            Some((id, v["revision"].as_i64().unwrap_or(0)))
+        })
+        .collect())
+}
+
+/// How soon a step waiting for the fleet is looked at again.
+const FLEET_RECHECK: Duration = Duration::from_millis(100);
 
 fn weights_op(keys: &Keys, state: &RolloutState) -> TxnOp {
     TxnOp::put(

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gantry_config::rollout::RolloutSpec;
+use gantry_config::rollout::{Lagging, RolloutSpec};
 use gantry_proxy::metrics::VersionStats;
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +43,26 @@ pub struct RolloutState {
     /// The revision of the `spec` key this state follows (etcd); a newer spec starts over.
     #[serde(default)]
     pub spec_revision: i64,
+    /// With etcd: every live instance serves this step's weights, and the step's clock runs
+    /// (from `step_started_ms`). Until then `step_started_ms` is when the weights were written
+    /// and the step is not judged. Always true without etcd.
+    #[serde(default = "yes")]
+    pub fleet_ready: bool,
+    /// With etcd: the revision this step's weights were written at (0 until known: the revision
+    /// of the state written with them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub weights_revision: i64,
+    /// Live instances that do not serve this step's weights yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -207,7 +227,77 @@ pub fn started(spec: RolloutSpec, spec_revision: i64) -> RolloutState {
         step_started_ms: unix_ms(),
         reason: "started".into(),
         spec_revision,
+        fleet_ready: true,
+        weights_revision: 0,
+        waiting_for: Vec::new(),
     }
+}
+
+/// A step that has new weights to be served by the fleet before its clock starts (etcd).
+pub fn await_fleet(mut state: RolloutState) -> RolloutState {
+    if state.phase == Phase::Running {
+        state.fleet_ready = false;
+        state.weights_revision = 0;
+        state.waiting_for.clear();
+    }
+    state
+}
+
+/// A step waiting for the fleet, against the revision each live instance serves
+/// (`instances`: id and revision): the state to write when something changed. The step begins
+/// when every instance serves `awaited` or later, or, past `fleet_deadline` with
+/// `fleet_lagging = drop`, without the laggards.
+pub fn fleet_check(
+    state: &RolloutState,
+    awaited: i64,
+    instances: &[(String, i64)],
+    now_ms: u64,
+) -> Option<RolloutState> {
+    if state.fleet_ready || state.phase != Phase::Running {
+        return None;
+    }
+    let mut lagging: Vec<String> = instances
+        .iter()
+        .filter(|(_, rev)| *rev < awaited)
+        .map(|(id, _)| id.clone())
+        .collect();
+    lagging.sort();
+    let deadline = state.spec.fleet_deadline;
+    let late = Duration::from_millis(now_ms.saturating_sub(state.step_started_ms)) >= deadline;
+    let mut next = state.clone();
+    next.weights_revision = awaited;
+    if lagging.is_empty() || (late && state.spec.fleet_lagging == Lagging::Drop) {
+        next.fleet_ready = true;
+        next.step_started_ms = now_ms;
+        next.reason = if lagging.is_empty() {
+            format!(
+                "step {} begins: every live instance ({}) serves revision {awaited}",
+                state.step,
+                instances.len()
+            )
+        } else {
+            format!(
+                "step {} begins without {}: not serving revision {awaited} after {deadline:?}",
+                state.step,
+                lagging.join(", ")
+            )
+        };
+        next.waiting_for.clear();
+        return Some(next);
+    }
+    next.reason = if late {
+        format!(
+            "waiting: {} not serving revision {awaited} after {deadline:?} (fleet_lagging = wait)",
+            lagging.join(", ")
+        )
+    } else {
+        format!("waiting for {} to serve revision {awaited}", lagging.join(", "))
+    };
+    next.waiting_for = lagging;
+    (next.waiting_for != state.waiting_for
+        || next.reason != state.reason
+        || next.weights_revision != state.weights_revision)
+        .then_some(next)
 }
 
 /// What an admin command asks.
@@ -315,6 +405,43 @@ mod tests {
         // p99 of 50 ms against 2 ms x 1.5 + 5 ms.
         let v = judge(&s, &stats(200, 0, 50.0), &stable, Duration::from_secs(10));
         assert!(matches!(&v, Verdict::Fail(why) if why.contains("p99")), "{v:?}");
+    }
+
+    #[test]
+    fn a_step_waits_for_every_live_instance_then_begins() {
+        let mut st = await_fleet(started(spec(), 0));
+        st.step_started_ms = 1_000;
+        let fleet = |c: i64| vec![("a".to_string(), 42), ("b".to_string(), 40), ("c".to_string(), c)];
+        // b and c lag behind revision 41.
+        let w = fleet_check(&st, 41, &fleet(12), 2_000).unwrap();
+        assert!(!w.fleet_ready);
+        assert_eq!(w.waiting_for, ["b", "c"]);
+        assert!(w.reason.contains("b, c"), "{}", w.reason);
+        // Nothing new: nothing to write.
+        assert!(fleet_check(&w, 41, &fleet(12), 3_000).is_none());
+        // Past the deadline, waiting says so (once); the step has not begun.
+        let mut w2 = w.clone();
+        w2.waiting_for = vec!["c".into()];
+        let late = fleet_check(&w2, 41, &[("a".into(), 42), ("c".into(), 12)], 1_000 + 30_000).unwrap();
+        assert!(
+            !late.fleet_ready && late.reason.contains("after 30s"),
+            "{}",
+            late.reason
+        );
+        // Everyone there: the clock starts now.
+        let go = fleet_check(&late, 41, &[("a".into(), 42), ("c".into(), 41)], 40_000).unwrap();
+        assert!(go.fleet_ready && go.waiting_for.is_empty());
+        assert_eq!(go.step_started_ms, 40_000);
+        // With fleet_lagging = drop, the laggard is left out after the deadline.
+        let mut d = w2.clone();
+        d.spec.fleet_lagging = Lagging::Drop;
+        assert!(fleet_check(&d, 41, &[("c".into(), 12)], 20_000).is_some_and(|s| !s.fleet_ready));
+        let dropped = fleet_check(&d, 41, &[("c".into(), 12)], 31_000).unwrap();
+        assert!(
+            dropped.fleet_ready && dropped.reason.contains("without c"),
+            "{}",
+            dropped.reason
+        );
     }
 
     #[test]

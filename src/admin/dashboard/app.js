@@ -374,7 +374,11 @@ function renderRollouts() {
         h("dt", {}, "step"), h("dd", { class: "step" }, `${r.step + 1} of ${r.spec.steps.length} (${r.spec.steps.join(" → ")} %)`),
         h("dt", {}, "canary weight"), h("dd", { class: "weight" }, `${r.weight} %`),
         h("dt", {}, "driven by"), h("dd", {}, r.driven_here ? `this instance (${rollouts.instance})` : "another instance"),
-        h("dt", {}, "why"), h("dd", {}, r.reason || "–")),
+        h("dt", {}, "why"), h("dd", {}, r.reason || "–"),
+        r.fleet_ready === false ? [h("dt", {}, "fleet"), h("dd", { class: "fleet-wait state state-draining" },
+          (r.waiting_for || []).length
+            ? `step on hold: waiting for ${r.waiting_for.join(", ")} to serve revision ${r.weights_revision || "…"}`
+            : "step on hold until every instance serves its weights")] : null),
       last ? table(["gate", "canary now", "bar"], [
         gate("error rate", pct(last.canary.error_rate), `≤ ${pct(r.spec.max_error_rate)}`),
         gate("p99", ms(last.canary.p99_ms), `≤ ${r.spec.max_p99_ratio}× stable (${ms(last.stable.p99_ms)}) + ${r.spec.p99_slack}`),
