@@ -600,6 +600,176 @@ async fn with_etcd_one_instance_drives_and_another_takes_over_from_the_stored_st
     );
 }
 
+/// The unix time in milliseconds.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Polls the rollout state of `web` in etcd every 100 ms for `how_long`, checking `ok` each time.
+async fn holds(
+    c: &mut etcd_client::Client,
+    how_long: Duration,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let end = tokio::time::Instant::now() + how_long;
+    loop {
+        let st = value_of(c, "/gantry/rollouts/web/state").await.unwrap();
+        assert!(ok(&st), "{what}: {st:#}");
+        if tokio::time::Instant::now() >= end {
+            return st;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Three instances; one stops (SIGSTOP) just before a step. The step is not judged while it
+/// does not serve the step's weights: the state names it, past the deadline too (the default is
+/// to wait), and the step's clock starts once it is back. With `fleet_lagging = drop`, the step
+/// begins without it after the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_a_step_begins_only_when_every_instance_serves_its_weights() {
+    use crate::etcd_support::{ETCD_LOCK, Etcd, put};
+    use rustix::process::Signal;
+    let _one = ETCD_LOCK.lock().await;
+    let etcd = Etcd::start().await;
+    let v1 = Backend::start("v1-a", Behavior::Name).await;
+    let v2 = Backend::start("v2-a", Behavior::Name).await;
+    let mut c = etcd.client().await;
+    put(
+        &mut c,
+        "/gantry/routers/web",
+        r#"{"path_prefix": "/", "service": "web"}"#,
+    )
+    .await;
+    put(
+        &mut c,
+        "/gantry/backends/web/a",
+        &format!(r#"{{"url": "{}", "version": "v1"}}"#, v1.url()),
+    )
+    .await;
+    put(
+        &mut c,
+        "/gantry/backends/web/b",
+        &format!(r#"{{"url": "{}", "version": "v2"}}"#, v2.url()),
+    )
+    .await;
+    put(&mut c, "/gantry/weights/web", r#"{"v1": 100, "v2": 0}"#).await;
+    let ep = etcd.endpoints()[0].clone();
+    let spawn = |id: &str| crate::support::GantryProcess::spawn(&["run", "--etcd", &ep, "--instance-id", id]);
+    let (a, b, lagger) = (spawn("a"), spawn("b"), spawn("c"));
+    let c2 = etcd.client().await;
+    eventually(Duration::from_secs(20), "three instance records", || {
+        let mut c = c2.clone();
+        async move {
+            let r = c
+                .get(
+                    "/gantry/instances/",
+                    Some(etcd_client::GetOptions::new().with_prefix()),
+                )
+                .await
+                .ok()?;
+            (r.kvs().len() == 3).then_some(())
+        }
+    })
+    .await;
+    let done = Arc::new(AtomicBool::new(false));
+    let loads = [
+        keep_loading(a.addr, done.clone()),
+        keep_loading(b.addr, done.clone()),
+    ];
+
+    // c stops just before the first step's weights are written.
+    lagger.signal(Signal::STOP);
+    let spec = r#"{"stable": "v1", "canary": "v2", "steps": [20, 100], "step_time": "1s", "min_requests": 5, "fleet_deadline": "1s"}"#;
+    put(&mut c, "/gantry/rollouts/web/spec", spec).await;
+    let c3 = etcd.client().await;
+    eventually(Duration::from_secs(15), "the step to wait for c", || {
+        let mut c = c3.clone();
+        async move {
+            let st = value_of(&mut c, "/gantry/rollouts/web/state").await?;
+            (st["waiting_for"] == serde_json::json!(["c"])).then_some(st)
+        }
+    })
+    .await;
+    // Past the step's time and the deadline, it still waits: not judged, c named.
+    let st = holds(
+        &mut c,
+        Duration::from_millis(2500),
+        "the step waits for c",
+        |st| st["step"] == 0 && st["fleet_ready"] == false && st["waiting_for"] == serde_json::json!(["c"]),
+    )
+    .await;
+    assert!(st["reason"].as_str().unwrap().contains("after 1s"), "{st:#}");
+    let driver = value_of(&mut c, "/gantry/rollouts/web/driver").await.unwrap();
+    let driver = if driver == "a" { &a } else { &b };
+    let view = admin_json(driver.admin, "/api/v1/rollouts").await;
+    assert_eq!(
+        view["rollouts"]["web"]["waiting_for"],
+        serde_json::json!(["c"]),
+        "{view:#}"
+    );
+    assert!(
+        view["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["action"] == "start"),
+        "nothing judged while c lags: {view:#}"
+    );
+
+    let back_ms = now_ms();
+    lagger.signal(Signal::CONT);
+    let c4 = etcd.client().await;
+    eventually(Duration::from_secs(30), "the rollout to be promoted", || {
+        let mut c = c4.clone();
+        async move {
+            let st = value_of(&mut c, "/gantry/rollouts/web/state").await?;
+            (st["phase"] == "promoted").then_some(())
+        }
+    })
+    .await;
+    // The first step's clock started when c was back: its judgement came a step time later.
+    let view = admin_json(driver.admin, "/api/v1/rollouts").await;
+    let first_step = view["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["action"] == "step")
+        .unwrap_or_else(|| panic!("{view:#}"))["at_ms"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        first_step >= back_ms + 1000,
+        "step judged {} ms after c came back",
+        first_step as i64 - back_ms as i64
+    );
+
+    // With fleet_lagging = drop, a stopped c holds a step back no longer than the deadline.
+    lagger.signal(Signal::STOP);
+    let spec = r#"{"stable": "v2", "canary": "v1", "steps": [50, 100], "step_time": "1s", "min_requests": 5, "fleet_deadline": "1s", "fleet_lagging": "drop"}"#;
+    put(&mut c, "/gantry/rollouts/web/spec", spec).await;
+    let c5 = etcd.client().await;
+    let st = eventually(Duration::from_secs(15), "the step to begin without c", || {
+        let mut c = c5.clone();
+        async move {
+            let st = value_of(&mut c, "/gantry/rollouts/web/state").await?;
+            (st["spec"]["stable"] == "v2" && st["fleet_ready"] == true).then_some(st)
+        }
+    })
+    .await;
+    assert!(st["reason"].as_str().unwrap().contains("without c"), "{st:#}");
+    lagger.signal(Signal::CONT);
+    done.store(true, Ordering::SeqCst);
+    for l in loads {
+        let counts = l.await.unwrap();
+        assert_eq!(counts.keys().copied().collect::<Vec<_>>(), [200], "{counts:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_can_be_paused_resumed_and_aborted_back_to_stable() {
     let v1 = Backend::start("v1-a", Behavior::Name).await;
