@@ -406,7 +406,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         proxy: proxy.clone(),
         status: status.clone(),
         registry,
-        rollouts,
+        rollouts: rollouts.clone(),
         scaling,
         scaler,
         acme,
@@ -419,6 +419,8 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         let record = fleet::publish_instance(
             e,
             status.clone(),
+            proxy.clone(),
+            rollouts.clone(),
             entrypoints.clone(),
             admin_addr,
             shutdown.token(),

@@ -67,26 +67,48 @@ fn record(
 }
 
 /// Keeps this instance's record under `<prefix>instances/<id>` up to date until `shutdown`,
-/// then removes it.
+/// then removes it; beside it, under the same lease, its figures (`<prefix>figures/<id>`, see
+/// [`crate::figures`]) every [`crate::figures::REPORT_EVERY`].
 pub async fn publish_instance(
     opts: EtcdOptions,
     status: Arc<Publisher>,
+    proxy: Arc<gantry_proxy::Proxy>,
+    rollouts: Arc<crate::rollout::Rollouts>,
     entrypoints: Vec<(String, SocketAddr)>,
     admin: SocketAddr,
     shutdown: CancellationToken,
 ) {
     let id = instance_id(&opts, admin);
-    let key = Keys::new(&opts.prefix).instance(&id);
+    let keys = Keys::new(&opts.prefix);
+    let key = keys.instance(&id);
+    let figures_key = crate::figures::key(&keys, &id);
     let started = unix_secs();
-    let value = || vec![(key.clone(), record(&id, &status, &entrypoints, admin, started))];
+    let value = || {
+        // Only what drivers judge: idle, a report is a few bytes.
+        let report = crate::figures::report(&proxy, &rollouts.active(), crate::time::unix_ms());
+        vec![
+            (key.clone(), record(&id, &status, &entrypoints, admin, started)),
+            (
+                figures_key.clone(),
+                serde_json::to_string(&report).unwrap_or_default(),
+            ),
+        ]
+    };
     let (tx, rx) = watch::channel(value());
     let mut changed = status.subscribe();
     let follow = async {
-        while changed.changed().await.is_ok() {
+        let mut every = tokio::time::interval(crate::figures::REPORT_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut open = true;
+        loop {
+            tokio::select! {
+                r = changed.changed(), if open => open = r.is_ok(),
+                _ = every.tick() => {}
+            }
             tx.send_replace(value());
         }
     };
-    info!(%key, "etcd: publishing this instance's record");
+    info!(%key, "etcd: publishing this instance's record and figures");
     let k = Keep {
         endpoints: opts.endpoints.clone(),
         ttl: INSTANCE_TTL,

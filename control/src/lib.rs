@@ -10,6 +10,7 @@
 //!            their publication in etcd (`publish`)
 //! scaler     the opt-in Docker scaler that acts on the recommendations
 //! fleet      instance records and `gantry register`, in etcd
+//! figures    each instance's per-version counters in etcd, summed by drivers over the fleet
 //! time       wall-clock time for records that leave the process
 //! ```
 //!
@@ -19,6 +20,7 @@
 //! are domain enums; the admin API (root crate) maps them to status codes in one place.
 
 pub mod acme;
+pub mod figures;
 pub mod fleet;
 pub mod publish;
 pub mod rollout;

@@ -15,7 +15,7 @@ use gantry_proxy::metrics::VersionStats;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::judge::{self, Action, Command, RolloutState, await_fleet, fleet_check, started, weights};
+use super::judge::{self, Action, Command, Phase, RolloutState, await_fleet, fleet_check, started, weights};
 use super::{RolloutError, Rollouts};
 
 /// Where a fleet's rollouts live.
@@ -249,8 +249,9 @@ impl Rollouts {
         }
         let mut seen = BTreeMap::new();
         let mut driving = BTreeMap::new();
-        // The revision each live instance serves, read once per tick when a step waits for it.
-        let mut fleet: Option<Vec<(String, i64)>> = None;
+        // The revision each live instance serves and its figures, read once per tick when a
+        // rollout of this instance's needs them.
+        let mut fleet: Option<crate::figures::Fleet> = None;
         let mut waiting = false;
         for (service, k) in by {
             let key = |k| keys.rollout(&service, k);
@@ -328,12 +329,30 @@ impl Rollouts {
                         rev
                     };
                     if fleet.is_none() {
-                        fleet = Some(instance_revisions(client, keys).await?);
+                        fleet = Some(crate::figures::read(client, keys).await?);
                     }
-                    let instances = fleet.as_deref().unwrap_or_default();
-                    match fleet_check(&st, awaited, instances, crate::time::unix_ms()) {
+                    // An instance that reports figures but not yet this service's (it learns of
+                    // the rollout on its next read) is not ready either: the step's figures
+                    // must cover it from the start.
+                    let instances: Vec<(String, i64)> = fleet.as_ref().map_or_else(Vec::new, |f| {
+                        f.revisions
+                            .iter()
+                            .map(|(id, rev)| {
+                                let unreported = f
+                                    .reports
+                                    .iter()
+                                    .any(|(r, rep)| r == id && !rep.services.contains_key(&service));
+                                (id.clone(), if unreported { 0 } else { *rev })
+                            })
+                            .collect()
+                    });
+                    match fleet_check(&st, awaited, &instances, crate::time::unix_ms()) {
                         Some(next) => {
                             waiting |= !next.fleet_ready;
+                            if next.fleet_ready {
+                                // The step's window begins now, from the figures just read.
+                                self.begin_window(&next, fleet.as_ref().map(|f| &f.reports[..]));
+                            }
                             self.write_state(client, keys, &service, rev, &next).await?;
                             seen.insert(service.clone(), next);
                         }
@@ -341,10 +360,19 @@ impl Rollouts {
                     }
                     continue;
                 }
-                (_, _, Some((st, _))) => match self.step(&st) {
-                    Some(x) => x,
-                    None => continue,
-                },
+                (_, _, Some((st, _))) => {
+                    if st.phase != Phase::Running {
+                        continue;
+                    }
+                    if fleet.is_none() {
+                        fleet = Some(crate::figures::read(client, keys).await?);
+                    }
+                    let reports = fleet.as_ref().map(|f| &f.reports[..]);
+                    match self.step(&st, reports) {
+                        Some(x) => x,
+                        None => continue,
+                    }
+                }
                 _ => continue,
             };
             // New weights (a start, a step): judged once the fleet serves them.
@@ -418,23 +446,6 @@ impl Rollouts {
         }
         Ok(())
     }
-}
-
-/// Each live instance (a record under its lease) and the etcd revision it serves.
-async fn instance_revisions(client: &mut Client, keys: &Keys) -> Result<Vec<(String, i64)>, String> {
-    let got = client
-        .get(keys.instance(""), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(got
-        .kvs()
-        .iter()
-        .filter_map(|kv| {
-            let v: serde_json::Value = serde_json::from_slice(kv.value()).ok()?;
-            let id = v["id"].as_str()?.to_string();
-            Some((id, v["revision"].as_i64().unwrap_or(0)))
-        })
-        .collect())
 }
 
 /// How soon a step waiting for the fleet is looked at again.

@@ -25,7 +25,7 @@ impl Rollouts {
             }
             let running: Vec<RolloutState> = self.inner().states.values().cloned().collect();
             for state in running {
-                if let Some((next, d)) = self.step(&state) {
+                if let Some((next, d)) = self.step(&state, None) {
                     self.record(&d);
                     let service = next.spec.service.clone();
                     let w = weights(&next);

@@ -97,6 +97,8 @@ struct Window {
     started_ms: u64,
     canary: VersionStats,
     stable: VersionStats,
+    /// With etcd: each instance's counters when the window began (as first reported).
+    fleet: crate::figures::Baselines,
 }
 
 #[derive(Debug, Default)]
@@ -182,6 +184,17 @@ impl Rollouts {
         }
     }
 
+    /// The services whose rollouts are under way (running or paused), as last seen: those whose
+    /// figures the fleet publishes.
+    pub fn active(&self) -> Vec<String> {
+        self.inner()
+            .states
+            .iter()
+            .filter(|(_, st)| !st.phase.is_over())
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
     /// The state of the rollout of `service`, as last seen.
     pub fn state(&self, service: &str) -> Option<RolloutState> {
         self.inner().states.get(service).cloned()
@@ -254,8 +267,38 @@ impl Rollouts {
         inner.decisions.push_back(d.clone());
     }
 
+    /// A step's window begins: the counters now, this instance's and (with etcd) each
+    /// instance's as last reported. (A report is at most one interval old: the window may take
+    /// in up to that much from before the step, never miss what came after it.)
+    pub(super) fn begin_window(
+        &self,
+        state: &RolloutState,
+        reports: Option<&[(String, crate::figures::Report)]>,
+    ) {
+        let (canary, stable) = self.figures(&state.spec, None);
+        let fleet = reports.map_or_else(Default::default, |r| {
+            let spec = &state.spec;
+            crate::figures::baselines(r, &spec.service, &spec.canary, &spec.stable)
+        });
+        self.inner().windows.insert(
+            state.spec.service.clone(),
+            Window {
+                step: state.step,
+                started_ms: state.step_started_ms,
+                canary,
+                stable,
+                fleet,
+            },
+        );
+    }
+
     /// One judgement of a rollout this instance drives: the new state and its decision, if any.
-    fn step(&self, state: &RolloutState) -> Option<(RolloutState, Decision)> {
+    /// With `reports` (etcd), on the whole fleet's figures; without, on this instance's.
+    fn step(
+        &self,
+        state: &RolloutState,
+        reports: Option<&[(String, crate::figures::Report)]>,
+    ) -> Option<(RolloutState, Decision)> {
         if state.phase != Phase::Running {
             return None;
         }
@@ -269,25 +312,40 @@ impl Rollouts {
                 .is_none_or(|w| w.step != state.step || w.started_ms != state.step_started_ms)
         };
         if fresh {
-            let (canary, stable) = self.figures(&state.spec, None);
-            self.inner().windows.insert(
-                service.clone(),
-                Window {
-                    step: state.step,
-                    started_ms: state.step_started_ms,
-                    canary,
-                    stable,
-                },
-            );
+            self.begin_window(state, reports);
         }
-        let (canary, stable) = {
-            let inner = self.inner();
-            let w = inner.windows.get(&service);
-            self.figures(&state.spec, w)
+        let (canary, stable, left_out) = match reports {
+            None => {
+                let inner = self.inner();
+                let w = inner.windows.get(&service);
+                let (c, s) = self.figures(&state.spec, w);
+                (c, s, Vec::new())
+            }
+            Some(reports) => {
+                let mut inner = self.inner();
+                let w = inner.windows.get_mut(&service)?;
+                let spec = &state.spec;
+                crate::figures::since(
+                    reports,
+                    &mut w.fleet,
+                    &service,
+                    &spec.canary,
+                    &spec.stable,
+                    unix_ms(),
+                )
+            }
         };
         let elapsed = Duration::from_millis(unix_ms().saturating_sub(state.step_started_ms));
         let verdict = judge(&state.spec, &canary, &stable, elapsed);
-        let (next, action) = advance(state, &verdict, unix_ms())?;
+        let (mut next, action) = advance(state, &verdict, unix_ms())?;
+        if !left_out.is_empty() {
+            next.reason = format!(
+                "{} (on the fleet's figures without {}: no report for {:?})",
+                next.reason,
+                left_out.join(", "),
+                crate::figures::STALE_AFTER
+            );
+        }
         let d = self.decide(&next, action, &canary, &stable);
         Some((next, d))
     }

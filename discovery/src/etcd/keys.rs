@@ -1,6 +1,6 @@
 //! Every etcd key Gantry reads or writes, in one place: the configuration the etcd source reads
 //! (`routers/`, `services/`, `backends/`, `weights/`, `middlewares/`) and what the control plane writes
-//! (`instances/`, `rollouts/`, `scaling/`). Readers parse a key with [`kind`]; writers name one
+//! (`instances/`, `figures/`, `rollouts/`, `scaling/`, `acme/`). Readers parse a key with [`kind`]; writers name one
 //! with [`Keys`]. Nothing else spells a key.
 //!
 //! ```text
@@ -10,6 +10,7 @@
 //! <prefix>weights/<service>               version weights             written by rollouts, the admin API
 //! <prefix>middlewares/<name>              a middleware (JSON)         read by the etcd source
 //! <prefix>instances/<id>                  an instance's record        written by each instance (lease)
+//! <prefix>figures/<id>                    its per-version counters    every second, same lease
 //! <prefix>rollouts/<service>/spec         a rollout as declared       the file, the admin API, etcdctl
 //! <prefix>rollouts/<service>/state        phase, step, weight         written by the driver
 //! <prefix>rollouts/<service>/driver       the driving instance        under the driver's lease
@@ -109,6 +110,11 @@ impl Keys {
         format!("{}instances/{id}", self.prefix)
     }
 
+    /// An instance's figures (`id` empty: the prefix of them all).
+    pub fn figures(&self, id: &str) -> String {
+        format!("{}figures/{id}", self.prefix)
+    }
+
     /// The prefix of every rollout key.
     pub fn rollouts(&self) -> String {
         format!("{}rollouts/", self.prefix)
@@ -184,7 +190,7 @@ pub enum AcmeKey<'k> {
 }
 
 /// Prefixes under the layout's root that are not configuration.
-pub const RESERVED: [&str; 4] = ["instances/", "rollouts/", "scaling/", "acme/"];
+pub const RESERVED: [&str; 5] = ["instances/", "figures/", "rollouts/", "scaling/", "acme/"];
 
 /// What a key is, by its name.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -59,8 +59,18 @@ async fn ensure(client: &mut Client, keys: &[(String, String)]) -> Result<(), St
     Ok(())
 }
 
-async fn put_all(client: &mut Client, lease: i64, kv: &[(String, String)]) -> Result<(), String> {
+/// Puts the keys of `kv` whose values differ from `before` (all of them when `before` is
+/// empty): a value that changes every second does not rewrite the others.
+async fn put_all(
+    client: &mut Client,
+    lease: i64,
+    kv: &[(String, String)],
+    before: &[(String, String)],
+) -> Result<(), String> {
     for (k, v) in kv {
+        if before.iter().any(|(bk, bv)| bk == k && bv == v) {
+            continue;
+        }
         client
             .put(k.as_str(), v.as_str(), Some(PutOptions::new().with_lease(lease)))
             .await
@@ -79,8 +89,8 @@ async fn session(endpoint: &str, k: &Keep, shutdown: &CancellationToken) -> Resu
         .map_err(|e| e.to_string())?
         .id();
     ensure(&mut client, &k.ensure).await?;
-    let current = values.borrow_and_update().clone();
-    put_all(&mut client, lease, &current).await?;
+    let mut current = values.borrow_and_update().clone();
+    put_all(&mut client, lease, &current, &[]).await?;
     info!(%endpoint, lease = format!("{lease:x}"), ttl, keys = current.len(), "etcd: keys kept under a lease");
     let (mut keeper, mut responses) = client.lease_keep_alive(lease).await.map_err(|e| e.to_string())?;
     let mut tick = tokio::time::interval(Duration::from_secs(ttl) / 3);
@@ -113,8 +123,9 @@ async fn session(endpoint: &str, k: &Keep, shutdown: &CancellationToken) -> Resu
                     open = false;
                     continue;
                 }
-                let current = values.borrow_and_update().clone();
-                put_all(&mut client, lease, &current).await?;
+                let next = values.borrow_and_update().clone();
+                put_all(&mut client, lease, &next, &current).await?;
+                current = next;
             }
         }
     }
