@@ -600,6 +600,136 @@ async fn with_etcd_one_instance_drives_and_another_takes_over_from_the_stored_st
     );
 }
 
+/// Three instances behind an uneven balancer: A takes 80% of the requests, B 20%, C none. The
+/// canary fails only what comes through B (B's own middleware marks its requests). Judged on
+/// its own traffic, A would see a healthy canary and C nothing at all; judged on the fleet's,
+/// whichever of the three drives the rollout rolls it back within its first step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_a_canary_failing_on_one_instance_is_rolled_back_whichever_drives() {
+    use crate::etcd_support::{ETCD_LOCK, Etcd, put};
+    let _one = ETCD_LOCK.lock().await;
+    let etcd = Etcd::start().await;
+    let v1 = Backend::start("v1-a", Behavior::Name).await;
+    let v2 = Backend::start("v2-a", Behavior::FailIfHeader("x-via", "b")).await;
+    let mut c = etcd.client().await;
+    // No passive ejection: B would otherwise stop sending to the canary after 5 failures, and
+    // the canary would fail only a handful of requests.
+    put(
+        &mut c,
+        "/gantry/services/web",
+        r#"{"outlier": {"consecutive_failures": 0}}"#,
+    )
+    .await;
+    put(
+        &mut c,
+        "/gantry/routers/web",
+        r#"{"path_prefix": "/", "service": "web", "middlewares": ["via"]}"#,
+    )
+    .await;
+    put(
+        &mut c,
+        "/gantry/backends/web/a",
+        &format!(r#"{{"url": "{}", "version": "v1"}}"#, v1.url()),
+    )
+    .await;
+    put(
+        &mut c,
+        "/gantry/backends/web/b",
+        &format!(r#"{{"url": "{}", "version": "v2"}}"#, v2.url()),
+    )
+    .await;
+    put(&mut c, "/gantry/weights/web", r#"{"v1": 100, "v2": 0}"#).await;
+    let ep = etcd.endpoints()[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = |id: &str| {
+        // Each instance marks the requests it forwards with its name.
+        let config = dir.path().join(format!("{id}.toml"));
+        std::fs::write(
+            &config,
+            format!("[middlewares.via.headers]\nrequest = {{ set = {{ \"x-via\" = \"{id}\" }} }}\n"),
+        )
+        .unwrap();
+        crate::support::GantryProcess::spawn(&[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--etcd",
+            &ep,
+            "--instance-id",
+            id,
+        ])
+    };
+    let instances = [spawn("a"), spawn("b"), spawn("c")];
+    let client = client();
+    for p in &instances {
+        let addr = p.addr;
+        eventually(Duration::from_secs(20), "the route from etcd", || {
+            let c = client.clone();
+            async move { (get(&c, addr, "app.test", "/").await.status == 200).then_some(()) }
+        })
+        .await;
+    }
+    // 80% through A, 20% through B, none through C; at most 40,000 requests or 90 s.
+    let done = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (done, a, b) = (done.clone(), instances[0].addr, instances[1].addr);
+        let c = client.clone();
+        tokio::spawn(async move {
+            let end = tokio::time::Instant::now() + Duration::from_secs(90);
+            for i in 0..40_000u32 {
+                if done.load(Ordering::SeqCst) || tokio::time::Instant::now() > end {
+                    break;
+                }
+                let _ = send(&c, if i % 10 < 8 { a } else { b }, "GET", "app.test", "/", &[]).await;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+
+    // The driver is pinned in turn: the test holds the driver key under its own lease.
+    let lease = c.lease_grant(120, None).await.unwrap().id();
+    for driver in ["a", "c", "b"] {
+        let _ = c.delete("/gantry/rollouts/web/driver", None).await.unwrap();
+        c.put(
+            "/gantry/rollouts/web/driver",
+            driver,
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+        // Each put is a new rollout, started over by its driver.
+        let spec = r#"{"stable": "v1", "canary": "v2", "steps": [50, 100], "step_time": "30s", "min_requests": 40, "max_error_rate": 0.05}"#;
+        put(&mut c, "/gantry/rollouts/web/spec", spec).await;
+        let c2 = etcd.client().await;
+
+        let decision = eventually(
+            Duration::from_secs(20),
+            &format!("the rollout driven by {driver} to be rolled back"),
+            || {
+                let mut c = c2.clone();
+                async move {
+                    let d = value_of(&mut c, "/gantry/rollouts/web/decision").await?;
+                    (d["action"] == "rollback" && d["instance"] == driver).then_some(d)
+                }
+            },
+        )
+        .await;
+        // Within the first step, on the fleet's error rate: B's share of the canary failed.
+        assert_eq!(decision["step"], 0, "{decision:#}");
+        let rate = decision["canary"]["error_rate"].as_f64().unwrap();
+        assert!(
+            (0.1..0.4).contains(&rate),
+            "the fleet's canary error rate: {decision:#}"
+        );
+        assert_eq!(
+            value_of(&mut c, "/gantry/weights/web").await.unwrap(),
+            serde_json::json!({"v1": 100, "v2": 0})
+        );
+    }
+    done.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+}
+
 /// The unix time in milliseconds.
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -750,7 +880,7 @@ async fn with_etcd_a_step_begins_only_when_every_instance_serves_its_weights() {
 
     // With fleet_lagging = drop, a stopped c holds a step back no longer than the deadline.
     lagger.signal(Signal::STOP);
-    let spec = r#"{"stable": "v2", "canary": "v1", "steps": [50, 100], "step_time": "1s", "min_requests": 5, "fleet_deadline": "1s", "fleet_lagging": "drop"}"#;
+    let spec = r#"{"stable": "v2", "canary": "v1", "steps": [50, 100], "step_time": "1s", "min_requests": 5, "fleet_deadline": "3s", "fleet_lagging": "drop"}"#;
     put(&mut c, "/gantry/rollouts/web/spec", spec).await;
     let c5 = etcd.client().await;
     let st = eventually(Duration::from_secs(15), "the step to begin without c", || {
@@ -761,7 +891,8 @@ async fn with_etcd_a_step_begins_only_when_every_instance_serves_its_weights() {
         }
     })
     .await;
-    assert!(st["reason"].as_str().unwrap().contains("without c"), "{st:#}");
+    let reason = st["reason"].as_str().unwrap();
+    assert!(reason.contains("without c:"), "{st:#}");
     lagger.signal(Signal::CONT);
     done.store(true, Ordering::SeqCst);
     for l in loads {

@@ -58,6 +58,9 @@ pub enum Behavior {
     Status(u16),
     /// Answers 500 to every n-th request, 200 with its name to the others.
     FailOneIn(u64),
+    /// Answers 500 to requests carrying this header with this value, 200 with its name to the
+    /// others.
+    FailIfHeader(&'static str, &'static str),
     /// Reads the whole request body, then drops the connection without answering (a backend
     /// that dies mid-request).
     CloseAfterBody,
@@ -182,6 +185,14 @@ impl Backend {
             }
             Behavior::Stream(n) => Response::new(TestBody::zeros(n)),
             Behavior::CloseAfterBody => unreachable!("handled in serve"),
+            Behavior::FailIfHeader(name, value) => {
+                let fail = req.headers().get(name).is_some_and(|v| v == value);
+                let mut r = Response::new(TestBody::full(self.name.clone()));
+                if fail {
+                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                r
+            }
             Behavior::FailOneIn(n) => {
                 let mut r = Response::new(TestBody::full(self.name.clone()));
                 if self.requests() % n == 0 {
