@@ -311,12 +311,14 @@ function formsOf(svc, versions) {
   const steps = field("rollout-steps", "steps (% canary)", "5, 10, 25, 50, 100");
   const stepTime = field("rollout-step-time", "step time", "60s");
   const minRequests = field("rollout-min-requests", "min requests per step", "100");
+  const slack = field("rollout-p99-slack", "p99 slack", "5ms");
   const start = () => {
     const spec = {
       stable: stable.value, canary: canary.value,
       steps: steps.querySelector("input").value.split(/[\s,]+/).filter(Boolean).map(Number),
       step_time: stepTime.querySelector("input").value.trim(),
       min_requests: Number(minRequests.querySelector("input").value),
+      p99_slack: slack.querySelector("input").value.trim(),
     };
     act(`Start a rollout of ${svc}`, "POST", `/api/v1/rollouts/${encodeURIComponent(svc)}`, spec);
   };
@@ -325,7 +327,7 @@ function formsOf(svc, versions) {
       writeButton("Set weights", `set:${svc}`, setWeights, "primary set-weights"),
       writeButton("Clear override", `clear:${svc}`, () => act(`Clear ${svc}'s weight override`, "DELETE", `/api/v1/services/${encodeURIComponent(svc)}/weights`), "clear-weights")),
     h("div", { class: "controls rollout-form" },
-      h("label", {}, "stable", stable), h("label", {}, "canary", canary), steps, stepTime, minRequests,
+      h("label", {}, "stable", stable), h("label", {}, "canary", canary), steps, stepTime, minRequests, slack,
       writeButton("Start rollout", `start:${svc}`, start, "rollout-start")));
   state.forms[svc] = { key, node };
   return node;
