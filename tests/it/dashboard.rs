@@ -598,6 +598,46 @@ async fn the_dashboard_shows_the_demo_and_moves_its_canary() {
     b.screenshot(1440, 1800, "dashboard-dark-1440.png").await;
     b.color_scheme("light").await;
 
+    // Every control is reachable with the keyboard: Tab from the top visits each link, field
+    // and enabled button of the page.
+    const NAME: &str = "const e = document.activeElement;
+        return e === document.body ? '' : (e.id || e.dataset.key || e.getAttribute('href') || e.tagName + ':' + e.textContent.trim());";
+    b.c()
+        .execute("document.activeElement.blur(); window.scrollTo(0, 0);", vec![])
+        .await
+        .unwrap();
+    let mut reached = std::collections::BTreeSet::new();
+    // Bounded: the page has well under 400 stops.
+    for _ in 0..400 {
+        b.c()
+            .active_element()
+            .await
+            .unwrap()
+            .send_keys("\u{e004}")
+            .await
+            .unwrap();
+        let name = b.c().execute(NAME, vec![]).await.unwrap();
+        let name = name.as_str().unwrap_or_default().to_string();
+        if !name.is_empty() && !reached.insert(name) {
+            break;
+        }
+    }
+    let all: Vec<String> = serde_json::from_value(
+        b.c()
+            .execute(
+                "return [...document.querySelectorAll('a[href], button, input, select')]
+                   .filter(e => !e.disabled && e.offsetParent)
+                   .map(e => e.id || e.dataset.key || e.getAttribute('href') || e.tagName + ':' + e.textContent.trim());",
+                vec![],
+            )
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let missed: Vec<&String> = all.iter().filter(|n| !reached.contains(*n)).collect();
+    assert!(all.len() > 20, "{all:?}");
+    assert!(missed.is_empty(), "not reachable with Tab: {missed:?}");
+
     // The one refused request of the whole visit is the wrong token's check.
     let unexpected = |all: Vec<String>| -> Vec<String> {
         all.into_iter()
