@@ -1,7 +1,8 @@
 //! The cost of fleet figures: the size of one instance's report for 100 services x 3 versions
 //! (what it writes to etcd every second), and the driver's work to read the reports of 10
 //! instances from JSON and sum one service's canary and stable over them (once per rollout per
-//! second).
+//! second); and, with every one of the 100 services scaled, the scaling publisher's work to sum
+//! the load of 10 instances (once per second).
 //!
 //! `cargo bench --bench fleet_figures`
 
@@ -11,7 +12,8 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gantry_control::figures::{Baselines, Counts, Report, baselines, since};
+use gantry_control::figures::{Baselines, Counts, Load, Report, baselines, since};
+use gantry_control::scaling::fleet::Sums;
 use gantry_proxy::metrics::{VERSION_BUCKETS, VersionStats};
 
 /// An instance that has served about `scale` requests per version, their latencies spread over
@@ -51,17 +53,40 @@ fn report(seed: u64, scale: u64) -> Report {
             (format!("service-{s:03}"), versions)
         })
         .collect();
+    let scale = (0..100u64)
+        .map(|s| {
+            let n = scale * 3 + seed * 7919 + s * 31;
+            (
+                format!("service-{s:03}"),
+                Load {
+                    in_flight: 12.34 + s as f64,
+                    answered: n,
+                    errors: n / 100,
+                    busy_micros: n * 4_321,
+                },
+            )
+        })
+        .collect();
     Report {
         at_ms: 1_800_000_000_000,
         services,
+        scale,
     }
 }
 
 fn bench(c: &mut Criterion) {
     let one = serde_json::to_string(&report(1, 1_000_000)).unwrap();
     println!(
-        "one report, 100 services x 3 versions, counters near 10^6: {} bytes (one put per second per instance)",
+        "one report, 100 services x 3 versions, all scaled, counters near 10^6: {} bytes (one put per second per instance)",
         one.len()
+    );
+    let no_scale = Report {
+        scale: BTreeMap::new(),
+        ..report(1, 1_000_000)
+    };
+    println!(
+        "of which the scaled services' load: {} bytes",
+        one.len() - serde_json::to_string(&no_scale).unwrap().len()
     );
     let before: Vec<String> = (0..10)
         .map(|i| serde_json::to_string(&report(i, 1_000_000)).unwrap())
@@ -106,6 +131,15 @@ fn bench(c: &mut Criterion) {
             ))
         })
     });
+    let mut sums = Sums::default();
+    sums.fold(&start, 1_800_000_000_000);
+    c.bench_function(
+        "scaling publisher: sum 100 services' load over 10 parsed reports",
+        |b| {
+            // The steady state: every (instance, service) already known.
+            b.iter(|| black_box(sums.fold(black_box(&parsed), 1_800_000_000_000)))
+        },
+    );
 }
 
 criterion_group!(benches, bench);

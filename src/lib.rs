@@ -347,6 +347,10 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         &registry,
     )
     .map_err(StartError::Metrics)?;
+    if opts.etcd.is_some() {
+        // Before anything reads the recommendations: in a fleet, one elected instance acts.
+        scaling.join_fleet();
+    }
     tokio::spawn(scaling.clone().run(shutdown.token()));
     let scaler = match docker {
         Some(cfg) => spawn_docker(&cfg, &proxy, &scaling, &registry, &updates_tx, &shutdown),
@@ -370,6 +374,13 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
             gantry_discovery::etcd::Keys::new(&e.prefix),
             instance.clone(),
             Duration::from_secs(10),
+            shutdown.token(),
+        ));
+        tokio::spawn(scaling::lead(
+            scaling.clone(),
+            e.endpoints.clone(),
+            gantry_discovery::etcd::Keys::new(&e.prefix),
+            instance.clone(),
             shutdown.token(),
         ));
     }
@@ -407,7 +418,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         status: status.clone(),
         registry,
         rollouts: rollouts.clone(),
-        scaling,
+        scaling: scaling.clone(),
         scaler,
         acme,
         token: admin_token,
@@ -419,8 +430,11 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         let record = fleet::publish_instance(
             e,
             status.clone(),
-            proxy.clone(),
-            rollouts.clone(),
+            fleet::Reported {
+                proxy: proxy.clone(),
+                rollouts: rollouts.clone(),
+                scaling,
+            },
             entrypoints.clone(),
             admin_addr,
             shutdown.token(),

@@ -18,12 +18,30 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// A report older than this (three intervals) is left out of the fleet's figures.
 pub const STALE_AFTER: Duration = Duration::from_secs(3);
 
-/// One instance's counters: service -> version -> counts.
+/// One instance's counters: service -> version -> counts, and the load of each scaled service.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// When the counters were read (unix ms, the instance's clock).
     pub at_ms: u64,
     pub services: BTreeMap<String, BTreeMap<String, Counts>>,
+    /// Services that declare scale settings: what the scaling publisher sums.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scale: BTreeMap<String, Load>,
+}
+
+/// A scaled service's load at one instance, compact: `{"c": requests in flight, averaged over
+/// the last second, "a": answered, "e": 5xx answers, "u": the answers' summed durations in
+/// microseconds}` (the last three cumulative since the instance started).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Load {
+    #[serde(rename = "c")]
+    pub in_flight: f64,
+    #[serde(rename = "a")]
+    pub answered: u64,
+    #[serde(rename = "e")]
+    pub errors: u64,
+    #[serde(rename = "u")]
+    pub busy_micros: u64,
 }
 
 /// A version's counters, compact: `{"r": requests, "e": errors, "b": [requests per latency
@@ -81,7 +99,7 @@ impl Counts {
 /// This instance's counters now, for the services a driver may judge: those `wanted` names (a
 /// rollout is under way) and those whose traffic is split between versions right now (seen the
 /// moment a rollout's first weights arrive, before this instance reads the rollout itself).
-pub fn report(proxy: &Proxy, wanted: &[String], now_ms: u64) -> Report {
+pub fn report(proxy: &Proxy, wanted: &[String], scale: BTreeMap<String, Load>, now_ms: u64) -> Report {
     let snap = proxy.snapshot();
     let services = snap
         .services()
@@ -100,6 +118,7 @@ pub fn report(proxy: &Proxy, wanted: &[String], now_ms: u64) -> Report {
     Report {
         at_ms: now_ms,
         services,
+        scale,
     }
 }
 
@@ -252,6 +271,7 @@ mod tests {
                 "web".to_string(),
                 BTreeMap::from([("v2".to_string(), canary), ("v1".to_string(), stable)]),
             )]),
+            scale: BTreeMap::new(),
         }
     }
 
@@ -294,6 +314,7 @@ mod tests {
                             ("v1".to_string(), counts(400, 0, 2.0)),
                         ]),
                     )]),
+                    scale: BTreeMap::new(),
                 },
             ),
             (

@@ -66,14 +66,22 @@ fn record(
     .to_string()
 }
 
+/// What an instance reports in its figures: the proxy's counters for the rollouts under way, and
+/// the scaled services' load.
+#[derive(Debug, Clone)]
+pub struct Reported {
+    pub proxy: Arc<gantry_proxy::Proxy>,
+    pub rollouts: Arc<crate::rollout::Rollouts>,
+    pub scaling: Arc<crate::scaling::Scaling>,
+}
+
 /// Keeps this instance's record under `<prefix>instances/<id>` up to date until `shutdown`,
 /// then removes it; beside it, under the same lease, its figures (`<prefix>figures/<id>`, see
 /// [`crate::figures`]) every [`crate::figures::REPORT_EVERY`].
 pub async fn publish_instance(
     opts: EtcdOptions,
     status: Arc<Publisher>,
-    proxy: Arc<gantry_proxy::Proxy>,
-    rollouts: Arc<crate::rollout::Rollouts>,
+    reported: Reported,
     entrypoints: Vec<(String, SocketAddr)>,
     admin: SocketAddr,
     shutdown: CancellationToken,
@@ -84,8 +92,13 @@ pub async fn publish_instance(
     let figures_key = crate::figures::key(&keys, &id);
     let started = unix_secs();
     let value = || {
-        // Only what drivers judge: idle, a report is a few bytes.
-        let report = crate::figures::report(&proxy, &rollouts.active(), crate::time::unix_ms());
+        // Only what drivers and the scaling publisher judge: idle, a report is a few bytes.
+        let report = crate::figures::report(
+            &reported.proxy,
+            &reported.rollouts.active(),
+            reported.scaling.loads(),
+            crate::time::unix_ms(),
+        );
         vec![
             (key.clone(), record(&id, &status, &entrypoints, admin, started)),
             (

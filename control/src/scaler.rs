@@ -139,7 +139,8 @@ impl Scaler {
                 r = updates.changed() => if r.is_err() { return },
             }
             let recs = updates.borrow_and_update().clone();
-            if recs.is_empty() {
+            // In a fleet, only the instance that publishes the recommendations acts on them.
+            if recs.is_empty() || !scaling.publishes() {
                 continue;
             }
             match self.groups().await {

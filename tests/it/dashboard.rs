@@ -609,13 +609,13 @@ async fn the_dashboard_shows_the_demo_and_moves_its_canary() {
     let mut reached = std::collections::BTreeSet::new();
     // Bounded: the page has well under 400 stops.
     for _ in 0..400 {
-        b.c()
-            .active_element()
-            .await
-            .unwrap()
-            .send_keys("\u{e004}")
-            .await
-            .unwrap();
+        // A key press to whatever has the focus (an element reference could go stale as the
+        // page refreshes).
+        use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+        let tab = KeyActions::new("keyboard".into())
+            .then(KeyAction::Down { value: '\u{e004}' })
+            .then(KeyAction::Up { value: '\u{e004}' });
+        b.c().perform_actions(tab).await.unwrap();
         let name = b.c().execute(NAME, vec![]).await.unwrap();
         let name = name.as_str().unwrap_or_default().to_string();
         if !name.is_empty() && !reached.insert(name) {

@@ -122,6 +122,183 @@ scale = {{ min = 1, max = 6, target = 2, utilization = 1.0, window = "4s" }}
     g.running.shutdown().await;
 }
 
+/// The recommendation published in etcd for `service`, and who wrote it.
+async fn stored(c: &etcd_client::Client, service: &str) -> Option<(u64, String)> {
+    let mut c = c.clone();
+    let r = c.get(format!("/gantry/scaling/{service}"), None).await.ok()?;
+    let v: serde_json::Value = serde_json::from_slice(r.kvs().first()?.value()).ok()?;
+    Some((
+        v["recommendation"]["replicas"].as_u64()?,
+        v["instance"].as_str()?.to_string(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_a_load_spread_over_the_fleet_is_scaled_as_if_through_one_instance_and_one_instance_publishes()
+ {
+    let _one = ETCD_LOCK.lock().await;
+    let etcd = Etcd::start().await;
+    let c = etcd.client().await;
+    // Every put under scaling/ from now on, to tell who published.
+    let mut events = c
+        .clone()
+        .watch(
+            "/gantry/scaling/",
+            Some(etcd_client::WatchOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let writers = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let watching = {
+        let writers = writers.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(resp)) = events.message().await {
+                for e in resp.events() {
+                    if let Some(kv) = e.kv()
+                        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(kv.value())
+                        && let Some(i) = v["instance"].as_str()
+                    {
+                        writers.lock().unwrap().insert(i.to_string());
+                    }
+                }
+            }
+        })
+    };
+    // Two services alike: 50 ms answers, one replica per request in flight.
+    let one = Backend::start("one", Behavior::Delay(Duration::from_millis(50))).await;
+    let spread = Backend::start("spread", Behavior::Delay(Duration::from_millis(50))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gantry.toml");
+    let scale = r#"scale = { min = 1, max = 30, target = 1, utilization = 1.0, window = "6s" }"#;
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[routers.one]
+hosts = ["one.test"]
+service = "one"
+
+[routers.spread]
+hosts = ["spread.test"]
+service = "spread"
+
+[services.one]
+backends = [{{ url = "{}" }}]
+{scale}
+
+[services.spread]
+backends = [{{ url = "{}" }}]
+{scale}
+"#,
+            one.url(),
+            spread.url()
+        ),
+    )
+    .unwrap();
+    let ep = etcd.endpoints()[0].clone();
+    let spawn = |id: &str| {
+        GantryProcess::spawn(&[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--etcd",
+            &ep,
+            "--instance-id",
+            id,
+        ])
+    };
+    let mut instances = vec![spawn("a"), spawn("b"), spawn("c")];
+    let ids = ["a", "b", "c"];
+
+    // 10 clients of `one` all through A; 10 of `spread`, 5 through A, 3 through B, 2 through C.
+    // At most 2,000 requests per client (100 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut loads = vec![clients(
+        instances[0].addr,
+        "GET",
+        "one.test".into(),
+        10,
+        2000,
+        stop.clone(),
+    )];
+    for (i, n) in [5, 3, 2].into_iter().enumerate() {
+        loads.push(clients(
+            instances[i].addr,
+            "GET",
+            "spread.test".into(),
+            n,
+            2000,
+            stop.clone(),
+        ));
+    }
+    // The largest share alone (5 in flight) would ask for 5 replicas; the fleet's 10 for about 10.
+    let (r_spread, publisher) = eventually(
+        Duration::from_secs(40),
+        "the fleet's recommendation for spread",
+        || async { stored(&c, "spread").await.filter(|(r, _)| *r >= 8) },
+    )
+    .await;
+    for _ in 0..3 {
+        let (a, b) = (
+            stored(&c, "one").await.unwrap(),
+            stored(&c, "spread").await.unwrap(),
+        );
+        assert!(
+            a.0.abs_diff(b.0) <= 1,
+            "through one instance {a:?}, spread 50/30/20 {b:?} (from {r_spread})"
+        );
+        assert!((8..=12).contains(&b.0), "{b:?}");
+        assert_eq!(a.1, publisher);
+        assert_eq!(b.1, publisher);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Each instance says who publishes; the publisher summed all three.
+    let mut cc = c.clone();
+    let leader = cc.get("/gantry/leaders/scaling", None).await.unwrap();
+    assert_eq!(leader.kvs()[0].value_str().unwrap(), publisher);
+    for (p, id) in instances.iter().zip(ids) {
+        let view = admin_json(p.admin, "/api/v1/scaling").await;
+        let r = recommendation(&view, "spread").unwrap();
+        let scope = &r["scope"];
+        if id == publisher {
+            assert_eq!(scope["figures"], "fleet", "{r}");
+            assert_eq!(scope["publishes"], true, "{r}");
+            assert_eq!(scope["instances"], serde_json::json!(ids), "{r}");
+        } else {
+            assert_eq!(scope["figures"], "instance", "{r}");
+            assert_eq!(scope["publishes"], false, "{r}");
+            assert_eq!(scope["publisher"], publisher, "{r}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in loads {
+        let (ok, failed) = l.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} failed of {ok}: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(3)]
+        );
+    }
+    let who = writers.lock().unwrap().clone();
+    assert_eq!(
+        who,
+        BTreeSet::from([publisher.clone()]),
+        "only the publisher writes recommendations"
+    );
+
+    // The publisher dies: another instance takes the role over and publishes.
+    let gone = ids.iter().position(|i| *i == publisher).unwrap();
+    instances[gone].signal(rustix::process::Signal::KILL);
+    let (_, next) = eventually(Duration::from_secs(30), "another publisher", || async {
+        stored(&c, "spread").await.filter(|(_, by)| *by != publisher)
+    })
+    .await;
+    assert!(ids.contains(&next.as_str()), "{next}");
+    watching.abort();
+    drop(instances.remove(gone));
+}
+
 /// Running containers of a compose service.
 fn running(project: &str, service: &str) -> BTreeSet<String> {
     docker(&[

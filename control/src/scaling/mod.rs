@@ -19,13 +19,18 @@
 //! `GET /api/v1/scaling`, in etcd (`<prefix>scaling/<service>`, with its inputs) and, when the
 //! Docker scaler is on, acted upon (`scaler.rs`).
 //!
+//! With etcd, the recommendation is the fleet's: one elected instance sums every instance's
+//! load, publishes and scales (`fleet`); the others only report their load.
+//!
 //! `recommender` is the pure rule; this module samples the proxy and keeps one recommender per
-//! scaled service; `publish` writes the results to etcd.
+//! scaled service; `fleet` elects the publisher and sums the fleet's load; `publish` writes the
+//! results to etcd.
 
+pub mod fleet;
 mod publish;
 pub mod recommender;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,12 +42,31 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+pub use fleet::{FleetLoad, lead};
 pub use publish::publish_to_etcd;
-pub use recommender::{Mode, Recommendation, Recommender, Sample, Window};
+pub use recommender::{Mode, Recommendation, Recommender, Sample, Scope, Window};
+
+use crate::figures::{Load, REPORT_EVERY, STALE_AFTER};
 
 struct Entry {
     recommender: Recommender,
+    /// Whether the recommender is fed the fleet's load (else this instance's).
+    fleet: bool,
+    /// This instance's in-flight readings over the last report interval, and its counters.
+    local: VecDeque<(Instant, u32)>,
+    counters: gantry_proxy::service::Demand,
     last: Option<Recommendation>,
+}
+
+/// Whose traffic the recommendations are made from, and who acts on them.
+#[derive(Clone, Debug)]
+enum Role {
+    /// No etcd: this instance's traffic; it publishes and scales.
+    Alone,
+    /// Elected in the fleet: the fleet's load; it publishes and scales.
+    Publisher(Arc<FleetLoad>),
+    /// Another instance publishes (`None`: not known yet, or etcd is out of reach).
+    Follower(Option<String>),
 }
 
 /// The controller: samples every scaled service, recommends, publishes.
@@ -51,6 +75,7 @@ pub struct Scaling {
     sample: Duration,
     tick: Duration,
     entries: Mutex<BTreeMap<String, Entry>>,
+    role: Mutex<Role>,
     published: watch::Sender<BTreeMap<String, Recommendation>>,
     recommended: IntGaugeVec,
     ready: IntGaugeVec,
@@ -108,6 +133,7 @@ impl Scaling {
             sample,
             tick,
             entries: Mutex::new(BTreeMap::new()),
+            role: Mutex::new(Role::Alone),
             published: watch::channel(BTreeMap::new()).0,
             recommended,
             ready,
@@ -119,6 +145,55 @@ impl Scaling {
     /// Every service's latest recommendation.
     pub fn recommendations(&self) -> BTreeMap<String, Recommendation> {
         self.published.borrow().clone()
+    }
+
+    /// In a fleet (etcd): nothing is published or scaled until [`lead`] elects this instance.
+    pub fn join_fleet(&self) {
+        self.follow(None);
+    }
+
+    fn set_leading(&self, load: FleetLoad) {
+        *self.role.lock().unwrap_or_else(|p| p.into_inner()) = Role::Publisher(Arc::new(load));
+    }
+
+    fn follow(&self, publisher: Option<String>) {
+        *self.role.lock().unwrap_or_else(|p| p.into_inner()) = Role::Follower(publisher);
+    }
+
+    fn role(&self) -> Role {
+        self.role.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether this instance publishes the recommendations and may act on them: alone, or
+    /// elected with a recent read of the fleet's load.
+    pub fn publishes(&self) -> bool {
+        match self.role() {
+            Role::Alone => true,
+            Role::Publisher(f) => f.read.is_some_and(|t| t.elapsed() <= STALE_AFTER),
+            Role::Follower(_) => false,
+        }
+    }
+
+    /// This instance's load on each scaled service, for its fleet report: requests in flight
+    /// averaged over the last report interval, and its counters.
+    pub fn loads(&self) -> BTreeMap<String, Load> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter()
+            .map(|(name, e)| {
+                let n = e.local.len().max(1) as f64;
+                let sum: f64 = e.local.iter().map(|&(_, c)| f64::from(c)).sum();
+                (
+                    name.clone(),
+                    Load {
+                        in_flight: (sum / n * 100.0).round() / 100.0,
+                        answered: e.counters.answered,
+                        errors: e.counters.errors,
+                        busy_micros: e.counters.busy_micros,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Follows every new set of recommendations.
@@ -145,6 +220,7 @@ impl Scaling {
     }
 
     fn observe(&self, now: Instant) {
+        let role = self.role();
         let snap = self.proxy.snapshot();
         let nanos = gantry_proxy::clock::nanos_since_epoch(std::time::Instant::now());
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -161,14 +237,39 @@ impl Scaling {
                     )
                 })
                 .count() as u32;
+            let demand = svc.state.demand();
             let entry = entries.entry(svc.name.to_string()).or_insert_with(|| Entry {
                 recommender: Recommender::new(spec.clone(), now),
+                fleet: false,
+                local: VecDeque::new(),
+                counters: demand,
                 last: None,
             });
+            entry.local.push_back((now, demand.in_flight));
+            while entry
+                .local
+                .front()
+                .is_some_and(|&(t, _)| now.duration_since(t) >= REPORT_EVERY)
+            {
+                entry.local.pop_front();
+            }
+            entry.counters = demand;
+            // The publisher judges on the fleet's load once the fleet reports the service.
+            let fleet = match &role {
+                Role::Publisher(f) => f.services.get(&*svc.name).copied(),
+                _ => None,
+            };
+            if fleet.is_some() != entry.fleet {
+                // The counters are another series: the windows begin again.
+                entry.recommender = Recommender::new(spec.clone(), now);
+                entry.fleet = fleet.is_some();
+            }
             entry.recommender.set_spec(spec);
+            let (in_flight, demand) = fleet.unwrap_or((f64::from(demand.in_flight), demand));
             entry.recommender.observe(Sample {
                 at: now,
-                demand: svc.state.demand(),
+                in_flight,
+                demand,
                 ready,
             });
             seen.push(svc.name.to_string());
@@ -188,10 +289,29 @@ impl Scaling {
     }
 
     fn recommend(&self, now: Instant) {
+        let role = self.role();
+        let publishes = self.publishes();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut all = BTreeMap::new();
         for (name, entry) in entries.iter_mut() {
-            let r = entry.recommender.recommend(name, now);
+            let mut r = entry.recommender.recommend(name, now);
+            r.scope = match (&role, entry.fleet) {
+                (Role::Publisher(f), true) => Scope {
+                    figures: "fleet",
+                    publishes,
+                    publisher: None,
+                    instances: f.instances.clone(),
+                    left_out: f.left_out.clone(),
+                },
+                (Role::Follower(p), _) => Scope {
+                    publisher: p.clone(),
+                    ..Scope::default()
+                },
+                _ => Scope {
+                    publishes,
+                    ..Scope::default()
+                },
+            };
             let changed = entry
                 .last
                 .as_ref()

@@ -12,9 +12,10 @@ use tracing::warn;
 
 use super::{Mode, Scaling};
 
-/// Writes each service's recommendation, with its inputs, to `<prefix>scaling/<service>` when
-/// it changes (and every `refresh` otherwise, so the inputs stay current); removes the keys of
-/// services that stopped declaring scale settings.
+/// While this instance publishes (see [`super::fleet`]), writes each service's recommendation,
+/// with its inputs, to `<prefix>scaling/<service>` when it changes (and every `refresh`
+/// otherwise, so the inputs stay current); removes the keys of services that stopped declaring
+/// scale settings.
 pub async fn publish_to_etcd(
     scaling: Arc<Scaling>,
     endpoints: Endpoints,
@@ -32,6 +33,11 @@ pub async fn publish_to_etcd(
             r = updates.changed() => if r.is_err() { return },
         }
         let all = updates.borrow_and_update().clone();
+        if !scaling.publishes() {
+            // Whoever publishes now writes; when this instance is elected again it writes anew.
+            written.clear();
+            continue;
+        }
         if client.is_none() {
             match endpoints.connect_any().await {
                 Ok(c) => client = Some(c),

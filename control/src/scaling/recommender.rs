@@ -19,6 +19,9 @@ pub const MAX_SCALE_DOWN_RATE: f64 = 2.0;
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
     pub at: Instant,
+    /// Requests in flight: one reading here, or the sum of the fleet's one-second averages.
+    pub in_flight: f64,
+    /// The counters (`demand.in_flight` is not read: `in_flight` is).
     pub demand: Demand,
     /// Backends taking traffic (ready or ramping up).
     pub ready: u32,
@@ -61,6 +64,38 @@ pub struct Recommendation {
     pub max: u32,
     pub target: f64,
     pub utilization: f64,
+    /// Whose traffic it was made from and who publishes it (set by the controller).
+    pub scope: Scope,
+}
+
+/// Where a recommendation comes from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Scope {
+    /// `"instance"`: this instance's traffic; `"fleet"`: every reporting instance's.
+    pub figures: &'static str,
+    /// Whether this instance publishes it (and the Docker scaler, when on, acts on it).
+    pub publishes: bool,
+    /// In a fleet, the instance that publishes instead (when known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<String>,
+    /// The instances whose load was summed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<String>,
+    /// Instances left out for want of a recent report.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Scope {
+            figures: "instance",
+            publishes: false,
+            publisher: None,
+            instances: Vec::new(),
+            left_out: Vec::new(),
+        }
+    }
 }
 
 /// The recommender of one service: pure, driven by samples and the time it is asked at.
@@ -117,8 +152,7 @@ impl Recommender {
         let (Some(last), Some(first)) = (inside.last(), inside.first()) else {
             return Window::default();
         };
-        let concurrency =
-            inside.iter().map(|s| f64::from(s.demand.in_flight)).sum::<f64>() / inside.len() as f64;
+        let concurrency = inside.iter().map(|s| s.in_flight).sum::<f64>() / inside.len() as f64;
         // The counters' baseline: the last sample before the window, else its first.
         let base = self
             .samples
@@ -244,6 +278,7 @@ impl Recommender {
             max: spec.max,
             target: spec.target.get(),
             utilization: spec.utilization.get(),
+            scope: Scope::default(),
         }
     }
 }
@@ -300,6 +335,7 @@ mod tests {
             answered += (c * 10.0) as u64;
             r.observe(Sample {
                 at: now,
+                in_flight: c.round(),
                 demand: Demand {
                     in_flight: c.round() as u32,
                     answered,
@@ -417,6 +453,7 @@ mod tests {
         for i in 0..=20u64 {
             r.observe(Sample {
                 at: start + Duration::from_millis(100 * i),
+                in_flight: 4.0,
                 demand: Demand {
                     in_flight: 4,
                     answered: 10 * i,

@@ -1,6 +1,6 @@
 //! Every etcd key Gantry reads or writes, in one place: the configuration the etcd source reads
 //! (`routers/`, `services/`, `backends/`, `weights/`, `middlewares/`) and what the control plane writes
-//! (`instances/`, `figures/`, `rollouts/`, `scaling/`, `acme/`). Readers parse a key with [`kind`]; writers name one
+//! (`instances/`, `figures/`, `rollouts/`, `scaling/`, `leaders/`, `acme/`). Readers parse a key with [`kind`]; writers name one
 //! with [`Keys`]. Nothing else spells a key.
 //!
 //! ```text
@@ -15,7 +15,8 @@
 //! <prefix>rollouts/<service>/state        phase, step, weight         written by the driver
 //! <prefix>rollouts/<service>/driver       the driving instance        under the driver's lease
 //! <prefix>rollouts/<service>/decision     the last decision
-//! <prefix>scaling/<service>               the replica recommendation
+//! <prefix>scaling/<service>               the replica recommendation  written by the publisher
+//! <prefix>leaders/scaling                 the scaling publisher       under its lease
 //! <prefix>acme/<resolver>/account         the ACME account (JSON)     written by the first orderer
 //! <prefix>acme/<resolver>/certs/<host>    a certificate and its key   written by its orderer
 //! <prefix>acme/<resolver>/orders/<host>   the ordering instance       under the order's lease
@@ -135,6 +136,11 @@ impl Keys {
         format!("{}scaling/{service}", self.prefix)
     }
 
+    /// The key held by the instance elected for a fleet-wide `role` (`scaling`).
+    pub fn leader(&self, role: &str) -> String {
+        format!("{}leaders/{role}", self.prefix)
+    }
+
     /// The prefix of every ACME key.
     pub fn acme(&self) -> String {
         format!("{}acme/", self.prefix)
@@ -190,7 +196,14 @@ pub enum AcmeKey<'k> {
 }
 
 /// Prefixes under the layout's root that are not configuration.
-pub const RESERVED: [&str; 5] = ["instances/", "figures/", "rollouts/", "scaling/", "acme/"];
+pub const RESERVED: [&str; 6] = [
+    "instances/",
+    "figures/",
+    "rollouts/",
+    "scaling/",
+    "leaders/",
+    "acme/",
+];
 
 /// What a key is, by its name.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -429,6 +429,17 @@ function chart(points) {
   return svg;
 }
 
+/** Whose traffic a recommendation is made from, and who publishes it. */
+function scopeText(s) {
+  if (!s) return "this instance";
+  if (s.figures === "fleet") {
+    const out = (s.left_out || []).length ? `; left out (no recent report): ${s.left_out.join(", ")}` : "";
+    return `the fleet's traffic (${s.instances.join(", ")}); published by this instance${out}`;
+  }
+  if (s.publishes) return "this instance's traffic; published by this instance";
+  return `this instance's traffic only; ${s.publisher ? `${s.publisher} publishes the fleet's` : "no publisher known yet"}`;
+}
+
 function renderScaling() {
   const { scaling } = state.data;
   if (!scaling) return;
@@ -442,6 +453,7 @@ function renderScaling() {
     h("dl", { class: "kv" },
       h("dt", {}, "recommended"), h("dd", { class: "replicas" }, `${r.replicas} replicas (${r.min}–${r.max}, ${r.mode})`),
       h("dt", {}, "ready"), h("dd", {}, String(r.ready)),
+      h("dt", {}, "from"), h("dd", { class: "scope" }, scopeText(r.scope)),
       h("dt", {}, "concurrency"), h("dd", {}, `${num(r.stable.concurrency, 2)} over ${num(r.stable.seconds, 0)} s (burst ${num(r.burst.concurrency, 2)}); target ${r.target} per replica at ${pct(r.utilization)}`),
       h("dt", {}, "traffic"), h("dd", {}, `${num(r.stable.requests_per_second, 1)} req/s, ${ms(r.stable.mean_latency_ms)} mean, ${pct(r.stable.error_rate)} errors`),
       h("dt", {}, "why"), h("dd", {}, r.reason)),
