@@ -59,6 +59,31 @@ impl<S> ClientIo<S> {
         }
     }
 
+    /// The stream back, and where the tracker stands in it (see [`ClientIo::resume`]).
+    pub(crate) fn into_parts(mut self) -> (S, Option<FramingTracker>) {
+        if let Some(t) = &mut self.tracker
+            && t.partial.is_empty()
+        {
+            t.partial = Vec::new();
+        }
+        (self.inner, self.tracker)
+    }
+
+    /// The same connection again after it was idle: the tracker goes on counting its requests.
+    pub(crate) fn resume(
+        inner: S,
+        tracker: Option<FramingTracker>,
+        flag: Arc<FramingFlag>,
+        activity: Arc<Activity>,
+    ) -> Self {
+        Self {
+            inner,
+            tracker,
+            flag,
+            activity,
+        }
+    }
+
     #[inline]
     fn count(&self, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         if let Poll::Ready(Ok(n)) = res

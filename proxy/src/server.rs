@@ -215,7 +215,7 @@ impl Conn {
         if self.config.proxy_protocol {
             let trusted = self.config.trusted_ips.iter().any(|n| n.contains(&client_ip));
             let limit = self.config.limits.header_read_timeout;
-            match proxy_protocol::read(&mut stream, trusted, limit).await {
+            match Box::pin(proxy_protocol::read(&mut stream, trusted, limit)).await {
                 Ok(proxy_protocol::Header::Client(Some(client))) => {
                     client_ip = canonical_ip(client.ip());
                     client_addr = client;
@@ -250,138 +250,219 @@ impl Conn {
         });
         let limit = self.config.limits.header_read_timeout;
         match &self.tls {
-            Some(acceptor) => match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    let session = tls.get_ref().1;
-                    if session.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
-                        // A TLS-ALPN-01 validation: the handshake was the answer.
-                        self.active.dec();
-                        return;
-                    }
-                    let h2 = session.alpn_protocol() == Some(b"h2");
-                    let version = match session.protocol_version() {
-                        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-                        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-                        _ => "TLS",
-                    };
-                    let _ = info.tls.set((version, session.server_name().map(Arc::from)));
-                    self.serve(tls, info, h2).await;
-                }
-                Ok(Err(e)) => {
-                    self.proxy.metrics.tls_handshake_errors.inc();
-                    debug!(error = %e, "TLS handshake failed");
-                }
-                Err(_) => {
-                    self.proxy.metrics.tls_handshake_errors.inc();
-                    debug!("TLS handshake timed out");
-                }
-            },
+            // Boxed: a plain connection's task does not carry the TLS path's size.
+            Some(acceptor) => Box::pin(self.serve_tls(acceptor, stream, info)).await,
             None => match detect_h2(&stream, limit).await {
                 Detected::Closed => {}
-                Detected::H2 => self.serve(stream, info, true).await,
-                Detected::Http1 => self.serve(stream, info, false).await,
+                Detected::H2 => Box::pin(self.serve_h2(stream, info)).await,
+                Detected::Http1 => self.serve_h1(stream, info).await,
             },
         }
         self.active.dec();
     }
 
-    async fn serve<S>(&self, io: S, info: Arc<ConnInfo>, h2: bool)
+    /// The TLS handshake, then HTTP/2 or HTTP/1 as ALPN says.
+    async fn serve_tls(&self, acceptor: &TlsAcceptor, stream: TcpStream, info: Arc<ConnInfo>) {
+        let limit = self.config.limits.header_read_timeout;
+        match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                let session = tls.get_ref().1;
+                if session.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+                    // A TLS-ALPN-01 validation: the handshake was the answer.
+                    return;
+                }
+                let h2 = session.alpn_protocol() == Some(b"h2");
+                let version = match session.protocol_version() {
+                    Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                    Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                    _ => "TLS",
+                };
+                let _ = info.tls.set((version, session.server_name().map(Arc::from)));
+                if h2 {
+                    self.serve_h2(tls, info).await;
+                } else {
+                    self.serve_h1(tls, info).await;
+                }
+            }
+            Ok(Err(e)) => {
+                self.proxy.metrics.tls_handshake_errors.inc();
+                debug!(error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                self.proxy.metrics.tls_handshake_errors.inc();
+                debug!("TLS handshake timed out");
+            }
+        }
+    }
+
+    /// Serves an HTTP/2 connection to its end.
+    async fn serve_h2<S>(&self, io: S, info: Arc<ConnInfo>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::default());
         let framing = Arc::new(FramingFlag::default());
-        let proxy = self.proxy.clone();
-        let act = activity.clone();
-        let flag = framing.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let info = info.clone();
-            let act = act.clone();
-            let index = act.started.fetch_add(1, Ordering::Relaxed);
-            let smuggling = flag.is_violation(index);
-            async move {
-                let mut resp = if smuggling {
-                    proxy.fail(
-                        &ProxyError::BadFraming("both Content-Length and Transfer-Encoding"),
-                        crate::request_id::new_request_id(),
-                    )
-                } else {
-                    match proxy.access_log.get() {
-                        None => proxy.handle(req, &info, None).await,
-                        Some(log) => {
-                            let mut req = req;
-                            let mut line = log.begin(&mut req, &info);
-                            let mut resp = proxy.handle(req, &info, Some(&mut line)).await;
-                            log.attach(line, &mut resp);
-                            resp
-                        }
-                    }
-                };
-                resp.body_mut().set_active(ActiveRequest::new(act));
-                Ok::<_, Infallible>(resp)
-            }
-        });
+        let service = service(self.proxy.clone(), info, activity.clone(), framing);
         let limits = &self.config.limits;
-        if h2 {
-            let mut b = http2::Builder::new(TokioExecutor::new());
-            // Explicit limits: streams per connection; headers (which also bounds CONTINUATION
-            // frames in h2 >= 0.4.4); streams reset before being accepted (rapid reset,
-            // CVE-2023-44487) and streams the server had to reset (MadeYouReset, h2 >= 0.4.11).
-            b.timer(TokioTimer::new())
-                .max_concurrent_streams(limits.h2_max_concurrent_streams)
-                .max_header_list_size(limits.max_header_bytes)
-                .max_pending_accept_reset_streams(Some(20))
-                .max_local_error_reset_streams(Some(256))
-                // WebSocket over HTTP/2 (RFC 8441 extended CONNECT).
-                .enable_connect_protocol()
-                .keep_alive_interval(Some(Duration::from_secs(20)))
-                .keep_alive_timeout(Duration::from_secs(20));
-            let conn = b.serve_connection(TokioIo::new(io), service);
-            self.drive(conn, &activity).await;
-        } else {
-            let mut b = http1::Builder::new();
-            // half_close: a client that shuts down its write side after the request still gets
-            // the response (and hyper stops re-growing its read buffer per request).
-            // writev off: small heads and bodies are copied into one buffer and written with one
-            // write(2), cheaper than gathering (measured in shared/PERFORMANCE.md).
-            // max_header_size: a larger request head gets 431 and the connection is closed.
-            b.keep_alive(true)
-                .half_close(true)
-                .writev(false)
-                .max_headers(limits.max_headers as usize)
-                .max_header_size(limits.max_header_bytes as usize);
-            let io = TokioIo::new(ClientIo::new(io, framing, activity.clone()));
-            let conn = b.serve_connection(io, service).with_upgrades();
-            self.drive(conn, &activity).await;
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        // Explicit limits: streams per connection; headers (which also bounds CONTINUATION
+        // frames in h2 >= 0.4.4); streams reset before being accepted (rapid reset,
+        // CVE-2023-44487) and streams the server had to reset (MadeYouReset, h2 >= 0.4.11).
+        b.timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(limits.max_header_bytes)
+            .max_pending_accept_reset_streams(Some(20))
+            .max_local_error_reset_streams(Some(256))
+            // WebSocket over HTTP/2 (RFC 8441 extended CONNECT).
+            .enable_connect_protocol()
+            .keep_alive_interval(Some(Duration::from_secs(20)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let conn = b.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let cancelled = self.shutdown.cancelled();
+        tokio::pin!(cancelled);
+        self.drive(conn, &activity, 0, false, timer, cancelled).await;
+    }
+
+    /// Serves an HTTP/1 connection to its end. A plain one that goes idle between requests
+    /// holds nothing but its socket: told to by `drive`, hyper gives the socket back
+    /// (`release_when_idle`, third_party/hyper/GANTRY.md), the task waits for the next bytes, and
+    /// a new hyper connection serves them.
+    async fn serve_h1<S>(&self, io: S, info: Arc<ConnInfo>)
+    where
+        S: AsyncRead + AsyncWrite + Idle + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::default());
+        let framing = Arc::new(FramingFlag::default());
+        let service = service(self.proxy.clone(), info, activity.clone(), framing.clone());
+        let limits = &self.config.limits;
+        let mut b = http1::Builder::new();
+        // half_close: a client that shuts down its write side after the request still gets
+        // the response (and hyper stops re-growing its read buffer per request).
+        // writev off: small heads and bodies are copied into one buffer and written with one
+        // write(2), cheaper than gathering (measured in shared/PERFORMANCE.md).
+        // max_header_size: a larger request head gets 431 and the connection is closed.
+        b.keep_alive(true)
+            .half_close(true)
+            .writev(false)
+            .max_headers(limits.max_headers as usize)
+            .max_header_size(limits.max_header_bytes as usize);
+        let (mut io, mut tracker, mut service) = (io, None, service);
+        let mut since = 0;
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let cancelled = self.shutdown.cancelled();
+        tokio::pin!(cancelled);
+        loop {
+            let client = match tracker.take() {
+                None if since == 0 => ClientIo::new(io, framing.clone(), activity.clone()),
+                t => ClientIo::resume(io, t, framing.clone(), activity.clone()),
+            };
+            // Boxed, and so is the watch over it: while the connection is idle its task holds
+            // none of this.
+            let mut conn = Box::new(b.serve_connection(TokioIo::new(client), service).with_upgrades());
+            Box::pin(self.drive(
+                Pin::new(&mut *conn),
+                &activity,
+                since,
+                S::RELEASE,
+                timer.as_mut(),
+                cancelled.as_mut(),
+            ))
+            .await;
+            let Some(parts) = conn.take_released() else {
+                return;
+            };
+            drop(conn);
+            let http1::Parts {
+                io: client,
+                read_buf,
+                service: handler,
+                ..
+            } = parts;
+            // Released only with nothing read ahead; its (empty) buffer goes now, not after
+            // the idle wait.
+            debug_assert!(read_buf.is_empty());
+            drop(read_buf);
+            (io, tracker) = client.into_inner().into_parts();
+            service = handler;
+            since = activity.started.load(Ordering::Relaxed);
+            if !self.idle(&io, timer.as_mut(), cancelled.as_mut()).await {
+                return;
+            }
+        }
+    }
+
+    /// A keep-alive connection between requests, holding nothing but its socket (nginx keeps
+    /// about as little): true when the client's next bytes have arrived; false to close it,
+    /// after the idle timeout or on shutdown.
+    async fn idle<S: Idle>(
+        &self,
+        io: &S,
+        mut timer: Pin<&mut tokio::time::Sleep>,
+        cancelled: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    ) -> bool {
+        timer
+            .as_mut()
+            .reset(Instant::now() + self.config.limits.idle_timeout);
+        tokio::select! {
+            biased;
+            r = io.readable() => r.is_ok(),
+            _ = timer => {
+                debug!("closing idle connection");
+                false
+            }
+            _ = cancelled => false,
         }
     }
 
     /// Runs a connection to its end, closing it when it has been idle too long (or never sent a
     /// complete request head) or when the client stopped taking a response (send timeout), and
     /// asking it to finish gracefully on shutdown.
-    async fn drive<C: Graceful>(&self, conn: C, activity: &Activity) {
-        tokio::pin!(conn);
+    ///
+    /// `since`: the requests the connection had started before (it was idle and its next bytes
+    /// have arrived): the header timeout applies until one more has.
+    ///
+    /// `release`: a connection found with no request in flight at a look (every
+    /// [`RELEASE_LOOK`]) is told to give its socket back when idle (it then ends, and the
+    /// caller holds the bare socket). Not after every request: a busy keep-alive client's next
+    /// request usually follows within microseconds, and setting hyper's connection up again per
+    /// request cost 18% more instructions (callgrind).
+    ///
+    /// `timer` and `cancelled` are the connection's own, made once: an HTTP/1 connection is
+    /// driven again after each idle pause, and setting up a timer and a shutdown waiter per
+    /// request costs more than resetting them.
+    async fn drive<C: Graceful>(
+        &self,
+        mut conn: Pin<&mut C>,
+        activity: &Activity,
+        since: u64,
+        release: bool,
+        mut timer: Pin<&mut tokio::time::Sleep>,
+        mut cancelled: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    ) {
         let limits = &self.config.limits;
         let connected = Instant::now();
         // What the last look saw. `idle_armed`: the connection was idle then, so idle now with
         // no request started in between means a whole idle period (true at first: a connection
         // with no request head by the header timeout is closed).
-        let mut last_started = 0u64;
+        let mut last_started = since;
         let mut idle_armed = true;
         let mut last_progress = 0u64;
         let mut last_handed = 0u64;
         // The first look comes at whichever is sooner; until a request head has arrived the
         // header timeout applies, afterwards the idle and send timeouts.
-        let timer = tokio::time::sleep(
-            limits
+        let mut look_at = connected
+            + limits
                 .header_read_timeout
                 .min(limits.idle_timeout)
-                .min(limits.send_timeout),
-        );
-        tokio::pin!(timer);
-        let cancelled = self.shutdown.cancelled();
-        tokio::pin!(cancelled);
+                .min(limits.send_timeout);
+        let mut release_at = release.then(|| connected + RELEASE_LOOK);
+        timer
+            .as_mut()
+            .reset(release_at.map_or(look_at, |r| r.min(look_at)));
         let mut closing = false;
         loop {
             match watch(
@@ -402,9 +483,27 @@ impl Conn {
                 Event::Timer => {
                     let started = activity.started.load(Ordering::Relaxed);
                     let finished = activity.finished.load(Ordering::Relaxed);
+                    let now = Instant::now();
+                    if let Some(at) = release_at
+                        && now >= at
+                        && !closing
+                    {
+                        if started == finished {
+                            conn.as_mut().release();
+                            release_at = None;
+                        } else {
+                            release_at = Some(now + RELEASE_LOOK);
+                        }
+                    }
+                    if now < look_at {
+                        timer
+                            .as_mut()
+                            .reset(release_at.map_or(look_at, |r| r.min(look_at)));
+                        continue;
+                    }
                     let next = if closing {
                         return; // the grace period after a close request has run out
-                    } else if started == 0 && connected.elapsed() < limits.header_read_timeout {
+                    } else if started == since && connected.elapsed() < limits.header_read_timeout {
                         // No request head yet; still in time. Looking again within a send
                         // timeout catches a first request that stalls before the header timeout.
                         (connected + limits.header_read_timeout).min(Instant::now() + limits.send_timeout)
@@ -439,13 +538,16 @@ impl Conn {
                         (last_progress, last_handed) = (progress, handed);
                         Instant::now() + limits.send_timeout
                     };
-                    timer.as_mut().reset(next);
+                    look_at = next;
+                    timer.as_mut().reset(release_at.map_or(next, |r| r.min(next)));
                 }
                 Event::Shutdown => {
                     conn.as_mut().graceful();
                     closing = true;
+                    release_at = None;
                     // In-flight requests get the whole drain deadline (enforced by the caller).
-                    timer.as_mut().reset(Instant::now() + Duration::from_secs(3600));
+                    look_at = Instant::now() + Duration::from_secs(3600);
+                    timer.as_mut().reset(look_at);
                 }
             }
         }
@@ -502,10 +604,62 @@ async fn watch<C: Graceful>(
     .await
 }
 
+/// A connection's request handler: counts the requests, refuses one whose head carried both
+/// framing headers, writes the access log line when the log is on.
+fn service(
+    proxy: Arc<Proxy>,
+    info: Arc<ConnInfo>,
+    act: Arc<Activity>,
+    flag: Arc<FramingFlag>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<crate::response::ResponseBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<crate::response::ResponseBody>, Infallible>>
+             + Send
+             + 'static,
+> + Send
++ 'static {
+    service_fn(move |req| {
+        let proxy = proxy.clone();
+        let info = info.clone();
+        let act = act.clone();
+        let index = act.started.fetch_add(1, Ordering::Relaxed);
+        let smuggling = flag.is_violation(index);
+        async move {
+            let mut resp = if smuggling {
+                proxy.fail(
+                    &ProxyError::BadFraming("both Content-Length and Transfer-Encoding"),
+                    crate::request_id::new_request_id(),
+                )
+            } else {
+                match proxy.access_log.get() {
+                    None => proxy.handle(req, &info, None).await,
+                    Some(log) => {
+                        let mut req = req;
+                        let mut line = log.begin(&mut req, &info);
+                        let mut resp = proxy.handle(req, &info, Some(&mut line)).await;
+                        log.attach(line, &mut resp);
+                        resp
+                    }
+                }
+            };
+            resp.body_mut().set_active(ActiveRequest::new(act));
+            Ok::<_, Infallible>(resp)
+        }
+    })
+}
+
 /// A connection that can be asked to finish what it is doing and close.
 trait Graceful: Future<Output = hyper::Result<()>> {
     fn graceful(self: Pin<&mut Self>);
+    /// Give the socket back as soon as the connection is idle (HTTP/1 only).
+    fn release(self: Pin<&mut Self>) {}
 }
+
+/// How often an HTTP/1 connection is looked at for idleness (see `drive`'s `release`): an idle
+/// one gives its socket back within one look.
+const RELEASE_LOOK: Duration = Duration::from_millis(50);
 
 impl<I, S> Graceful for http1::UpgradeableConnection<I, S>
 where
@@ -516,6 +670,9 @@ where
 {
     fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown();
+    }
+    fn release(self: Pin<&mut Self>) {
+        self.release_when_idle();
     }
 }
 
@@ -529,6 +686,30 @@ where
 {
     fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown();
+    }
+}
+
+/// A client stream that a connection can hold bare between requests.
+trait Idle {
+    /// Whether hyper may give the stream back when the connection is idle.
+    const RELEASE: bool;
+    /// Until bytes (or the end) arrive.
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+impl Idle for TcpStream {
+    const RELEASE: bool = true;
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+}
+
+/// TLS: rustls may hold decrypted bytes that a readable socket would not announce, so the
+/// connection stays with hyper.
+impl Idle for tokio_rustls::server::TlsStream<TcpStream> {
+    const RELEASE: bool = false;
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        std::future::pending()
     }
 }
 

@@ -109,6 +109,49 @@ async fn malformed_and_smuggling_requests_are_refused_and_never_reach_the_backen
     g.running.shutdown().await;
 }
 
+/// A keep-alive connection that has gone idle (Gantry then holds only its socket) and comes
+/// back with both framing headers is refused as a fresh one would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smuggling_request_after_an_idle_pause_on_a_kept_connection_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start("b", Behavior::CountBody).await;
+    let g = Gantry::start(&one_service(&[(&b, 1)], "")).await;
+    let mut s = tokio::net::TcpStream::connect(g.addr()).await.unwrap();
+    let mut got = Vec::new();
+    for round in 0..3 {
+        s.write_all(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        // Until this round's answer has arrived (the body is the byte count, "5").
+        let mut buf = [0u8; 4096];
+        while String::from_utf8_lossy(&got).matches("HTTP/1.1 200").count() <= round {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        // Idle long enough to be released between requests (Gantry looks every 50 ms).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let smuggling = format!(
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}"
+    );
+    s.write_all(smuggling.as_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert_eq!(status_of(&rest), 400, "{rest}");
+    assert_eq!(
+        rest.matches("HTTP/1.1").count(),
+        1,
+        "a second response came back: {rest}"
+    );
+    assert_eq!(b.requests(), 3, "the smuggled request reached the backend");
+    g.running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_closed_after_the_header_timeout_while_others_are_served() {
     raise_fd_limit();
