@@ -29,6 +29,13 @@ pub struct Report {
     pub scale: BTreeMap<String, Load>,
 }
 
+impl Report {
+    /// Older than [`STALE_AFTER`] at `now_ms`: left out of the fleet's figures.
+    pub fn is_stale(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.at_ms) > STALE_AFTER.as_millis() as u64
+    }
+}
+
 /// A scaled service's load at one instance, compact: `{"c": requests in flight, averaged over
 /// the last second, "a": answered, "e": 5xx answers, "u": the answers' summed durations in
 /// microseconds}` (the last three cumulative since the instance started).
@@ -200,7 +207,7 @@ pub fn since(
     let mut sum_s = empty();
     let mut stale = Vec::new();
     for (id, r) in reports {
-        if now_ms.saturating_sub(r.at_ms) > STALE_AFTER.as_millis() as u64 {
+        if r.is_stale(now_ms) {
             stale.push(id.clone());
             continue;
         }

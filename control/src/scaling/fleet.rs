@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Scaling;
-use crate::figures::{Load, Report, STALE_AFTER};
+use crate::figures::{Load, Report};
 
 /// The lease of the publisher's key: how long a dead publisher keeps the role.
 pub const LEADER_TTL: Duration = Duration::from_secs(6);
@@ -30,7 +30,7 @@ pub struct FleetLoad {
     pub read: Option<Instant>,
     /// Instances whose reports are summed.
     pub instances: Vec<String>,
-    /// Instances left out: no report within [`STALE_AFTER`].
+    /// Instances left out: no report within [`crate::figures::STALE_AFTER`].
     pub left_out: Vec<String>,
     /// Per scaled service: requests in flight across the fleet (each instance's one-second
     /// average, summed) and counters that only grow.
@@ -50,7 +50,7 @@ impl Sums {
     pub fn fold(&mut self, reports: &[(String, Report)], now_ms: u64) -> FleetLoad {
         let mut load = FleetLoad::default();
         for (id, r) in reports {
-            if now_ms.saturating_sub(r.at_ms) > STALE_AFTER.as_millis() as u64 {
+            if r.is_stale(now_ms) {
                 load.left_out.push(id.clone());
                 continue;
             }
