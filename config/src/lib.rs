@@ -52,6 +52,7 @@ pub mod health;
 pub mod listener;
 pub mod matcher;
 pub mod middleware;
+pub mod mirror;
 pub mod rollout;
 pub mod router;
 pub mod routing;

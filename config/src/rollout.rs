@@ -17,6 +17,9 @@ pub struct FileRollout {
     pub canary: Option<String>,
     /// Canary shares in percent, increasing; the last is normally 100.
     pub steps: Option<Vec<i64>>,
+    /// Shadow steps before the first live step: each mirrors this share (percent) of stable's
+    /// requests to the canary, whose answers are discarded and judged like a live step's.
+    pub shadow: Option<Vec<i64>>,
     pub step_time: Option<String>,
     pub min_requests: Option<i64>,
     /// The canary's highest acceptable error rate (5xx and failed requests / requests), 0..=1.
@@ -41,6 +44,9 @@ pub struct RolloutSpec {
     pub stable: String,
     pub canary: String,
     pub steps: Vec<u32>,
+    /// Mirrored shares (percent) of the shadow steps, which come before `steps`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<u32>,
     #[serde(with = "crate::duration::text")]
     pub step_time: Duration,
     pub min_requests: u64,
@@ -123,6 +129,17 @@ impl FileRollout {
                 out
             }
         };
+        let mut shadow = Vec::new();
+        for (i, p) in self.shadow.into_iter().flatten().enumerate() {
+            match u32::try_from(p) {
+                Ok(p) if (1..=100).contains(&p) => shadow.push(p),
+                _ => errs.push(
+                    origin,
+                    format!("{field}.shadow[{i}]"),
+                    format!("{p}: a shadow step mirrors a share in percent, 1..=100"),
+                ),
+            }
+        }
         let mut duration = |v: Option<String>, name: &str, default: Duration| match v {
             None => default,
             Some(t) => crate::duration::parse(&t).unwrap_or_else(|e| {
@@ -180,6 +197,7 @@ impl FileRollout {
             stable,
             canary,
             steps,
+            shadow,
             step_time,
             min_requests,
             max_error_rate,
@@ -192,6 +210,25 @@ impl FileRollout {
 }
 
 impl RolloutSpec {
+    /// How many steps the rollout has: its shadow steps, then its live steps.
+    pub fn step_count(&self) -> usize {
+        self.shadow.len() + self.steps.len()
+    }
+
+    /// Step `i` of the whole rollout: (the canary's share of the traffic, the share of stable's
+    /// requests mirrored to it), both in percent.
+    pub fn step_at(&self, i: usize) -> (u32, u32) {
+        match self.shadow.get(i) {
+            Some(&mirrored) => (0, mirrored),
+            None => (self.steps.get(i - self.shadow.len()).copied().unwrap_or(100), 0),
+        }
+    }
+
+    /// Step `i` mirrors traffic rather than sending users to the canary.
+    pub fn is_shadow(&self, i: usize) -> bool {
+        i < self.shadow.len()
+    }
+
     /// Parses a JSON rollout (etcd, admin API).
     pub fn from_json(service: &str, bytes: &[u8], origin: &str) -> Result<Self, Errors> {
         let mut errs = Errors::new();
@@ -232,5 +269,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `speed`"), "{e}");
+        let sh = RolloutSpec::from_json(
+            "web",
+            br#"{"stable": "v1", "canary": "v2", "shadow": [50], "steps": [10, 100]}"#,
+            "test",
+        )
+        .unwrap();
+        assert_eq!(
+            (sh.step_count(), sh.step_at(0), sh.step_at(1), sh.step_at(2)),
+            (3, (0, 50), (10, 0), (100, 0))
+        );
+        let e = RolloutSpec::from_json(
+            "web",
+            br#"{"stable": "v1", "canary": "v2", "shadow": [0]}"#,
+            "test",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rollout.shadow[0]"), "{e}");
     }
 }

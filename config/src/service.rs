@@ -55,6 +55,10 @@ pub struct Service {
     /// Sticky sessions by a cookie Gantry sets; none by default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sticky: Option<Sticky>,
+    /// A share of the requests to the other versions copied to one version (shadow traffic);
+    /// none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<crate::mirror::Mirror>,
 }
 
 /// Sticky sessions (Traefik's `sticky.cookie`, Aliyun's `session_sticky`): an answer sets a
@@ -152,6 +156,7 @@ impl Service {
             scale: None,
             proxy_protocol: None,
             sticky: None,
+            mirror: None,
         }
     }
 }
@@ -256,6 +261,8 @@ pub struct FileService {
     pub proxy_protocol: Option<String>,
     /// Sticky sessions by cookie (`sticky = {}`: the default cookie).
     pub sticky: Option<FileSticky>,
+    /// Shadow traffic to one of the service's versions.
+    pub mirror: Option<crate::mirror::FileMirror>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -384,6 +391,10 @@ pub fn validate_service(
     }
     if let Some(c) = s.canary {
         service.canary = validate_canary(c, &service.versions, origin, &format!("{field}.canary"), errs);
+    }
+    if let Some(m) = s.mirror {
+        service.mirror =
+            crate::mirror::validate_mirror(m, &service.versions, origin, &format!("{field}.mirror"), errs);
     }
     if let Some(sc) = s.scale {
         service.scale = Some(validate_scale(sc, origin, &format!("{field}.scale"), errs));

@@ -22,8 +22,8 @@ pub struct DesiredState {
     pub tls: crate::tls::TlsCertificates,
     /// Version weights set over a service whichever source declares it (etcd `weights/` keys,
     /// the admin API, a rollout): service -> version -> weight. They replace the service's own
-    /// `versions` while set.
-    pub weights: BTreeMap<String, BTreeMap<String, u32>>,
+    /// `versions` (and, with a mirror share, its mirror) while set.
+    pub weights: BTreeMap<String, crate::mirror::Split>,
 }
 
 /// A change to a desired state, by name: `Some` is the new value, `None` a removal. Sources that
@@ -36,7 +36,7 @@ pub struct Changes {
     pub middlewares: BTreeMap<String, Option<Middleware>>,
     /// The new certificates, when they changed.
     pub tls: Option<crate::tls::TlsCertificates>,
-    pub weights: BTreeMap<String, Option<BTreeMap<String, u32>>>,
+    pub weights: BTreeMap<String, Option<crate::mirror::Split>>,
 }
 
 impl Changes {

@@ -104,21 +104,28 @@ impl Counts {
 }
 
 /// This instance's counters now, for the services a driver may judge: those `wanted` names (a
-/// rollout is under way) and those whose traffic is split between versions right now (seen the
-/// moment a rollout's first weights arrive, before this instance reads the rollout itself).
+/// rollout is under way) and those whose traffic is split or mirrored between versions right now
+/// (seen the moment a rollout's first weights arrive, before this instance reads the rollout
+/// itself).
 pub fn report(proxy: &Proxy, wanted: &[String], scale: BTreeMap<String, Load>, now_ms: u64) -> Report {
     let snap = proxy.snapshot();
     let services = snap
         .services()
         .filter(|s| {
             s.versions().next().is_some()
-                && (wanted.iter().any(|w| **w == *s.name) || s.versions().filter(|(_, w)| *w > 0).count() > 1)
+                && (wanted.iter().any(|w| **w == *s.name)
+                    || s.versions().filter(|(_, w)| *w > 0).count() > 1
+                    || s.spec.mirror.is_some())
         })
         .map(|s| {
-            let versions = s
+            let mut versions: BTreeMap<String, Counts> = s
                 .versions()
                 .map(|(v, _)| (v.to_string(), Counts::of(&proxy.version_stats(&s.name, v))))
                 .collect();
+            if let Some(m) = &s.spec.mirror {
+                let copies = Counts::of(&proxy.mirror_stats(&s.name, &m.version));
+                versions.insert(mirrored(&m.version), copies);
+            }
             (s.name.to_string(), versions)
         })
         .collect();
@@ -126,6 +133,23 @@ pub fn report(proxy: &Proxy, wanted: &[String], scale: BTreeMap<String, Load>, n
         at_ms: now_ms,
         services,
         scale,
+    }
+}
+
+/// The report's entry for the copies mirrored to `version` (not a version name: those have no
+/// spaces).
+pub fn mirrored(version: &str) -> String {
+    format!("{version} (mirrored)")
+}
+
+/// The report entry a rollout's step judges the canary on: its copies in a shadow step, its
+/// live answers otherwise.
+pub fn canary_key(state: &crate::rollout::RolloutState) -> String {
+    let spec = &state.spec;
+    if spec.is_shadow(state.step) {
+        mirrored(&spec.canary)
+    } else {
+        spec.canary.clone()
     }
 }
 

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
+use gantry_config::mirror::Split;
 use gantry_config::routing::Applied;
 use gantry_config::{Changes, DesiredState, Errors, RoutingTable};
 use tokio::sync::mpsc;
@@ -298,7 +299,7 @@ impl Reconciler {
             owners.insert(field, winner);
             let value = value.map(|mut service| {
                 if let Some(w) = self.weights_of(src, &changes.weights, name) {
-                    service.versions = w.clone();
+                    w.apply(&mut service);
                 }
                 service
             });
@@ -535,10 +536,10 @@ impl Reconciler {
     fn weights_of<'a>(
         &'a self,
         src: SourceId,
-        pending: &'a BTreeMap<String, Option<BTreeMap<String, u32>>>,
+        pending: &'a BTreeMap<String, Option<Split>>,
         name: &str,
-    ) -> Option<&'a BTreeMap<String, u32>> {
-        static NONE: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+    ) -> Option<&'a Split> {
+        static NONE: BTreeMap<String, Split> = BTreeMap::new();
         self.precedence(src).into_iter().find_map(|s| {
             let own = self.sources.get(&s).map_or(&NONE, |st| &st.state.weights);
             declared(own, (s == src).then_some(pending), name)

@@ -1,5 +1,5 @@
 //! Body types of the request path. Bodies are streamed frame by frame in both directions; nothing
-//! here ever collects a whole body.
+//! here collects a whole body but the bounded copy of a mirrored request's (see `mirror`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,6 +17,8 @@ pub struct UpstreamBody {
     seen: u64,
     /// Where the bytes read so far are told (for the access log), when it is on.
     counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// A copy of the body for a mirrored request, when this one is mirrored.
+    tee: Option<Box<crate::mirror::Tee>>,
 }
 
 #[derive(Debug)]
@@ -24,6 +26,8 @@ enum Inner {
     Incoming(Incoming),
     /// A body whose first frame was read before forwarding (to validate its framing).
     Prefixed(Option<Frame<Bytes>>, Incoming),
+    /// A whole body in memory (a mirrored copy).
+    Full(Option<Bytes>),
     Empty,
 }
 
@@ -61,6 +65,28 @@ impl UpstreamBody {
             limit,
             seen: 0,
             counted: None,
+            tee: None,
+        }
+    }
+
+    /// This body, copying what it reads into `tee` (for a mirrored request).
+    pub(crate) fn teed(mut self, tee: crate::mirror::Tee) -> Self {
+        self.tee = Some(Box::new(tee));
+        self
+    }
+
+    /// A body held whole in memory.
+    pub fn full(bytes: Bytes) -> Self {
+        Self {
+            limit: bytes.len() as u64,
+            inner: if bytes.is_empty() {
+                Inner::Empty
+            } else {
+                Inner::Full(Some(bytes))
+            },
+            seen: 0,
+            counted: None,
+            tee: None,
         }
     }
 
@@ -82,6 +108,7 @@ impl UpstreamBody {
             limit,
             seen,
             counted: None,
+            tee: None,
         }
     }
 
@@ -91,6 +118,7 @@ impl UpstreamBody {
             limit: 0,
             seen: 0,
             counted: None,
+            tee: None,
         }
     }
 }
@@ -111,6 +139,7 @@ impl Body for UpstreamBody {
                 Some(f) => Poll::Ready(Some(Ok(f))),
                 None => Pin::new(rest).poll_frame(cx),
             },
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Empty => Poll::Ready(None),
         };
         match polled {
@@ -121,13 +150,31 @@ impl Body for UpstreamBody {
                         c.store(this.seen, std::sync::atomic::Ordering::Relaxed);
                     }
                     if this.seen > this.limit {
+                        this.tee = None;
                         return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
                     }
+                    if let Some(t) = &mut this.tee {
+                        t.copy(d);
+                    }
+                }
+                if this.tee.is_some()
+                    && this.is_end_stream()
+                    && let Some(t) = this.tee.take()
+                {
+                    t.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                this.tee = None;
+                Poll::Ready(Some(Err(BodyError::Client(e))))
+            }
+            Poll::Ready(None) => {
+                if let Some(t) = this.tee.take() {
+                    t.finish();
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -137,6 +184,7 @@ impl Body for UpstreamBody {
         match &self.inner {
             Inner::Incoming(b) => b.is_end_stream(),
             Inner::Prefixed(first, rest) => first.is_none() && rest.is_end_stream(),
+            Inner::Full(b) => b.is_none(),
             Inner::Empty => true,
         }
     }
@@ -146,6 +194,7 @@ impl Body for UpstreamBody {
         match &self.inner {
             Inner::Incoming(b) => b.size_hint(),
             Inner::Prefixed(..) => SizeHint::default(),
+            Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Inner::Empty => SizeHint::with_exact(0),
         }
     }

@@ -85,7 +85,7 @@ struct Admitted {
 /// host the request named.
 struct Routed<'s> {
     route: &'s Route,
-    service: &'s ServiceRuntime,
+    service: &'s Arc<ServiceRuntime>,
     route_rt: &'s RouteRuntime,
     /// The Host header, or an HTTP/2 request's `:authority` (which becomes its Host header).
     host: Option<HeaderValue>,
@@ -264,7 +264,10 @@ impl Proxy {
                 }
                 None => body,
             };
-            let request = self.rewrite(&r, pick.index, Request::from_parts(parts, body), conn, &upgrade);
+            let mut request = self.rewrite(&r, pick.index, Request::from_parts(parts, body), conn, &upgrade);
+            if r.service.mirror.is_some() && upgrade.protocol.is_none() {
+                request = r.service.mirror(pick.index, request, conn);
+            }
             let template = upgrade.replayable.then(|| Template::of(&request));
             let Upgrade {
                 protocol: upgrade,
@@ -938,7 +941,7 @@ fn transfer_coding(h: &HeaderMap) -> Result<bool, ProxyError> {
     }
 }
 
-fn content_length(h: &HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 

@@ -43,6 +43,7 @@ pub mod headers;
 pub mod io;
 pub mod metrics;
 pub mod middleware;
+pub mod mirror;
 pub mod plane;
 pub mod proxy_protocol;
 pub mod request_id;

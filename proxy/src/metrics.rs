@@ -29,6 +29,11 @@ pub struct Metrics {
     /// Per service and version: what rollouts gate on.
     pub version_requests: IntCounterVec,
     pub version_duration: HistogramVec,
+    /// Mirrored requests (shadow traffic), per service and the version mirrored to: what shadow
+    /// steps gate on; and the copies not sent, by reason.
+    pub mirror_requests: IntCounterVec,
+    pub mirror_duration: HistogramVec,
+    pub mirror_dropped: IntCounterVec,
     /// Malformed requests refused before routing, by reason.
     pub refused_requests: IntCounterVec,
     /// Requests a router's middleware answered itself, by router, middleware and reason.
@@ -159,6 +164,31 @@ impl Metrics {
             &["service", "version"],
             registry
         )?;
+        let mirror_requests = prometheus::register_int_counter_vec_with_registry!(
+            Opts::new(
+                "gantry_mirror_requests_total",
+                "Mirrored copies of requests answered by the version mirrored to, by status class (answers discarded; 5xx includes Gantry's own 502/504).",
+            ),
+            &["service", "version", "code"],
+            registry
+        )?;
+        let mirror_duration = prometheus::register_histogram_vec_with_registry!(
+            HistogramOpts::new(
+                "gantry_mirror_request_duration_seconds",
+                "Time from sending a mirrored copy to its response head, by service and version.",
+            )
+            .buckets(VERSION_BUCKETS.to_vec()),
+            &["service", "version"],
+            registry
+        )?;
+        let mirror_dropped = prometheus::register_int_counter_vec_with_registry!(
+            Opts::new(
+                "gantry_mirror_dropped_total",
+                "Requests picked for mirroring whose copy was not sent, by reason (busy: max_in_flight copies out; body_too_large; body: the client's body did not arrive whole; no_backend).",
+            ),
+            &["service", "reason"],
+            registry
+        )?;
         let refused_requests = prometheus::register_int_counter_vec_with_registry!(
             Opts::new(
                 "gantry_requests_refused_total",
@@ -193,6 +223,9 @@ impl Metrics {
             circuit_breaker,
             version_requests,
             version_duration,
+            mirror_requests,
+            mirror_duration,
+            mirror_dropped,
         })
     }
 
@@ -205,9 +238,27 @@ impl Metrics {
         }
     }
 
+    /// The metric handles of the copies mirrored to one version of a service.
+    pub fn mirror_version(&self, service: &str, version: &str) -> VersionMetrics {
+        VersionMetrics {
+            requests: ClassCounters(
+                CLASSES.map(|c| self.mirror_requests.with_label_values(&[service, version, c])),
+            ),
+            latency: self.mirror_duration.with_label_values(&[service, version]),
+        }
+    }
+
     /// What one version of a service has answered since Gantry started.
     pub fn version_stats(&self, service: &str, version: &str) -> VersionStats {
-        let m = self.version(service, version);
+        Self::stats(&self.version(service, version))
+    }
+
+    /// What the copies mirrored to one version of a service got since Gantry started.
+    pub fn mirror_stats(&self, service: &str, version: &str) -> VersionStats {
+        Self::stats(&self.mirror_version(service, version))
+    }
+
+    fn stats(m: &VersionMetrics) -> VersionStats {
         let class = |i: usize| m.requests.0[i].get();
         let requests = (0..CLASSES.len()).map(class).sum();
         let h = prometheus::core::Metric::metric(&m.latency);
@@ -229,6 +280,10 @@ impl Metrics {
             let _ = self.version_requests.remove_label_values(&[service, version, c]);
         }
         let _ = self.version_duration.remove_label_values(&[service, version]);
+        for c in CLASSES {
+            let _ = self.mirror_requests.remove_label_values(&[service, version, c]);
+        }
+        let _ = self.mirror_duration.remove_label_values(&[service, version]);
     }
 
     pub fn class_counters(&self, router: &str, service: &str, backend: &str) -> ClassCounters {
@@ -261,6 +316,9 @@ impl Metrics {
         }
         for s in ["service", "backend"] {
             let _ = self.circuit_breaker.remove_label_values(&[service, s]);
+        }
+        for r in crate::mirror::DROP_REASONS {
+            let _ = self.mirror_dropped.remove_label_values(&[service, r]);
         }
     }
 

@@ -154,6 +154,11 @@ impl Proxy {
         self.metrics.version_stats(service, version)
     }
 
+    /// What the copies mirrored to one version of a service got so far (shadow steps).
+    pub fn mirror_stats(&self, service: &str, version: &str) -> crate::metrics::VersionStats {
+        self.metrics.mirror_stats(service, version)
+    }
+
     pub fn backends(&self) -> Vec<Arc<BackendState>> {
         self.registry.all()
     }

@@ -12,6 +12,8 @@ use crate::metrics::Metrics;
 #[derive(Debug)]
 pub struct ServiceState {
     in_flight: AtomicU32,
+    /// Mirrored copies outstanding (shadow traffic), bounded by the mirror's `max_in_flight`.
+    mirror_in_flight: AtomicU32,
     /// Requests answered, 5xx among them, and the time they took: the demand the scaling
     /// recommender reads (next to `in_flight`, on the cache line the request already touches).
     answered: AtomicU64,
@@ -48,10 +50,21 @@ impl Drop for ServiceInFlight {
     }
 }
 
+/// Counts a mirrored copy against its service until dropped.
+#[derive(Debug)]
+pub struct MirrorInFlight(Arc<ServiceState>);
+
+impl Drop for MirrorInFlight {
+    fn drop(&mut self) {
+        self.0.mirror_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl ServiceState {
     fn new(name: &str, metrics: &Metrics) -> Self {
         Self {
             in_flight: AtomicU32::new(0),
+            mirror_in_flight: AtomicU32::new(0),
             answered: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             busy_micros: AtomicU64::new(0),
@@ -98,6 +111,15 @@ impl ServiceState {
             return None;
         }
         Some(ServiceInFlight(self.clone()))
+    }
+
+    /// Counts a new mirrored copy, unless `limit` are already out.
+    pub fn try_begin_mirror(self: &Arc<Self>, limit: u32) -> Option<MirrorInFlight> {
+        if self.mirror_in_flight.fetch_add(1, Ordering::Relaxed) >= limit {
+            self.mirror_in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(MirrorInFlight(self.clone()))
     }
 
     /// A request arrived: it earns the service `percent` hundredths of a retry.

@@ -56,6 +56,8 @@ pub struct ServiceRuntime {
     cuts: Vec<(u32, usize)>,
     /// Sticky sessions, when the service has them.
     sticky: Option<StickyCookie>,
+    /// Shadow traffic, when the service mirrors requests to one of its versions.
+    pub(crate) mirror: Option<crate::mirror::MirrorRuntime>,
 }
 
 /// A sticky service's cookie: its name, and per backend (same order as `backends`) the ID a
@@ -229,6 +231,12 @@ impl ServiceRuntime {
             .sticky
             .as_ref()
             .map(|s| StickyCookie::build(s, &spec.backends));
+        let mirror = spec.mirror.as_ref().and_then(|m| {
+            let g = groups
+                .iter()
+                .position(|g| g.version.as_deref() == Some(m.version.as_str()))?;
+            Some(crate::mirror::MirrorRuntime::build(m, &name, g, metrics))
+        });
         Self {
             name,
             spec,
@@ -240,7 +248,13 @@ impl ServiceRuntime {
             group_of,
             cuts,
             sticky,
+            mirror,
         }
+    }
+
+    /// The group (version) of backend `i`.
+    pub(crate) fn group_of_backend(&self, i: usize) -> Option<usize> {
+        self.group_of.get(i).copied()
     }
 
     /// Where a request goes between versions: the first override that matches pins it; else

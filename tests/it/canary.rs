@@ -478,25 +478,7 @@ async fn with_etcd_one_instance_drives_and_another_takes_over_from_the_stored_st
     let v1 = Backend::start("v1-a", Behavior::Name).await;
     let v2 = Backend::start("v2-a", Behavior::Name).await;
     let mut c = etcd.client().await;
-    put(
-        &mut c,
-        "/gantry/routers/web",
-        r#"{"path_prefix": "/", "service": "web"}"#,
-    )
-    .await;
-    put(
-        &mut c,
-        "/gantry/backends/web/a",
-        &format!(r#"{{"url": "{}", "version": "v1"}}"#, v1.url()),
-    )
-    .await;
-    put(
-        &mut c,
-        "/gantry/backends/web/b",
-        &format!(r#"{{"url": "{}", "version": "v2"}}"#, v2.url()),
-    )
-    .await;
-    put(&mut c, "/gantry/weights/web", r#"{"v1": 100, "v2": 0}"#).await;
+    put_web(&mut c, r#"{"path_prefix": "/", "service": "web"}"#, &v1, &v2).await;
     let ep = etcd.endpoints()[0].clone();
     let spawn = |id: &str| {
         crate::support::GantryProcess::spawn(&[
@@ -620,25 +602,13 @@ async fn with_etcd_a_canary_failing_on_one_instance_is_rolled_back_whichever_dri
         r#"{"outlier": {"consecutive_failures": 0}}"#,
     )
     .await;
-    put(
+    put_web(
         &mut c,
-        "/gantry/routers/web",
         r#"{"path_prefix": "/", "service": "web", "middlewares": ["via"]}"#,
+        &v1,
+        &v2,
     )
     .await;
-    put(
-        &mut c,
-        "/gantry/backends/web/a",
-        &format!(r#"{{"url": "{}", "version": "v1"}}"#, v1.url()),
-    )
-    .await;
-    put(
-        &mut c,
-        "/gantry/backends/web/b",
-        &format!(r#"{{"url": "{}", "version": "v2"}}"#, v2.url()),
-    )
-    .await;
-    put(&mut c, "/gantry/weights/web", r#"{"v1": 100, "v2": 0}"#).await;
     let ep = etcd.endpoints()[0].clone();
     let dir = tempfile::tempdir().unwrap();
     let spawn = |id: &str| {
@@ -661,14 +631,7 @@ async fn with_etcd_a_canary_failing_on_one_instance_is_rolled_back_whichever_dri
     };
     let instances = [spawn("a"), spawn("b"), spawn("c")];
     let client = client();
-    for p in &instances {
-        let addr = p.addr;
-        eventually(Duration::from_secs(20), "the route from etcd", || {
-            let c = client.clone();
-            async move { (get(&c, addr, "app.test", "/").await.status == 200).then_some(()) }
-        })
-        .await;
-    }
+    routed(&client, &instances).await;
     // 80% through A, 20% through B, none through C; at most 40,000 requests or 90 s.
     let done = Arc::new(AtomicBool::new(false));
     let load = {
@@ -730,12 +693,135 @@ async fn with_etcd_a_canary_failing_on_one_instance_is_rolled_back_whichever_dri
     load.await.unwrap();
 }
 
+/// A rollout that begins with a shadow step: half of stable's requests, through two of three
+/// instances, are copied to a canary that fails every one. Users see no error; the fleet's
+/// figures of the copies roll the rollout back before any user reaches the canary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_a_shadow_step_rolls_back_a_failing_canary_before_users_see_it() {
+    use crate::etcd_support::{ETCD_LOCK, Etcd, put};
+    let _one = ETCD_LOCK.lock().await;
+    let etcd = Etcd::start().await;
+    let v1 = Backend::start("v1-a", Behavior::Name).await;
+    let v2 = Backend::start("v2-a", Behavior::Status(500)).await;
+    let mut c = etcd.client().await;
+    put_web(&mut c, r#"{"path_prefix": "/", "service": "web"}"#, &v1, &v2).await;
+    let ep = etcd.endpoints()[0].clone();
+    let spawn = |id: &str| crate::support::GantryProcess::spawn(&["run", "--etcd", &ep, "--instance-id", id]);
+    let instances = [spawn("a"), spawn("b"), spawn("c")];
+    let client = client();
+    routed(&client, &instances).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let loads = [
+        keep_loading(instances[0].addr, done.clone()),
+        keep_loading(instances[1].addr, done.clone()),
+    ];
+    let spec = r#"{"stable": "v1", "canary": "v2", "shadow": [50], "steps": [50, 100], "step_time": "5s", "min_requests": 20, "max_error_rate": 0.05}"#;
+    put(&mut c, "/gantry/rollouts/web/spec", spec).await;
+    let c2 = etcd.client().await;
+    let st = eventually(Duration::from_secs(30), "the rollout to be rolled back", || {
+        let mut c = c2.clone();
+        async move {
+            let st = value_of(&mut c, "/gantry/rollouts/web/state").await?;
+            (st["phase"] == "rolled_back").then_some(st)
+        }
+    })
+    .await;
+    done.store(true, Ordering::SeqCst);
+    // In the shadow step, on the copies' figures: no user was ever sent to the canary.
+    assert_eq!(st["step"], 0, "{st:#}");
+    assert!(
+        st["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("shadow step: canary error rate"),
+        "{st:#}"
+    );
+    let d = value_of(&mut c, "/gantry/rollouts/web/decision").await.unwrap();
+    assert_eq!(
+        (d["action"].as_str(), d["weight"].as_u64()),
+        (Some("rollback"), Some(0)),
+        "{d:#}"
+    );
+    assert!(d["canary"]["errors"].as_u64().unwrap() >= 1, "{d:#}");
+    assert_eq!(
+        value_of(&mut c, "/gantry/weights/web").await.unwrap(),
+        serde_json::json!({"v1": 100, "v2": 0})
+    );
+    for l in loads {
+        let counts = l.await.unwrap();
+        assert_eq!(counts.keys().copied().collect::<Vec<_>>(), [200], "{counts:?}");
+    }
+    // The copies reached the canary, marked as copies.
+    assert!(v2.requests() >= 1);
+    assert_eq!(v2.last().headers["x-gantry-mirror"], "1");
+}
+
+/// Waits until every instance routes `web` (from etcd).
+async fn routed(
+    client: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
+    instances: &[crate::support::GantryProcess],
+) {
+    for p in instances {
+        let addr = p.addr;
+        eventually(Duration::from_secs(20), "the route from etcd", || {
+            let c = client.clone();
+            async move { (get(&c, addr, "app.test", "/").await.status == 200).then_some(()) }
+        })
+        .await;
+    }
+}
+
+/// Puts service `web` in etcd: a router, backend `a` of v1 and `b` of v2, and all traffic on v1.
+async fn put_web(c: &mut etcd_client::Client, router: &str, v1: &Backend, v2: &Backend) {
+    use crate::etcd_support::put;
+    put(c, "/gantry/routers/web", router).await;
+    put(
+        c,
+        "/gantry/backends/web/a",
+        &format!(r#"{{"url": "{}", "version": "v1"}}"#, v1.url()),
+    )
+    .await;
+    put(
+        c,
+        "/gantry/backends/web/b",
+        &format!(r#"{{"url": "{}", "version": "v2"}}"#, v2.url()),
+    )
+    .await;
+    put(c, "/gantry/weights/web", r#"{"v1": 100, "v2": 0}"#).await;
+}
+
 /// The unix time in milliseconds.
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// Stops (SIGSTOP) instance `id` just after it has renewed its record's lease, so that its record
+/// outlives the stop by nearly the lease's whole TTL (10 s): a step's deadline passes before the
+/// record would expire.
+async fn stop_fresh(c: &mut etcd_client::Client, instance: &crate::support::GantryProcess, id: &str) {
+    let key = format!("/gantry/instances/{id}");
+    let r = c.get(key.as_str(), None).await.unwrap();
+    let lease = r.kvs().first().map(|kv| kv.lease()).filter(|&l| l != 0);
+    let lease = lease.unwrap_or_else(|| panic!("{key} is not under a lease"));
+    let mut last = i64::MAX;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let ttl = c.lease_time_to_live(lease, None).await.unwrap().ttl();
+        // A renewal puts the TTL back up: stop right after one.
+        if ttl > last {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id}'s lease was not renewed within 15 s"
+        );
+        last = ttl;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    instance.signal(rustix::process::Signal::STOP);
 }
 
 /// Polls the rollout state of `web` in etcd every 100 ms for `how_long`, checking `ok` each time.
@@ -769,25 +855,7 @@ async fn with_etcd_a_step_begins_only_when_every_instance_serves_its_weights() {
     let v1 = Backend::start("v1-a", Behavior::Name).await;
     let v2 = Backend::start("v2-a", Behavior::Name).await;
     let mut c = etcd.client().await;
-    put(
-        &mut c,
-        "/gantry/routers/web",
-        r#"{"path_prefix": "/", "service": "web"}"#,
-    )
-    .await;
-    put(
-        &mut c,
-        "/gantry/backends/web/a",
-        &format!(r#"{{"url": "{}", "version": "v1"}}"#, v1.url()),
-    )
-    .await;
-    put(
-        &mut c,
-        "/gantry/backends/web/b",
-        &format!(r#"{{"url": "{}", "version": "v2"}}"#, v2.url()),
-    )
-    .await;
-    put(&mut c, "/gantry/weights/web", r#"{"v1": 100, "v2": 0}"#).await;
+    put_web(&mut c, r#"{"path_prefix": "/", "service": "web"}"#, &v1, &v2).await;
     let ep = etcd.endpoints()[0].clone();
     let spawn = |id: &str| crate::support::GantryProcess::spawn(&["run", "--etcd", &ep, "--instance-id", id]);
     let (a, b, lagger) = (spawn("a"), spawn("b"), spawn("c"));
@@ -813,7 +881,7 @@ async fn with_etcd_a_step_begins_only_when_every_instance_serves_its_weights() {
     ];
 
     // c stops just before the first step's weights are written.
-    lagger.signal(Signal::STOP);
+    stop_fresh(&mut c, &lagger, "c").await;
     let spec = r#"{"stable": "v1", "canary": "v2", "steps": [20, 100], "step_time": "1s", "min_requests": 5, "fleet_deadline": "1s"}"#;
     put(&mut c, "/gantry/rollouts/web/spec", spec).await;
     let c3 = etcd.client().await;
@@ -879,8 +947,8 @@ async fn with_etcd_a_step_begins_only_when_every_instance_serves_its_weights() {
     );
 
     // With fleet_lagging = drop, a stopped c holds a step back no longer than the deadline.
-    lagger.signal(Signal::STOP);
-    let spec = r#"{"stable": "v2", "canary": "v1", "steps": [50, 100], "step_time": "1s", "min_requests": 5, "fleet_deadline": "3s", "fleet_lagging": "drop"}"#;
+    stop_fresh(&mut c, &lagger, "c").await;
+    let spec = r#"{"stable": "v2", "canary": "v1", "steps": [50, 100], "step_time": "1s", "min_requests": 5, "fleet_deadline": "2s", "fleet_lagging": "drop"}"#;
     put(&mut c, "/gantry/rollouts/web/spec", spec).await;
     let c5 = etcd.client().await;
     let st = eventually(Duration::from_secs(15), "the step to begin without c", || {

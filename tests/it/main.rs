@@ -34,6 +34,7 @@ mod hygiene;
 mod idle;
 mod image;
 mod middleware;
+mod mirror;
 mod pages;
 mod reload;
 mod routing;

@@ -452,9 +452,5 @@ impl Rollouts {
 const FLEET_RECHECK: Duration = Duration::from_millis(100);
 
 fn weights_op(keys: &Keys, state: &RolloutState) -> TxnOp {
-    TxnOp::put(
-        keys.weights(&state.spec.service),
-        serde_json::to_string(&weights(state)).unwrap_or_default(),
-        None,
-    )
+    TxnOp::put(keys.weights(&state.spec.service), weights(state).to_json(), None)
 }

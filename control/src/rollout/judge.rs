@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use gantry_config::mirror::Split;
 use gantry_config::rollout::{Lagging, RolloutSpec};
 use gantry_proxy::metrics::VersionStats;
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,9 @@ pub struct RolloutState {
     pub step: usize,
     /// The canary's share of the traffic, in percent.
     pub weight: u32,
+    /// In a shadow step: the share of stable's requests mirrored to the canary, in percent.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub mirror: u32,
     pub step_started_ms: u64,
     pub reason: String,
     /// The revision of the `spec` key this state follows (etcd); a newer spec starts over.
@@ -62,6 +66,10 @@ fn yes() -> bool {
 }
 
 fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+fn is_zero_u32(v: &u32) -> bool {
     *v == 0
 }
 
@@ -190,18 +198,20 @@ pub fn advance(state: &RolloutState, verdict: &Verdict, now_ms: u64) -> Option<(
         Verdict::Fail(why) => {
             next.phase = Phase::RolledBack;
             next.weight = 0;
+            next.mirror = 0;
             next.reason = why.clone();
             Action::Rollback
         }
-        Verdict::Advance(why) if state.step + 1 < state.spec.steps.len() => {
+        Verdict::Advance(why) if state.step + 1 < state.spec.step_count() => {
             next.step += 1;
-            next.weight = state.spec.steps[next.step];
+            (next.weight, next.mirror) = state.spec.step_at(next.step);
             next.reason = why.clone();
             Action::Step
         }
         Verdict::Advance(why) => {
             next.phase = Phase::Promoted;
             next.weight = 100;
+            next.mirror = 0;
             next.reason = why.clone();
             Action::Promote
         }
@@ -209,18 +219,23 @@ pub fn advance(state: &RolloutState, verdict: &Verdict, now_ms: u64) -> Option<(
     Some((next, action))
 }
 
-/// The weights a rollout state asks for.
-pub fn weights(state: &RolloutState) -> BTreeMap<String, u32> {
-    BTreeMap::from([
-        (state.spec.stable.clone(), 100 - state.weight),
-        (state.spec.canary.clone(), state.weight),
-    ])
+/// The weights a rollout state asks for, with the mirror share of a shadow step.
+pub fn weights(state: &RolloutState) -> Split {
+    Split {
+        versions: BTreeMap::from([
+            (state.spec.stable.clone(), 100 - state.weight),
+            (state.spec.canary.clone(), state.weight),
+        ]),
+        mirror: (state.mirror > 0).then(|| (state.spec.canary.clone(), state.mirror)),
+    }
 }
 
 /// A new rollout's first state.
 pub fn started(spec: RolloutSpec, spec_revision: i64) -> RolloutState {
+    let (weight, mirror) = spec.step_at(0);
     RolloutState {
-        weight: spec.steps[0],
+        weight,
+        mirror,
         spec,
         phase: Phase::Running,
         step: 0,
@@ -335,6 +350,7 @@ pub fn command(state: &RolloutState, cmd: Command) -> Result<(RolloutState, Acti
         (Command::Abort, _) => {
             next.phase = Phase::Aborted;
             next.weight = 0;
+            next.mirror = 0;
             Action::Abort
         }
     };
@@ -445,9 +461,30 @@ mod tests {
     }
 
     #[test]
+    fn shadow_steps_come_first_and_mirror_with_no_user_on_the_canary() {
+        let mut spec = spec();
+        spec.shadow = vec![20, 50];
+        let st = started(spec, 0);
+        let w = weights(&st);
+        assert_eq!((st.weight, st.mirror, w.versions["v2"]), (0, 20, 0));
+        assert_eq!(w.mirror, Some(("v2".to_string(), 20)));
+        let (st, _) = advance(&st, &Verdict::Advance("ok".into()), 1).unwrap();
+        assert_eq!((st.step, st.weight, st.mirror), (1, 0, 50));
+        let (live, a) = advance(&st, &Verdict::Advance("ok".into()), 2).unwrap();
+        assert_eq!((a, live.step, live.weight, live.mirror), (Action::Step, 2, 10, 0));
+        assert_eq!(weights(&live).mirror, None);
+        // A failing shadow step rolls back with no mirror left behind.
+        let (back, a) = advance(&st, &Verdict::Fail("errors".into()), 3).unwrap();
+        assert_eq!(
+            (a, back.weight, back.mirror, weights(&back).mirror),
+            (Action::Rollback, 0, 0, None)
+        );
+    }
+
+    #[test]
     fn steps_then_promotion_or_rollback_to_zero() {
         let st = started(spec(), 0);
-        assert_eq!((st.weight, weights(&st)["v1"]), (10, 90));
+        assert_eq!((st.weight, weights(&st).versions["v1"]), (10, 90));
         let (st, a) = advance(&st, &Verdict::Advance("ok".into()), 1).unwrap();
         assert_eq!((a, st.step, st.weight), (Action::Step, 1, 50));
         let (st2, a) = advance(&st, &Verdict::Advance("ok".into()), 2).unwrap();
@@ -459,7 +496,7 @@ mod tests {
         );
         let (back, a) = advance(&st, &Verdict::Fail("errors".into()), 4).unwrap();
         assert_eq!(
-            (a, back.phase, weights(&back)["v2"]),
+            (a, back.phase, weights(&back).versions["v2"]),
             (Action::Rollback, Phase::RolledBack, 0)
         );
         assert!(advance(&st, &Verdict::Wait("..".into()), 5).is_none());

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use gantry_config::Changes;
+use gantry_config::mirror::Split;
 use gantry_config::rollout::RolloutSpec;
 use gantry_discovery::{Report, SourceId, Update};
 use gantry_proxy::metrics::VersionStats;
@@ -87,7 +88,7 @@ impl Rollouts {
 }
 
 /// Weights set on this instance alone, as an update of the `admin` source.
-pub fn local_weights(service: &str, weights: Option<BTreeMap<String, u32>>) -> Update {
+pub fn local_weights(service: &str, weights: Option<Split>) -> Update {
     let mut changes = Changes::default();
     changes.weights.insert(service.to_string(), weights);
     Update {

@@ -200,8 +200,15 @@ impl Rollouts {
         self.inner().states.get(service).cloned()
     }
 
-    fn figures(&self, spec: &RolloutSpec, w: Option<&Window>) -> (VersionStats, VersionStats) {
-        let c = self.proxy.version_stats(&spec.service, &spec.canary);
+    /// The canary's and stable's figures now (since the window began, with `w`). In a shadow
+    /// step, the canary's are those of the copies mirrored to it.
+    fn figures(&self, state: &RolloutState, w: Option<&Window>) -> (VersionStats, VersionStats) {
+        let spec = &state.spec;
+        let c = if spec.is_shadow(state.step) {
+            self.proxy.mirror_stats(&spec.service, &spec.canary)
+        } else {
+            self.proxy.version_stats(&spec.service, &spec.canary)
+        };
         let s = self.proxy.version_stats(&spec.service, &spec.stable);
         match w {
             Some(w) => (c.since(&w.canary), s.since(&w.stable)),
@@ -235,7 +242,7 @@ impl Rollouts {
         let (canary, stable) = {
             let inner = self.inner();
             match inner.windows.get(&state.spec.service) {
-                Some(w) => self.figures(&state.spec, Some(w)),
+                Some(w) => self.figures(state, Some(w)),
                 None => Default::default(),
             }
         };
@@ -275,10 +282,10 @@ impl Rollouts {
         state: &RolloutState,
         reports: Option<&[(String, crate::figures::Report)]>,
     ) {
-        let (canary, stable) = self.figures(&state.spec, None);
+        let (canary, stable) = self.figures(state, None);
         let fleet = reports.map_or_else(Default::default, |r| {
             let spec = &state.spec;
-            crate::figures::baselines(r, &spec.service, &spec.canary, &spec.stable)
+            crate::figures::baselines(r, &spec.service, &crate::figures::canary_key(state), &spec.stable)
         });
         self.inner().windows.insert(
             state.spec.service.clone(),
@@ -318,7 +325,7 @@ impl Rollouts {
             None => {
                 let inner = self.inner();
                 let w = inner.windows.get(&service);
-                let (c, s) = self.figures(&state.spec, w);
+                let (c, s) = self.figures(state, w);
                 (c, s, Vec::new())
             }
             Some(reports) => {
@@ -329,14 +336,19 @@ impl Rollouts {
                     reports,
                     &mut w.fleet,
                     &service,
-                    &spec.canary,
+                    &crate::figures::canary_key(state),
                     &spec.stable,
                     unix_ms(),
                 )
             }
         };
         let elapsed = Duration::from_millis(unix_ms().saturating_sub(state.step_started_ms));
-        let verdict = judge(&state.spec, &canary, &stable, elapsed);
+        let verdict = match judge(&state.spec, &canary, &stable, elapsed) {
+            v if !state.spec.is_shadow(state.step) => v,
+            Verdict::Wait(why) => Verdict::Wait(format!("shadow step: {why}")),
+            Verdict::Advance(why) => Verdict::Advance(format!("shadow step: {why} (mirrored)")),
+            Verdict::Fail(why) => Verdict::Fail(format!("shadow step: {why} (mirrored)")),
+        };
         let (mut next, action) = advance(state, &verdict, unix_ms())?;
         if !left_out.is_empty() {
             next.reason = format!(
@@ -386,7 +398,7 @@ impl Rollouts {
     ) -> Result<Option<i64>, RolloutError> {
         match &self.backing {
             Backing::Local(tx) => tx
-                .send(local_weights(service, weights))
+                .send(local_weights(service, weights.map(Into::into)))
                 .await
                 .map(|_| None)
                 .map_err(|_| RolloutError::Unavailable("shutting down".into())),

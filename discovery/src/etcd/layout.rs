@@ -5,7 +5,8 @@
 //! <prefix>routers/<name>            JSON router   (the fields of [routers.<name>] in the file)
 //! <prefix>services/<name>           JSON service  (the fields of [services.<name>], backends optional)
 //! <prefix>backends/<service>/<id>   JSON backend  {"url": ..., "weight": ..., "version": ...}
-//! <prefix>weights/<service>         JSON version weights {"v1": 95, "v2": 5}
+//! <prefix>weights/<service>         JSON version weights {"v1": 95, "v2": 5}, and a mirror share
+//!                                   "mirror": {"version": "v2", "percent": 50} (shadow steps)
 //! <prefix>middlewares/<name>        JSON middleware (the fields of [middlewares.<name>])
 //! <prefix>instances/<id>            written by each Gantry instance (not configuration)
 //! <prefix>rollouts/..., scaling/... reserved for rollouts and scaling decisions
@@ -24,11 +25,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use gantry_config::backend::{FileBackend, validate_backend};
-use gantry_config::canary::check_version;
 use gantry_config::middleware::{FileMiddleware, Middleware, validate_middleware};
+use gantry_config::mirror::Split;
 use gantry_config::router::{FileRouter, validate_router};
 use gantry_config::service::{FileService, validate_service};
-use gantry_config::{Backend, Changes, DesiredState, Errors, MAX_WEIGHT, Router, Service};
+use gantry_config::{Backend, Changes, DesiredState, Errors, Router, Service};
 use serde::de::DeserializeOwned;
 
 use super::keys::{Kind, kind};
@@ -64,7 +65,7 @@ pub struct Layout {
     /// `services/<name>`: the service's settings (and inline backends).
     settings: BTreeMap<String, (Service, String)>,
     backends: BTreeMap<String, BTreeMap<String, (Backend, String)>>,
-    weights: BTreeMap<String, (BTreeMap<String, u32>, String)>,
+    weights: BTreeMap<String, (Split, String)>,
     middlewares: BTreeMap<String, Middleware>,
     /// How many routers name each service.
     named: BTreeMap<String, usize>,
@@ -217,26 +218,16 @@ impl Layout {
                 services.insert(service);
             }
             (Kind::Weights(service), e) => {
-                match e.map(|e| json::<BTreeMap<String, i64>>(e, &o, &mut problems)) {
+                match e.map(|e| Split::from_json(&e.value, &o)) {
                     None => {
                         self.weights.remove(&service);
                     }
-                    Some(None) => return self.problems(key, problems),
-                    Some(Some(w)) => {
-                        let mut versions = BTreeMap::new();
-                        for (version, weight) in w {
-                            match (check_version(&version), u32::try_from(weight)) {
-                                (Err(e), _) => problems.push(&o, format!("value.{version}"), e),
-                                (_, Ok(weight)) if weight <= MAX_WEIGHT => {
-                                    versions.insert(version, weight);
-                                }
-                                _ => problems.push(&o, format!("value.{version}"), format!("{weight} is out of range 0..={MAX_WEIGHT}")),
-                            }
-                        }
-                        if !problems.is_empty() {
-                            return self.problems(key, problems);
-                        }
-                        self.weights.insert(service.clone(), (versions, o));
+                    Some(Err(errs)) => {
+                        problems.extend(errs);
+                        return self.problems(key, problems);
+                    }
+                    Some(Ok(split)) => {
+                        self.weights.insert(service.clone(), (split, o));
                     }
                 }
                 weights.insert(service);
@@ -455,7 +446,7 @@ mod tests {
         // Weights are set over the service, whichever source declares it.
         assert!(api.versions.is_empty());
         assert_eq!(
-            s.weights["api"],
+            s.weights["api"].versions,
             [("v1".to_string(), 95), ("v2".to_string(), 5)].into()
         );
         assert_eq!(api.timeouts.connect, std::time::Duration::from_secs(1));

@@ -113,14 +113,14 @@ fn weights_apply_over_the_service_whoever_declares_it_and_admin_wins_over_etcd()
     let w = |a: u32, b: u32| BTreeMap::from([("v1".to_string(), a), ("v2".to_string(), b)]);
     assert_eq!(versions(&rec), w(90, 10));
     let mut etcd = Changes::default();
-    etcd.weights.insert("s".into(), Some(w(50, 50)));
+    etcd.weights.insert("s".into(), Some(w(50, 50).into()));
     assert!(matches!(
         r.apply(changed(SourceId::Etcd, etcd)),
         Outcome::Published(_)
     ));
     assert_eq!(versions(&rec), w(50, 50));
     let mut admin = Changes::default();
-    admin.weights.insert("s".into(), Some(w(0, 100)));
+    admin.weights.insert("s".into(), Some(w(0, 100).into()));
     r.apply(changed(SourceId::Admin, admin.clone()));
     assert_eq!(versions(&rec), w(0, 100));
     // The service changes underneath: the weights stay over it.
