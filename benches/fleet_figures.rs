@@ -71,6 +71,7 @@ fn report(seed: u64, scale: u64) -> Report {
         at_ms: 1_800_000_000_000,
         services,
         scale,
+        ..Default::default()
     }
 }
 

@@ -27,6 +27,47 @@ pub struct Report {
     /// Services that declare scale settings: what the scaling publisher sums.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scale: BTreeMap<String, Load>,
+    /// Requests this instance answered per second over the last interval: its share of the
+    /// fleet's traffic, for the fleet view.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rps: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+/// Requests per second between two readings of a cumulative count.
+#[derive(Debug, Default)]
+pub struct Rate {
+    total: u64,
+    at_ms: u64,
+}
+
+impl Rate {
+    /// The rate since the last reading (0 at the first), and this reading kept for the next.
+    pub fn per_second(&mut self, total: u64, now_ms: u64) -> f64 {
+        let (dt, dn) = (
+            now_ms.saturating_sub(self.at_ms),
+            total.saturating_sub(self.total),
+        );
+        let first = self.at_ms == 0;
+        (self.total, self.at_ms) = (total, now_ms);
+        if first || dt == 0 {
+            0.0
+        } else {
+            dn as f64 * 1000.0 / dt as f64
+        }
+    }
+}
+
+/// Every request this instance's services have answered since it started.
+pub fn answered(proxy: &Proxy) -> u64 {
+    proxy
+        .snapshot()
+        .services()
+        .map(|s| s.state.demand().answered)
+        .sum()
 }
 
 impl Report {
@@ -133,6 +174,7 @@ pub fn report(proxy: &Proxy, wanted: &[String], scale: BTreeMap<String, Load>, n
         at_ms: now_ms,
         services,
         scale,
+        rps: 0.0,
     }
 }
 
@@ -303,6 +345,7 @@ mod tests {
                 BTreeMap::from([("v2".to_string(), canary), ("v1".to_string(), stable)]),
             )]),
             scale: BTreeMap::new(),
+            ..Default::default()
         }
     }
 
@@ -346,6 +389,7 @@ mod tests {
                         ]),
                     )]),
                     scale: BTreeMap::new(),
+                    ..Default::default()
                 },
             ),
             (

@@ -1,6 +1,7 @@
 //! Gantry in a fleet sharing one etcd: each instance's own record under `<prefix>instances/`,
 //! and `gantry register`, which keeps a workload that is not a container registered.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -91,14 +92,18 @@ pub async fn publish_instance(
     let key = keys.instance(&id);
     let figures_key = crate::figures::key(&keys, &id);
     let started = unix_secs();
-    let value = || {
-        // Only what drivers and the scaling publisher judge: idle, a report is a few bytes.
-        let report = crate::figures::report(
+    let mut rate = crate::figures::Rate::default();
+    let mut value = || {
+        // Only what drivers and the scaling publisher judge (and this instance's rate, for the
+        // fleet view): idle, a report is a few bytes.
+        let now = crate::time::unix_ms();
+        let mut report = crate::figures::report(
             &reported.proxy,
             &reported.rollouts.active(),
             reported.scaling.loads(),
-            crate::time::unix_ms(),
+            now,
         );
+        report.rps = rate.per_second(crate::figures::answered(&reported.proxy), now);
         vec![
             (key.clone(), record(&id, &status, &entrypoints, admin, started)),
             (
@@ -201,6 +206,29 @@ impl FleetView {
                     .then(|| Some((kv.value_str().ok()?.to_string(), service.to_string())))?
             })
             .collect();
+        let mut drivers = drivers;
+        let publisher = client
+            .get(keys.leader("scaling"), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(id) = publisher.kvs().first().and_then(|kv| kv.value_str().ok()) {
+            drivers.push((id.to_string(), "scaling".to_string()));
+        }
+        let root = keys.figures("");
+        let reports = client
+            .get(root.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let now = crate::time::unix_ms();
+        let rates: BTreeMap<String, f64> = reports
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let id = kv.key_str().ok()?.strip_prefix(root.as_str())?;
+                let r: crate::figures::Report = serde_json::from_slice(kv.value()).ok()?;
+                (!r.is_stale(now)).then(|| (id.to_string(), r.rps))
+            })
+            .collect();
         Ok(fleet_view(
             records
                 .kvs()
@@ -208,19 +236,25 @@ impl FleetView {
                 .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
                 .collect(),
             &drivers,
+            &rates,
             &self.here,
         ))
     }
 }
 
 /// Each instance record with what the view adds: `behind` (how many etcd revisions it is behind
-/// the newest revision any instance serves), `this` and `drives` (the rollouts it drives).
+/// the newest revision any instance serves), `this`, `drives` (the rollouts it drives, and
+/// `scaling` when it publishes the fleet's replica recommendations), and from its last fresh
+/// report `rps` (requests answered per second) and `share` (of the fleet's, 0..=1; null
+/// without a fresh report, or while the fleet answers nothing).
 fn fleet_view(
     records: Vec<serde_json::Value>,
     drivers: &[(String, String)],
+    rates: &BTreeMap<String, f64>,
     here: &str,
 ) -> Vec<serde_json::Value> {
     let newest = records.iter().filter_map(|r| r["revision"].as_i64()).max();
+    let total: f64 = rates.values().sum();
     let mut out: Vec<serde_json::Value> = records
         .into_iter()
         .map(|mut r| {
@@ -232,9 +266,16 @@ fn fleet_view(
             let drives: Vec<String> = drivers
                 .iter()
                 .filter(|(by, _)| *by == id)
-                .map(|(_, s)| format!("rollout {s}"))
+                .map(|(_, s)| match s.as_str() {
+                    "scaling" => s.clone(),
+                    _ => format!("rollout {s}"),
+                })
                 .collect();
+            let rps = rates.get(&id).copied();
+            let share = rps.filter(|_| total > 0.0).map(|x| x / total);
             if let Some(o) = r.as_object_mut() {
+                o.insert("rps".into(), json!(rps));
+                o.insert("share".into(), json!(share));
                 o.insert("behind".into(), behind);
                 o.insert("this".into(), json!(id == here));
                 o.insert("drives".into(), json!(drives));
@@ -405,16 +446,25 @@ mod tests {
             json!({"id": "a", "revision": 42, "ready": true}),
             json!({"id": "c", "ready": false}),
         ];
-        let drivers = vec![("a".to_string(), "shop".to_string())];
-        let v = fleet_view(records, &drivers, "b");
+        let drivers = vec![
+            ("a".to_string(), "shop".to_string()),
+            ("b".to_string(), "scaling".to_string()),
+        ];
+        let rates = BTreeMap::from([("a".to_string(), 300.0), ("b".to_string(), 100.0)]);
+        let v = fleet_view(records, &drivers, &rates, "b");
         let ids: Vec<&str> = v.iter().map(|r| r["id"].as_str().unwrap()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
         assert_eq!(v[0]["behind"], 0);
         assert_eq!(v[0]["drives"], json!(["rollout shop"]));
         assert_eq!(v[1]["behind"], 2);
         assert_eq!(v[1]["this"], true);
-        assert_eq!(v[1]["drives"], json!([]));
+        assert_eq!(v[1]["drives"], json!(["scaling"]));
         assert!(v[2]["behind"].is_null());
+        assert_eq!(
+            (v[0]["share"].as_f64(), v[1]["share"].as_f64()),
+            (Some(0.75), Some(0.25))
+        );
+        assert!(v[2]["share"].is_null() && v[2]["rps"].is_null());
     }
 
     fn reg(url: &str, route: Option<&str>) -> Registration {

@@ -479,18 +479,7 @@ async fn with_etcd_one_instance_drives_and_another_takes_over_from_the_stored_st
     let v2 = Backend::start("v2-a", Behavior::Name).await;
     let mut c = etcd.client().await;
     put_web(&mut c, r#"{"path_prefix": "/", "service": "web"}"#, &v1, &v2).await;
-    let ep = etcd.endpoints()[0].clone();
-    let spawn = |id: &str| {
-        crate::support::GantryProcess::spawn(&[
-            "run",
-            "--etcd",
-            &ep,
-            "--instance-id",
-            id,
-            "--driver-ttl",
-            "2",
-        ])
-    };
+    let spawn = |id: &str| etcd.spawn_gantry(id, &["--driver-ttl", "2"]);
     let mut instances = BTreeMap::from([("a".to_string(), spawn("a")), ("b".to_string(), spawn("b"))]);
     let done = Arc::new(AtomicBool::new(false));
     let loads: Vec<_> = instances
@@ -590,7 +579,7 @@ async fn with_etcd_one_instance_drives_and_another_takes_over_from_the_stored_st
 async fn with_etcd_a_canary_failing_on_one_instance_is_rolled_back_whichever_drives() {
     use crate::etcd_support::{ETCD_LOCK, Etcd, put};
     let _one = ETCD_LOCK.lock().await;
-    let etcd = Etcd::start().await;
+    let etcd = Etcd::start_secure().await;
     let v1 = Backend::start("v1-a", Behavior::Name).await;
     let v2 = Backend::start("v2-a", Behavior::FailIfHeader("x-via", "b")).await;
     let mut c = etcd.client().await;
@@ -609,7 +598,6 @@ async fn with_etcd_a_canary_failing_on_one_instance_is_rolled_back_whichever_dri
         &v2,
     )
     .await;
-    let ep = etcd.endpoints()[0].clone();
     let dir = tempfile::tempdir().unwrap();
     let spawn = |id: &str| {
         // Each instance marks the requests it forwards with its name.
@@ -619,15 +607,7 @@ async fn with_etcd_a_canary_failing_on_one_instance_is_rolled_back_whichever_dri
             format!("[middlewares.via.headers]\nrequest = {{ set = {{ \"x-via\" = \"{id}\" }} }}\n"),
         )
         .unwrap();
-        crate::support::GantryProcess::spawn(&[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--etcd",
-            &ep,
-            "--instance-id",
-            id,
-        ])
+        etcd.spawn_gantry(id, &["--config", config.to_str().unwrap()])
     };
     let instances = [spawn("a"), spawn("b"), spawn("c")];
     let client = client();
@@ -648,6 +628,16 @@ async fn with_etcd_a_canary_failing_on_one_instance_is_rolled_back_whichever_dri
             }
         })
     };
+
+    // The fleet view shows each instance's share of the traffic.
+    let admin = instances[2].admin;
+    eventually(Duration::from_secs(20), "the shares 80/20/0 in the fleet view", || async move {
+        let v = admin_json(admin, "/api/v1/fleet").await;
+        let share = |i: usize| v["instances"][i]["share"].as_f64();
+        let (a, b, c) = (share(0)?, share(1)?, share(2)?);
+        ((0.7..0.9).contains(&a) && (0.1..0.3).contains(&b) && c == 0.0).then_some(())
+    })
+    .await;
 
     // The driver is pinned in turn: the test holds the driver key under its own lease.
     let lease = c.lease_grant(120, None).await.unwrap().id();
@@ -700,13 +690,12 @@ async fn with_etcd_a_canary_failing_on_one_instance_is_rolled_back_whichever_dri
 async fn with_etcd_a_shadow_step_rolls_back_a_failing_canary_before_users_see_it() {
     use crate::etcd_support::{ETCD_LOCK, Etcd, put};
     let _one = ETCD_LOCK.lock().await;
-    let etcd = Etcd::start().await;
+    let etcd = Etcd::start_secure().await;
     let v1 = Backend::start("v1-a", Behavior::Name).await;
     let v2 = Backend::start("v2-a", Behavior::Status(500)).await;
     let mut c = etcd.client().await;
     put_web(&mut c, r#"{"path_prefix": "/", "service": "web"}"#, &v1, &v2).await;
-    let ep = etcd.endpoints()[0].clone();
-    let spawn = |id: &str| crate::support::GantryProcess::spawn(&["run", "--etcd", &ep, "--instance-id", id]);
+    let spawn = |id: &str| etcd.spawn_gantry(id, &[]);
     let instances = [spawn("a"), spawn("b"), spawn("c")];
     let client = client();
     routed(&client, &instances).await;
@@ -851,13 +840,12 @@ async fn with_etcd_a_step_begins_only_when_every_instance_serves_its_weights() {
     use crate::etcd_support::{ETCD_LOCK, Etcd, put};
     use rustix::process::Signal;
     let _one = ETCD_LOCK.lock().await;
-    let etcd = Etcd::start().await;
+    let etcd = Etcd::start_secure().await;
     let v1 = Backend::start("v1-a", Behavior::Name).await;
     let v2 = Backend::start("v2-a", Behavior::Name).await;
     let mut c = etcd.client().await;
     put_web(&mut c, r#"{"path_prefix": "/", "service": "web"}"#, &v1, &v2).await;
-    let ep = etcd.endpoints()[0].clone();
-    let spawn = |id: &str| crate::support::GantryProcess::spawn(&["run", "--etcd", &ep, "--instance-id", id]);
+    let spawn = |id: &str| etcd.spawn_gantry(id, &[]);
     let (a, b, lagger) = (spawn("a"), spawn("b"), spawn("c"));
     let c2 = etcd.client().await;
     eventually(Duration::from_secs(20), "three instance records", || {

@@ -11,19 +11,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::etcd_support::{ETCD_LOCK, Etcd, EtcdTls};
+use crate::etcd_support::{ETCD_LOCK, Etcd, EtcdTls, FLEET_PASSWORD, FLEET_USER};
 use crate::support::{Backend, Behavior, GantryProcess, admin_json, client, eventually, get};
 
 fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-const USER: &str = "gantry";
-const PASSWORD: &str = "fleet-s3cret";
+const PASSWORD: &str = FLEET_PASSWORD;
 
 /// A CA made with rcgen, the member's certificate (for 127.0.0.1 and localhost) and a client
 /// certificate, written under `dir`.
-fn tls_files(dir: &std::path::Path) -> EtcdTls {
+pub fn tls_files(dir: &std::path::Path) -> EtcdTls {
     let ca = crate::support::TestCa::new();
     let server = ca.leaf(&["127.0.0.1", "localhost"]);
     let client = ca.leaf(&["gantry-client"]);
@@ -41,19 +40,41 @@ fn tls_files(dir: &std::path::Path) -> EtcdTls {
     }
 }
 
+impl Etcd {
+    /// One member as production runs it: TLS with client certificates required (a CA made with
+    /// rcgen) and authentication on, [`FLEET_USER`] allowed to read and write under `/gantry/`.
+    /// Gantry connects with [`Etcd::gantry_flags`] and [`Etcd::gantry_env`]; the test's own
+    /// client ([`Etcd::client`]) as root, as an operator would.
+    pub async fn start_secure() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut etcd = Self::start_tls(tls_files(dir.path())).await;
+        etcd.enable_auth(FLEET_USER, FLEET_PASSWORD, "/gantry/");
+        etcd.tls_dir = Some(dir);
+        etcd
+    }
+
+    /// `gantry run` with these members and `args`, as instance `id`.
+    pub fn spawn_gantry(&self, id: &str, args: &[&str]) -> crate::support::GantryProcess {
+        let mut all = vec!["run".to_string()];
+        all.extend(self.gantry_flags());
+        all.extend(["--instance-id".to_string(), id.to_string()]);
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        crate::support::GantryProcess::spawn_with_env(&all, &self.gantry_env())
+    }
+}
+
 struct Secure {
     etcd: Etcd,
-    tls: EtcdTls,
     dir: tempfile::TempDir,
 }
 
 impl Secure {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let tls = tls_files(dir.path());
-        let mut etcd = Etcd::start_tls(tls.clone()).await;
-        etcd.enable_auth(USER, PASSWORD, "/gantry/");
-        Secure { etcd, tls, dir }
+        Secure {
+            etcd: Etcd::start_secure().await,
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn url(&self) -> String {
@@ -62,19 +83,7 @@ impl Secure {
 
     /// The flags every Gantry command needs here (the password comes separately).
     fn flags(&self) -> Vec<String> {
-        let t = &self.tls;
-        let mut v = vec!["--etcd".to_string(), self.url()];
-        for (flag, p) in [
-            ("--etcd-ca", &t.ca),
-            ("--etcd-cert", &t.client_cert),
-            ("--etcd-key", &t.client_key),
-        ] {
-            v.push(flag.into());
-            v.push(p.display().to_string());
-        }
-        v.push("--etcd-user".into());
-        v.push(USER.into());
-        v
+        self.etcd.gantry_flags()
     }
 
     /// A file holding `password`, for `--etcd-password-file`.

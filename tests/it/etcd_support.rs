@@ -30,9 +30,15 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     /// Members serve TLS and require client certificates.
     tls: Option<EtcdTls>,
-    /// Authentication is on: root's password, used by [`Etcd::ctl`].
+    /// Authentication is on: root's password, used by [`Etcd::ctl`] and [`Etcd::client`].
     root_password: Option<String>,
+    /// Where the TLS files of a secure etcd are (see `etcd_secure`).
+    pub tls_dir: Option<tempfile::TempDir>,
 }
+
+/// The user a fleet connects as to [`Etcd::start_secure`], allowed under `/gantry/` only.
+pub const FLEET_USER: &str = "gantry";
+pub const FLEET_PASSWORD: &str = "fleet-s3cret";
 
 /// TLS for a test etcd: a CA, the members' certificate and key, and a client certificate and
 /// key, as PEM files.
@@ -70,6 +76,36 @@ impl Etcd {
     pub async fn cluster(n: usize) -> Self {
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         Self::start_on(&ports).await
+    }
+
+    /// The flags that connect Gantry (`run`, `register`) to these members: the endpoints and,
+    /// with TLS and authentication, the CA, the client certificate and key, and the user (the
+    /// password comes from [`Etcd::gantry_env`]).
+    pub fn gantry_flags(&self) -> Vec<String> {
+        let mut v = vec!["--etcd".to_string(), self.endpoints().join(",")];
+        if let Some(t) = &self.tls {
+            for (flag, p) in [
+                ("--etcd-ca", &t.ca),
+                ("--etcd-cert", &t.client_cert),
+                ("--etcd-key", &t.client_key),
+            ] {
+                v.push(flag.into());
+                v.push(p.display().to_string());
+            }
+        }
+        if self.root_password.is_some() {
+            v.push("--etcd-user".into());
+            v.push(FLEET_USER.into());
+        }
+        v
+    }
+
+    /// The environment Gantry needs besides [`Etcd::gantry_flags`]: the password.
+    pub fn gantry_env(&self) -> Vec<(&'static str, &'static str)> {
+        match self.root_password {
+            Some(_) => vec![("GANTRY_ETCD_PASSWORD", FLEET_PASSWORD)],
+            None => Vec::new(),
+        }
     }
 
     /// One member serving TLS on its client port and requiring client certificates signed by
@@ -141,6 +177,7 @@ impl Etcd {
             dir,
             tls,
             root_password: None,
+            tls_dir: None,
         };
         for m in &etcd.members {
             etcd.wait_healthy(&m.client_url).await;
@@ -230,7 +267,7 @@ impl Etcd {
         self.members.iter().map(|m| m.client_url.clone()).collect()
     }
 
-    /// A client of every member that is still running.
+    /// A client of every member that is still running (with TLS and as root when they need it).
     pub async fn client(&self) -> etcd_client::Client {
         let live: Vec<String> = self
             .members
@@ -238,7 +275,11 @@ impl Etcd {
             .filter(|m| m.child.is_some())
             .map(|m| m.client_url.clone())
             .collect();
-        etcd_client::Client::connect(live, None).await.unwrap()
+        let mut options = self.tls.as_ref().map(EtcdTls::options);
+        if let Some(pw) = &self.root_password {
+            options = Some(options.unwrap_or_default().with_user("root", pw.as_str()));
+        }
+        etcd_client::Client::connect(live, options).await.unwrap()
     }
 
     /// A client of one member.

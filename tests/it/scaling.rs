@@ -137,7 +137,7 @@ async fn stored(c: &etcd_client::Client, service: &str) -> Option<(u64, String)>
 async fn with_etcd_a_load_spread_over_the_fleet_is_scaled_as_if_through_one_instance_and_one_instance_publishes()
  {
     let _one = ETCD_LOCK.lock().await;
-    let etcd = Etcd::start().await;
+    let etcd = Etcd::start_secure().await;
     let c = etcd.client().await;
     // Every put under scaling/ from now on, to tell who published.
     let mut events = c
@@ -195,18 +195,7 @@ backends = [{{ url = "{}" }}]
         ),
     )
     .unwrap();
-    let ep = etcd.endpoints()[0].clone();
-    let spawn = |id: &str| {
-        GantryProcess::spawn(&[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--etcd",
-            &ep,
-            "--instance-id",
-            id,
-        ])
-    };
+    let spawn = |id: &str| etcd.spawn_gantry(id, &["--config", config.to_str().unwrap()]);
     let mut instances = vec![spawn("a"), spawn("b"), spawn("c")];
     let ids = ["a", "b", "c"];
 

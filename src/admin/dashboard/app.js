@@ -482,12 +482,13 @@ function renderFleet() {
   }
   const parts = [];
   if (fleet.error) parts.push(h("p", { class: "state state-unreachable", id: "fleet-error" }, `etcd could not be read: ${fleet.error}`));
-  parts.push(table(["instance", "ready", "serves revision", "behind", "drives", "admin", "entrypoints", "version", "up since"],
+  parts.push(table(["instance", "ready", "serves revision", "behind", "traffic", "drives", "admin", "entrypoints", "version", "up since"],
     fleet.instances.map((i) => h("tr", { "data-instance": i.id },
       h("td", {}, i.this ? `${i.id} (this one)` : i.id),
       stateCell(i.ready ? "ready" : "not_ready"),
       h("td", { class: "num revision" }, num(i.revision)),
       h("td", { class: `num behind${i.behind > 0 ? " state state-draining" : ""}` }, num(i.behind)),
+      h("td", { class: "num share" }, i.share == null ? "–" : `${(i.share * 100).toFixed(0)} % (${num(Math.round(i.rps))}/s)`),
       h("td", { class: "drives" }, (i.drives || []).join(", ") || "–"),
       h("td", {}, i.admin || "–"),
       h("td", {}, Object.entries(i.entrypoints || {}).map(([n, a]) => `${n} ${a}`).join(", ") || "–"),
