@@ -31,11 +31,18 @@ impl DemoBackend {
     /// Binds 127.0.0.1 on a free port and serves until `shutdown`.
     pub async fn spawn(self, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        self.serve(listener, shutdown)
+        self.serve(listener, shutdown, tokio_util::task::TaskTracker::new())
     }
 
-    /// Serves on `listener` until `shutdown`.
-    pub fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+    /// Serves on `listener` until `shutdown`: then it accepts no more connections, and each
+    /// connection ends gracefully (the request in flight is answered, an idle keep-alive
+    /// connection is closed); `connections` tracks them, to wait for them before exiting.
+    pub fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        connections: tokio_util::task::TaskTracker,
+    ) -> std::io::Result<SocketAddr> {
         let addr = listener.local_addr()?;
         tokio::spawn(async move {
             loop {
@@ -44,7 +51,8 @@ impl DemoBackend {
                     r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
                 };
                 let me = self.clone();
-                tokio::spawn(async move {
+                let shutdown = shutdown.clone();
+                connections.spawn(async move {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let me = me.clone();
                         async move {
@@ -84,9 +92,15 @@ impl DemoBackend {
                             Ok::<_, Infallible>(r)
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = shutdown.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
                 });
             }
         });

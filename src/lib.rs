@@ -43,6 +43,8 @@ pub struct Options {
     pub drain_timeout: Option<Duration>,
     /// Follow a Docker engine (`--docker`), with these settings over the config's `[docker]`.
     pub docker: Option<DockerFlags>,
+    /// Follow a Docker Swarm's services (`--swarm`), over the config's `[swarm]`.
+    pub swarm: Option<DockerFlags>,
     /// Follow an etcd prefix shared by a fleet of instances, and publish this instance there.
     pub etcd: Option<fleet::EtcdOptions>,
     /// The bearer token admin writes require; default: `GANTRY_ADMIN_TOKEN`, then the file
@@ -181,6 +183,8 @@ pub struct Settings {
     pub static_config: StaticConfig,
     /// The file's `[docker]` with the `--docker*` flags over it; `None`: no Docker source.
     pub docker: Option<DockerConfig>,
+    /// The file's `[swarm]` with `--swarm` over it; `None`: no Swarm source.
+    pub swarm: Option<DockerConfig>,
     /// The bearer token admin writes need: `--admin-token`/options, then `GANTRY_ADMIN_TOKEN`,
     /// then `[admin] token_file` (relative to the config file). `None`: writes are refused.
     pub admin_token: Option<String>,
@@ -224,7 +228,7 @@ pub fn resolve(
         opts.access_log.as_deref(),
         opts.access_log_format,
     );
-    let docker = match (&opts.docker, &static_config.docker) {
+    let engine = |flags: &Option<DockerFlags>, from_file: &Option<DockerConfig>| match (flags, from_file) {
         (None, None) => None,
         (flags, from_file) => {
             let mut cfg = from_file.clone().unwrap_or_default();
@@ -237,6 +241,8 @@ pub fn resolve(
             Some(cfg)
         }
     };
+    let docker = engine(&opts.docker, &static_config.docker);
+    let swarm = engine(&opts.swarm, &static_config.swarm);
     let admin_token = opts
         .admin_token
         .clone()
@@ -261,6 +267,7 @@ pub fn resolve(
         drain_timeout: opts.drain_timeout.unwrap_or(static_config.drain_timeout),
         static_config,
         docker,
+        swarm,
         admin_token,
     }
 }
@@ -356,6 +363,19 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         Some(cfg) => spawn_docker(&cfg, &proxy, &scaling, &registry, &updates_tx, &shutdown),
         None => None,
     };
+    let mut scaler = scaler;
+    if let Some(cfg) = &settings.swarm {
+        // One scaler: the Swarm's when both are asked for (the admin API shows one history).
+        if let Some(s) = spawn_scaler(cfg, true, &proxy, &scaling, &registry, &shutdown) {
+            scaler = Some(s);
+        }
+        let source = gantry_discovery::SwarmSource {
+            engine: engine(cfg),
+            vip: cfg.vip,
+        };
+        info!(source = %source.origin(), "following swarm");
+        tokio::spawn(source.run(updates_tx.clone(), shutdown.token()));
+    }
     if let Some(e) = &opts.etcd {
         spawn_etcd(e, &registry, &updates_tx, &shutdown)?;
     }
@@ -600,33 +620,42 @@ async fn bind(static_config: &StaticConfig) -> Result<(Vec<(String, Listener)>, 
     Ok((listeners, admin_listener))
 }
 
-/// The Docker source, and the Docker scaler when it is on.
-fn spawn_docker(
+/// The scaler of compose services (or with `swarm`, of Swarm services) when `cfg.scale` is on.
+fn spawn_scaler(
     cfg: &DockerConfig,
+    swarm: bool,
     proxy: &Arc<Proxy>,
     scaling: &Arc<scaling::Scaling>,
     registry: &Registry,
-    updates: &mpsc::Sender<Update>,
     shutdown: &Shutdown,
 ) -> Option<Arc<scaler::Scaler>> {
-    let mut scaler = None;
-    if cfg.scale {
-        match scaler::Scaler::new(
-            cfg.endpoint.as_deref(),
-            proxy.clone(),
-            cfg.exposed_by_default,
-            cfg.default_domain.clone(),
-            registry,
-        ) {
-            Ok(s) => {
-                info!("docker scaler on: replicas follow the scaling recommendations");
-                tokio::spawn(s.clone().run(scaling.clone(), shutdown.token()));
-                scaler = Some(s);
-            }
-            Err(e) => warn!(error = %e, "docker scaler not started"),
+    if !cfg.scale {
+        return None;
+    }
+    let what = if swarm { "swarm" } else { "docker" };
+    match scaler::Scaler::new(
+        cfg.endpoint.as_deref(),
+        swarm,
+        proxy.clone(),
+        cfg.exposed_by_default,
+        cfg.default_domain.clone(),
+        registry,
+    ) {
+        Ok(s) => {
+            info!("{what} scaler on: replicas follow the scaling recommendations");
+            tokio::spawn(s.clone().run(scaling.clone(), shutdown.token()));
+            Some(s)
+        }
+        Err(e) => {
+            warn!(error = %e, "{what} scaler not started");
+            None
         }
     }
-    let source = gantry_discovery::DockerSource {
+}
+
+/// The engine the Docker and Swarm sources follow, and how they read labels and addresses.
+fn engine(cfg: &DockerConfig) -> gantry_discovery::docker::Engine {
+    gantry_discovery::docker::Engine {
         endpoint: cfg.endpoint.clone(),
         options: gantry_discovery::docker::DockerOptions {
             address: if cfg.published {
@@ -640,7 +669,20 @@ fn spawn_docker(
             default_domain: cfg.default_domain.clone(),
         },
         grace: cfg.grace,
-    };
+    }
+}
+
+/// The Docker source, and the Docker scaler when it is on.
+fn spawn_docker(
+    cfg: &DockerConfig,
+    proxy: &Arc<Proxy>,
+    scaling: &Arc<scaling::Scaling>,
+    registry: &Registry,
+    updates: &mpsc::Sender<Update>,
+    shutdown: &Shutdown,
+) -> Option<Arc<scaler::Scaler>> {
+    let scaler = spawn_scaler(cfg, false, proxy, scaling, registry, shutdown);
+    let source = gantry_discovery::DockerSource { engine: engine(cfg) };
     info!(source = %source.origin(), "following docker");
     tokio::spawn(source.run(updates.clone(), shutdown.token()));
     scaler

@@ -119,6 +119,14 @@ enum Command {
         /// containers carry scaling labels (gantry.scale.*, aliyun.scale).
         #[arg(long)]
         docker_scale: bool,
+        /// Follow a Docker Swarm (on a manager node): services' labels become routes to their
+        /// running tasks. ENDPOINT defaults to DOCKER_HOST, then unix:///var/run/docker.sock.
+        #[arg(long, value_name = "ENDPOINT", num_args = 0..=1, default_missing_value = "")]
+        swarm: Option<String>,
+        /// Act on scaling recommendations on the swarm: set the replica count of services whose
+        /// labels carry scaling settings (implies --swarm).
+        #[arg(long)]
+        swarm_scale: bool,
         /// Follow the configuration a fleet shares in etcd (members, comma-separated), and
         /// publish this instance under <prefix>instances/.
         #[arg(long, value_name = "URL,...", value_delimiter = ',')]
@@ -305,6 +313,8 @@ async fn async_main(command: Command) -> ExitCode {
             docker_address,
             docker_network,
             docker_scale,
+            swarm,
+            swarm_scale,
             etcd,
             etcd_prefix,
             etcd_security,
@@ -336,6 +346,11 @@ async fn async_main(command: Command) -> ExitCode {
                     listen,
                     admin,
                     docker,
+                    swarm: (swarm.is_some() || swarm_scale).then(|| gantry::DockerFlags {
+                        endpoint: swarm.filter(|e| !e.is_empty()),
+                        scale: swarm_scale.then_some(true),
+                        ..Default::default()
+                    }),
                     etcd: etcd.map(|endpoints| gantry::fleet::EtcdOptions {
                         endpoints,
                         prefix: etcd_prefix,

@@ -58,7 +58,8 @@ pub async fn backend(
         delay,
         unhealthy_until,
     };
-    if let Err(e) = b.serve(listener, stop.clone()) {
+    let connections = tokio_util::task::TaskTracker::new();
+    if let Err(e) = b.serve(listener, stop.clone(), connections.clone()) {
         eprintln!("gantry backend: {e}");
         return ExitCode::FAILURE;
     }
@@ -70,7 +71,10 @@ pub async fn backend(
             _ = int.recv() => {}
         }
     }
+    // Like a well-behaved service: no new connection, the requests in flight answered.
     stop.cancel();
+    connections.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), connections.wait()).await;
     ExitCode::SUCCESS
 }
 

@@ -35,6 +35,9 @@ pub struct DockerConfig {
     /// The scaler: create and remove replicas of compose services that carry scaling labels,
     /// following Gantry's recommendations. Off unless asked for.
     pub scale: bool,
+    /// `[swarm]` only: services are reached through their virtual IP (`address = "vip"`)
+    /// rather than task by task.
+    pub vip: bool,
 }
 
 impl Default for DockerConfig {
@@ -48,6 +51,7 @@ impl Default for DockerConfig {
             reserved_hosts: Vec::new(),
             default_domain: None,
             scale: false,
+            vip: false,
         }
     }
 }
@@ -68,29 +72,42 @@ pub struct FileDocker {
 }
 
 pub(crate) fn validate_docker(d: &FileDocker, origin: &str, errs: &mut Errors) -> DockerConfig {
+    validate_engine(d, origin, "docker", errs)
+}
+
+/// `[swarm]`: the same settings as `[docker]`, but `address` is `"tasks"` (default) or `"vip"`.
+pub(crate) fn validate_swarm(d: &FileDocker, origin: &str, errs: &mut Errors) -> DockerConfig {
+    validate_engine(d, origin, "swarm", errs)
+}
+
+fn validate_engine(d: &FileDocker, origin: &str, section: &str, errs: &mut Errors) -> DockerConfig {
     let mut out = crate::DockerConfig {
         endpoint: d.endpoint.clone(),
         network: d.network.clone(),
         ..Default::default()
     };
-    match d.address.as_deref() {
-        None | Some("ip") => {}
-        Some("published") => out.published = true,
-        Some(a) => errs.push(
+    match (section, d.address.as_deref()) {
+        (_, None) | ("docker", Some("ip")) | ("swarm", Some("tasks")) => {}
+        ("docker", Some("published")) => out.published = true,
+        ("swarm", Some("vip")) => out.vip = true,
+        (_, Some(a)) => errs.push(
             origin,
-            "docker.address",
-            format!("{a:?}: use \"ip\" or \"published\""),
+            format!("{section}.address"),
+            match section {
+                "swarm" => format!("{a:?}: use \"tasks\" or \"vip\""),
+                _ => format!("{a:?}: use \"ip\" or \"published\""),
+            },
         ),
     }
     if let Some(e) = d.exposed_by_default {
         out.exposed_by_default = e;
     }
     out.scale = d.scale.unwrap_or(false);
-    out.grace = duration_or(&d.grace, out.grace, origin, "docker.grace".into(), errs);
+    out.grace = duration_or(&d.grace, out.grace, origin, format!("{section}.grace"), errs);
     for (i, h) in d.reserved_hosts.iter().flatten().enumerate() {
         match parse_host_pattern(h) {
             Ok(p) => out.reserved_hosts.push(p.to_string()),
-            Err(e) => errs.push(origin, format!("docker.reserved_hosts[{i}]"), e),
+            Err(e) => errs.push(origin, format!("{section}.reserved_hosts[{i}]"), e),
         }
     }
     if let Some(d) = &d.default_domain {
@@ -100,10 +117,10 @@ pub(crate) fn validate_docker(d: &FileDocker, origin: &str, errs: &mut Errors) -
             }
             Ok(_) => errs.push(
                 origin,
-                "docker.default_domain",
+                format!("{section}.default_domain"),
                 format!("{d:?}: expected a domain name with a dot, like apps.example.com"),
             ),
-            Err(e) => errs.push(origin, "docker.default_domain", e),
+            Err(e) => errs.push(origin, format!("{section}.default_domain"), e),
         }
     }
     out

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::check::check_name;
-use crate::docker::{DockerConfig, FileDocker, validate_docker};
+use crate::docker::{DockerConfig, FileDocker, validate_docker, validate_swarm};
 use crate::duration;
 use crate::error::Errors;
 use crate::listener::{
@@ -44,6 +44,7 @@ pub struct FileConfig {
     pub admin: Option<FileAdmin>,
     pub lifecycle: Option<FileLifecycle>,
     pub docker: Option<FileDocker>,
+    pub swarm: Option<FileDocker>,
     pub tls: Option<FileTls>,
     #[serde(default)]
     pub routers: BTreeMap<String, FileRouter>,
@@ -216,6 +217,7 @@ impl FileConfig {
             .docker
             .as_ref()
             .map(|d| validate_docker(d, origin, &mut errs));
+        let swarm = self.swarm.as_ref().map(|d| validate_swarm(d, origin, &mut errs));
         let admin_text = self
             .admin
             .as_ref()
@@ -265,6 +267,7 @@ impl FileConfig {
                 admin,
                 drain_timeout,
                 docker,
+                swarm,
                 admin_token_file,
                 rollouts,
                 access_log,
@@ -315,6 +318,9 @@ pub struct StaticConfig {
     /// The Docker source, when enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerConfig>,
+    /// The Swarm source, when enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<DockerConfig>,
     /// The bearer token admin writes require is read from this file (or `GANTRY_ADMIN_TOKEN`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<std::path::PathBuf>,
@@ -350,6 +356,7 @@ impl Default for StaticConfig {
             admin: default_addr(DEFAULT_ADMIN),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             docker: None,
+            swarm: None,
             admin_token_file: None,
             rollouts: Vec::new(),
             access_log: None,

@@ -11,6 +11,8 @@
 //!   in flight finish), then stops and removes them.
 //! - Never below min or above max (the recommendation is bounded); one action per service at a
 //!   time; every action logged and counted in `gantry_scaler_actions_total`.
+//! - On a Swarm (`--swarm-scale`, `[swarm] scale = true`), see `swarm`: the replica count of a
+//!   Swarm service is updated instead.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -35,6 +37,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::scaling::{Recommendation, Scaling};
+
+mod engine;
+mod swarm;
 
 const PROJECT: &str = "com.docker.compose.project";
 const SERVICE: &str = "com.docker.compose.service";
@@ -68,6 +73,10 @@ pub struct Scaler {
     actions: IntCounterVec,
     pub ready_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Scales Swarm services (replica counts) rather than compose services (containers).
+    swarm: bool,
+    /// The engine, as given (for the raw exchanges of `engine`).
+    endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for Scaler {
@@ -82,11 +91,25 @@ struct Replica {
     id: String,
     name: String,
     number: u32,
+    /// The compose service's step (see [`stepped`]).
+    step: Option<u32>,
+}
+
+/// The replica count one action goes to: toward `wanted`, at most `step` away from `have`
+/// (`gantry.scale.step`, Aliyun's rolling-update parallelism); without a step, all the way.
+pub(crate) fn stepped(have: u32, wanted: u32, step: Option<u32>) -> u32 {
+    match step {
+        Some(s) if wanted > have => wanted.min(have + s),
+        Some(s) => wanted.max(have.saturating_sub(s)),
+        None => wanted,
+    }
 }
 
 impl Scaler {
+    /// A scaler of compose services, or with `swarm` of Swarm services.
     pub fn new(
         endpoint: Option<&str>,
+        swarm: bool,
         proxy: Arc<Proxy>,
         exposed_by_default: bool,
         default_domain: Option<String>,
@@ -118,6 +141,8 @@ impl Scaler {
             actions,
             ready_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
+            swarm,
+            endpoint: endpoint.map(str::to_string),
         }))
     }
 
@@ -141,6 +166,13 @@ impl Scaler {
             let recs = updates.borrow_and_update().clone();
             // In a fleet, only the instance that publishes the recommendations acts on them.
             if recs.is_empty() || !scaling.publishes() {
+                continue;
+            }
+            if self.swarm {
+                match self.swarm_groups().await {
+                    Ok(groups) => self.act_swarm(&recs, groups, &shutdown),
+                    Err(e) => warn!(error = %e, "scaler: cannot list swarm services"),
+                }
                 continue;
             }
             match self.groups().await {
@@ -202,6 +234,7 @@ impl Scaler {
                         id: id.clone(),
                         name: name.clone(),
                         number,
+                        step: decl.scale.step,
                     });
             }
         }
@@ -233,18 +266,13 @@ impl Scaler {
             if have == rec.replicas {
                 continue;
             }
-            if lock(&self.backoff)
-                .get(&service)
-                .is_some_and(|t| *t > Instant::now())
-            {
-                continue;
-            }
-            if !lock(&self.busy).insert(service.clone()) {
+            let mut rec = rec.clone();
+            rec.replicas = stepped(have, rec.replicas, replicas.first().and_then(|r| r.step));
+            if !self.may_act(&service) {
                 continue;
             }
             replicas.sort_by_key(|r| (r.number, r.name.clone()));
             let me = self.clone();
-            let rec = rec.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
@@ -256,41 +284,120 @@ impl Scaler {
                 } else {
                     ("down", me.scale_down(&rec, &replicas, &shutdown).await)
                 };
-                let (containers, outcome) = match result {
-                    Ok(c) => (c, "ok".to_string()),
-                    Err((c, e)) => (c, format!("failed: {e}")),
-                };
-                let ok = outcome == "ok";
-                me.actions
-                    .with_label_values(&[service.as_str(), action, if ok { "ok" } else { "failed" }])
-                    .inc();
-                let record = Action {
-                    service: service.clone(),
-                    compose: format!("{project}/{compose}"),
+                me.finish(
+                    &rec,
+                    format!("{project}/{compose}"),
                     action,
-                    from: have,
-                    to: rec.replicas,
-                    containers,
-                    result: outcome,
-                    reason: rec.reason.clone(),
-                    seconds: started.elapsed().as_secs_f64(),
-                };
-                if ok {
-                    info!(%service, compose = %record.compose, action, from = have, to = rec.replicas, containers = ?record.containers, seconds = record.seconds, "scaler: done");
-                } else {
-                    warn!(%service, compose = %record.compose, action, from = have, to = rec.replicas, result = %record.result, "scaler: action failed");
-                    lock(&me.backoff).insert(service.clone(), Instant::now() + Duration::from_secs(10));
-                }
-                {
-                    let mut h = lock(&me.history);
-                    h.push_back(record);
-                    while h.len() > 50 {
-                        h.pop_front();
-                    }
-                }
-                lock(&me.busy).remove(&service);
+                    have,
+                    result,
+                    started,
+                );
             });
         }
+    }
+
+    /// Swarm: each Gantry service made of one replicated Swarm service with scaling labels gets
+    /// its recommended replica count.
+    fn act_swarm(
+        self: &Arc<Self>,
+        recs: &BTreeMap<String, Recommendation>,
+        groups: BTreeMap<String, Vec<swarm::SwarmService>>,
+        shutdown: &CancellationToken,
+    ) {
+        for (service, services) in groups {
+            let Some(rec) = recs.get(&service) else { continue };
+            let target = match swarm::single(services) {
+                Ok(t) => t,
+                Err(names) => {
+                    if lock(&self.warned).insert(service.clone()) {
+                        warn!(%service, swarm_services = ?names, "scaler: several swarm services serve this service; not scaling it (scale each version's service yourself)");
+                    }
+                    continue;
+                }
+            };
+            if target.replicas == rec.replicas || !self.may_act(&service) {
+                continue;
+            }
+            let mut rec = rec.clone();
+            rec.replicas = stepped(target.replicas, rec.replicas, target.step);
+            let (me, shutdown) = (self.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let action = if rec.replicas > target.replicas {
+                    "up"
+                } else {
+                    "down"
+                };
+                let result = me.swarm_scale(&rec, &target, &shutdown).await;
+                me.finish(
+                    &rec,
+                    target.name.clone(),
+                    action,
+                    target.replicas,
+                    result,
+                    started,
+                );
+            });
+        }
+    }
+
+    /// Whether `service` may get an action now (none under way, not backing off after a
+    /// failure); if so, it is marked busy until [`Scaler::finish`].
+    fn may_act(&self, service: &str) -> bool {
+        if lock(&self.backoff)
+            .get(service)
+            .is_some_and(|t| *t > Instant::now())
+        {
+            return false;
+        }
+        lock(&self.busy).insert(service.to_string())
+    }
+
+    /// Logs, counts and keeps the outcome of an action on `rec.service` (through `target`: a
+    /// compose service, or a Swarm service), and frees the service for the next one.
+    fn finish(
+        &self,
+        rec: &Recommendation,
+        target: String,
+        action: &'static str,
+        have: u32,
+        result: Result<Vec<String>, (Vec<String>, String)>,
+        started: Instant,
+    ) {
+        let service = rec.service.clone();
+        let (containers, outcome) = match result {
+            Ok(c) => (c, "ok".to_string()),
+            Err((c, e)) => (c, format!("failed: {e}")),
+        };
+        let ok = outcome == "ok";
+        self.actions
+            .with_label_values(&[service.as_str(), action, if ok { "ok" } else { "failed" }])
+            .inc();
+        let record = Action {
+            service: service.clone(),
+            compose: target,
+            action,
+            from: have,
+            to: rec.replicas,
+            containers,
+            result: outcome,
+            reason: rec.reason.clone(),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        if ok {
+            info!(%service, compose = %record.compose, action, from = have, to = rec.replicas, containers = ?record.containers, seconds = record.seconds, "scaler: done");
+        } else {
+            warn!(%service, compose = %record.compose, action, from = have, to = rec.replicas, result = %record.result, "scaler: action failed");
+            lock(&self.backoff).insert(service.clone(), Instant::now() + Duration::from_secs(10));
+        }
+        {
+            let mut h = lock(&self.history);
+            h.push_back(record);
+            while h.len() > 50 {
+                h.pop_front();
+            }
+        }
+        lock(&self.busy).remove(&service);
     }
 
     async fn scale_up(
@@ -580,4 +687,18 @@ impl Scaler {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stepped;
+
+    #[test]
+    fn a_step_bounds_how_far_one_action_goes() {
+        assert_eq!(stepped(1, 4, None), 4);
+        assert_eq!(stepped(1, 4, Some(1)), 2);
+        assert_eq!(stepped(1, 4, Some(5)), 4);
+        assert_eq!(stepped(5, 1, Some(2)), 3);
+        assert_eq!(stepped(2, 1, Some(2)), 1);
+    }
 }

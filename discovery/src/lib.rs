@@ -20,6 +20,6 @@ pub mod file;
 mod fuzz;
 pub mod reconcile;
 
-pub use docker::{AddressMode, DockerSource};
+pub use docker::{AddressMode, DockerSource, SwarmSource};
 pub use file::{FileSource, FileWatch};
 pub use reconcile::{Outcome, Reconciler, Report, Sink, SourceId, Update};

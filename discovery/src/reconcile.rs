@@ -23,6 +23,8 @@ pub enum SourceId {
     Etcd,
     /// Container labels, written by whoever deploys the containers.
     Docker,
+    /// Swarm services' labels, written by whoever deploys the stacks.
+    Swarm,
 }
 
 impl SourceId {
@@ -32,6 +34,7 @@ impl SourceId {
             SourceId::File => "file",
             SourceId::Etcd => "etcd",
             SourceId::Docker => "docker",
+            SourceId::Swarm => "swarm",
         }
     }
 }

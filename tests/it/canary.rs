@@ -631,12 +631,16 @@ async fn with_etcd_a_canary_failing_on_one_instance_is_rolled_back_whichever_dri
 
     // The fleet view shows each instance's share of the traffic.
     let admin = instances[2].admin;
-    eventually(Duration::from_secs(20), "the shares 80/20/0 in the fleet view", || async move {
-        let v = admin_json(admin, "/api/v1/fleet").await;
-        let share = |i: usize| v["instances"][i]["share"].as_f64();
-        let (a, b, c) = (share(0)?, share(1)?, share(2)?);
-        ((0.7..0.9).contains(&a) && (0.1..0.3).contains(&b) && c == 0.0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the shares 80/20/0 in the fleet view",
+        || async move {
+            let v = admin_json(admin, "/api/v1/fleet").await;
+            let share = |i: usize| v["instances"][i]["share"].as_f64();
+            let (a, b, c) = (share(0)?, share(1)?, share(2)?);
+            ((0.7..0.9).contains(&a) && (0.1..0.3).contains(&b) && c == 0.0).then_some(())
+        },
+    )
     .await;
 
     // The driver is pinned in turn: the test holds the driver key under its own lease.

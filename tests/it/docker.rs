@@ -552,7 +552,13 @@ async fn each_bad_label_is_reported_and_the_rest_keeps_routing() {
     let (hits, failed) = spread(g.addr(), &good_host, 20).await;
     assert!(failed.is_empty(), "{failed:?}");
     assert!(hits.contains_key(&good));
-    assert_eq!(get(&client(), g.addr(), &claimed, "/").await.status, 200);
+    // (Routed as soon as it starts, before it may listen: no HEALTHCHECK says otherwise.)
+    eventually(
+        Duration::from_secs(20),
+        "the claimed host to be answered",
+        || async { (get(&client(), g.addr(), &claimed, "/").await.status == 200).then_some(()) },
+    )
+    .await;
     g.running.shutdown().await;
 }
 
@@ -879,9 +885,19 @@ async fn middlewares_from_labels_and_the_file_apply_to_a_containers_route() {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode("ops:s3cret")
     );
-    let a = send(&c, g.addr(), "GET", &host, "/", &[("authorization", &auth)])
-        .await
-        .unwrap();
+    // The middlewares answered without the backend so far: the container (no HEALTHCHECK, so
+    // routed as soon as it starts) may not listen yet.
+    let a = eventually(
+        Duration::from_secs(20),
+        "the backend behind the chain to answer",
+        || async {
+            let a = send(&c, g.addr(), "GET", &host, "/", &[("authorization", &auth)])
+                .await
+                .ok()?;
+            (a.status != 502).then_some(a)
+        },
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.headers["x-frame-options"], "DENY");
     assert_eq!(a.headers["x-max"], "10");

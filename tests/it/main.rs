@@ -41,6 +41,7 @@ mod routing;
 mod scaling;
 mod shutdown;
 mod streaming;
+mod swarm;
 mod tls;
 mod trust;
 mod websocket;

@@ -10,7 +10,7 @@ use crate::docker_support::*;
 use crate::etcd_support::*;
 use crate::support::*;
 
-fn recommendation(view: &serde_json::Value, service: &str) -> Option<serde_json::Value> {
+pub(crate) fn recommendation(view: &serde_json::Value, service: &str) -> Option<serde_json::Value> {
     view["services"]
         .as_array()?
         .iter()

@@ -665,6 +665,18 @@ impl TestCa {
     }
 }
 
+/// Fails the test unless every request of a [`clients`] run was answered 200.
+pub fn assert_none_failed((ok, failed): (usize, Vec<String>), during: &str) -> usize {
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed {during}: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    ok
+}
+
 /// `workers` clients sending `method` requests for `host` one after another until `stop`, at most
 /// `max_each` each. Returns (answered 200, every failure). POSTs are never replayed by Gantry,
 /// so a request cut by a stopping backend shows.

@@ -11,7 +11,8 @@
 //! gantry.http.middlewares.<name>.<type>.<option>                          middlewares
 //! gantry.middlewares: 'a,b'  (the compact routes' middlewares)
 //! gantry.enable  gantry.version  gantry.weight  gantry.docker.network  gantry.port
-//! aliyun.scale  gantry.scale.min | max | target | utilization | window | burst_window
+//! aliyun.scale  gantry.scale.min | max | target | utilization | window | burst_window | step
+//! aliyun.rolling_updates (+ .parallelism): the scaler's step
 //! aliyun.probe.url | timeout_seconds                                     health check
 //! aliyun.routing.session_sticky                                           sticky cookie
 //! ```
@@ -104,13 +105,21 @@ pub struct ScaleDecl {
     pub utilization: Option<f64>,
     pub window: Option<String>,
     pub burst_window: Option<String>,
+    /// How many replicas the scaler adds or removes per action (`gantry.scale.step`, or
+    /// `aliyun.rolling_updates.parallelism` with `aliyun.rolling_updates: true`; default 1 with
+    /// rolling updates on); none: all at once. Not a scaling setting by itself.
+    pub step: Option<u32>,
 }
 
 impl ScaleDecl {
     /// The service's `scale` settings, when the container carries any scaling label.
     /// `aliyun.scale` is the minimum unless `gantry.scale.min` says otherwise.
     pub fn settings(&self) -> Option<FileScale> {
-        if *self == Self::default() {
+        let without_step = Self {
+            step: None,
+            ..self.clone()
+        };
+        if without_step == Self::default() {
             return None;
         }
         Some(FileScale {
@@ -181,6 +190,7 @@ pub fn parse(
     let mut services: BTreeMap<String, toml::Table> = BTreeMap::new();
     let mut middlewares: BTreeMap<String, toml::Table> = BTreeMap::new();
     let mut probe_timeout = None;
+    let (mut rolling, mut parallelism) = (None, None);
     for (key, value) in &f.labels {
         let rest = match (key.strip_prefix("gantry."), key.strip_prefix("aliyun.")) {
             (Some(r), _) => r,
@@ -198,6 +208,10 @@ pub fn parse(
                     }
                 } else if r == "probe.timeout_seconds" {
                     probe_timeout = number(&mut errs, &o, key, value, 1, 300);
+                } else if r == "rolling_updates" {
+                    rolling = boolean(&mut errs, &o, key, value);
+                } else if r == "rolling_updates.parallelism" {
+                    parallelism = number(&mut errs, &o, key, value, 1, 100);
                 } else {
                     // The cloud's load balancer ports, logs, dependencies, global services,
                     // command probes and rolling updates: said, not silently dropped.
@@ -208,6 +222,9 @@ pub fn parse(
             _ => continue,
         };
         match rest {
+            // Read by the Swarm source (`swarm`): how a service is reached.
+            "swarm.address" if matches!(value.trim(), "tasks" | "vip") => {}
+            "swarm.address" => errs.push(&o, label(key), format!("{value:?}: \"tasks\" or \"vip\"")),
             "enable" => d.enabled = boolean(&mut errs, &o, key, value).unwrap_or(d.enabled),
             "version" => match check_version(value.trim()) {
                 Ok(()) => d.version = Some(value.trim().to_string()),
@@ -230,6 +247,7 @@ pub fn parse(
             "scale.utilization" => d.scale.utilization = float(&mut errs, &o, key, value, 0.01, 1.0),
             "scale.window" => d.scale.window = duration(&mut errs, &o, key, value, 2.0, 3600.0),
             "scale.burst_window" => d.scale.burst_window = duration(&mut errs, &o, key, value, 0.1, 3600.0),
+            "scale.step" => d.scale.step = number(&mut errs, &o, key, value, 1, 100),
             r if r.starts_with("routing.port_") => routes(
                 &mut d,
                 &mut errs,
@@ -272,6 +290,18 @@ pub fn parse(
             &o,
             label("aliyun.probe.timeout_seconds"),
             "without aliyun.probe.url; ignored",
+        ),
+        (None, None) => {}
+    }
+    // Aliyun's rolling updates replace `parallelism` replicas at a time (1 by default): the
+    // scaler's step. Off, replicas change all at once.
+    match (rolling, parallelism) {
+        (Some(false), _) => d.scale.step = None,
+        (Some(true), p) => d.scale.step = d.scale.step.or(p).or(Some(1)),
+        (None, Some(_)) => errs.push(
+            &o,
+            label("aliyun.rolling_updates.parallelism"),
+            "needs aliyun.rolling_updates: true; ignored",
         ),
         (None, None) => {}
     }
@@ -644,6 +674,38 @@ mod tests {
             ]
         );
         assert_eq!(d.scale.initial, Some(3));
+    }
+
+    /// `aliyun.rolling_updates` (with its parallelism) is the scaler's step; alone it does not
+    /// turn scaling on.
+    #[test]
+    fn aliyun_rolling_updates_set_the_scalers_step() {
+        let step = |labels: &[(&str, &str)]| {
+            let (d, errs) = plain(&facts(labels), true);
+            (d.scale.step, d.scale.settings().is_some(), errs.to_string())
+        };
+        assert_eq!(
+            step(&[("aliyun.rolling_updates", "true")]),
+            (Some(1), false, String::new())
+        );
+        assert_eq!(
+            step(&[
+                ("aliyun.scale", "2"),
+                ("aliyun.rolling_updates", "true"),
+                ("aliyun.rolling_updates.parallelism", "3"),
+            ]),
+            (Some(3), true, String::new())
+        );
+        assert_eq!(
+            step(&[
+                ("aliyun.rolling_updates", "false"),
+                ("aliyun.rolling_updates.parallelism", "3")
+            ])
+            .0,
+            None
+        );
+        let (_, _, errs) = step(&[("aliyun.rolling_updates.parallelism", "3")]);
+        assert!(errs.contains("needs aliyun.rolling_updates: true"), "{errs}");
     }
 
     /// `aliyun.routing.port_80: wordpress;http://wp.sample.com/context`, as the cloud's docs

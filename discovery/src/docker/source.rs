@@ -9,7 +9,7 @@ use bollard::Docker;
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, EventMessage, HealthStatusEnum};
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use futures_util::{FutureExt, StreamExt};
-use gantry_config::DesiredState;
+use gantry_config::{DesiredState, Errors};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,8 +20,9 @@ use super::state::{DockerOptions, Observed, desired};
 use crate::backoff::Backoff;
 use crate::reconcile::{Report, SourceId, Update};
 
+/// An engine to follow, and how to read what it runs (both the Docker and the Swarm source).
 #[derive(Debug, Clone)]
-pub struct DockerSource {
+pub struct Engine {
     /// `unix:///path` or `tcp://host:port`; `None`: `DOCKER_HOST`, else the default socket.
     pub endpoint: Option<String>,
     pub options: DockerOptions,
@@ -30,13 +31,19 @@ pub struct DockerSource {
     pub grace: Duration,
 }
 
-/// What the source remembers across events and reconnections.
+#[derive(Debug, Clone)]
+pub struct DockerSource {
+    pub engine: Engine,
+}
+
+/// What a source remembers across events and reconnections.
 #[derive(Debug, Default)]
-struct Tracker {
-    containers: BTreeMap<String, Observed>,
+pub(crate) struct Tracker {
+    /// The containers (or a swarm's tasks) the source routes to, by ID.
+    pub(crate) containers: BTreeMap<String, Observed>,
     /// The last state computed from containers (without services kept for the grace period).
     last: DesiredState,
-    /// Services whose containers are gone, kept (with no backend) for the grace period.
+    /// Services whose containers are all gone, kept (with no backend) for the grace period.
     vanished: BTreeMap<String, Vanished>,
 }
 
@@ -48,66 +55,211 @@ struct Vanished {
     until: Instant,
 }
 
-impl DockerSource {
-    pub fn origin(&self) -> String {
+/// What the Docker and Swarm sources have in common: an engine to follow session after
+/// session, and containers (or tasks) that become one desired state.
+pub(crate) trait Session {
+    fn id(&self) -> SourceId;
+    fn engine(&self) -> &Engine;
+    /// `docker at unix:///var/run/docker.sock`, `swarm at ...`.
+    fn origin(&self) -> String {
         format!(
-            "docker at {}",
-            self.endpoint
-                .clone()
-                .or_else(|| std::env::var("DOCKER_HOST").ok())
-                .unwrap_or_else(|| "unix:///var/run/docker.sock".into())
+            "{} at {}",
+            self.id(),
+            endpoint_text(self.engine().endpoint.as_deref())
         )
     }
+    /// The problems found, as this source words them.
+    fn reword(&self, problems: Errors, _observed: &BTreeMap<String, Observed>) -> Errors {
+        problems
+    }
+    /// One connection's life: list, follow, publish; `Ok` only at shutdown.
+    async fn session(
+        &self,
+        docker: Docker,
+        t: &mut Tracker,
+        updates: &mpsc::Sender<Update>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String>;
+}
 
-    fn connect(&self) -> Result<Docker, bollard::errors::Error> {
-        match &self.endpoint {
+/// `unix:///path` or `tcp://host:port`, as the engine is reached.
+pub(crate) fn endpoint_text(endpoint: Option<&str>) -> String {
+    endpoint
+        .map(str::to_string)
+        .or_else(|| std::env::var("DOCKER_HOST").ok())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".into())
+}
+
+/// Follows the engine until `shutdown`. While the engine cannot be reached, the last routes keep
+/// serving; each new session lists everything again, so nothing that happened meanwhile is
+/// missed.
+pub(crate) async fn run_sessions<S: Session>(
+    s: &S,
+    updates: &mpsc::Sender<Update>,
+    shutdown: &CancellationToken,
+) {
+    let mut tracker = Tracker::default();
+    let mut backoff = Backoff::default();
+    loop {
+        let connected_at = Instant::now();
+        let docker = match s.engine().endpoint.as_deref() {
             Some(e) => Docker::connect_with_host(e),
             None => Docker::connect_with_defaults(),
+        };
+        let outcome = match docker {
+            Ok(d) => match d.negotiate_version().await {
+                Ok(d) => s.session(d, &mut tracker, updates, shutdown).await,
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(()) => return,
+            Err(why) => {
+                let report = Report::Unreachable(format!("{}: {why}", s.origin()));
+                let update = Update {
+                    source: s.id(),
+                    origin: s.origin(),
+                    report,
+                    revision: None,
+                    origins: Default::default(),
+                };
+                if updates.send(update).await.is_err() {
+                    return;
+                }
+            }
         }
+        backoff.session_lasted(connected_at.elapsed());
+        if !backoff.wait(shutdown).await {
+            return;
+        }
+    }
+}
+
+impl Tracker {
+    /// When the next vanished service goes.
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
+        self.vanished.values().map(|v| v.until).min()
+    }
+
+    /// Computes the state, keeps vanished services for the grace period, and sends it.
+    pub(crate) async fn publish<S: Session>(
+        &mut self,
+        s: &S,
+        updates: &mpsc::Sender<Update>,
+    ) -> Result<(), String> {
+        let t = self;
+        let (state, problems) = desired(&t.containers, &s.engine().options);
+        let problems = s.reword(problems, &t.containers);
+        let now = Instant::now();
+        for (name, svc) in &t.last.services {
+            if !state.services.contains_key(name) && !t.vanished.contains_key(name) {
+                let routers: Vec<(String, gantry_config::Router)> = t
+                    .last
+                    .routers
+                    .iter()
+                    .filter(|(_, r)| &r.service == name)
+                    .map(|(n, r)| (n.clone(), r.clone()))
+                    .collect();
+                let mut empty = svc.clone();
+                empty.backends.clear();
+                t.vanished.insert(
+                    name.clone(),
+                    Vanished {
+                        routers,
+                        service: empty,
+                        until: now + s.engine().grace,
+                    },
+                );
+            }
+        }
+        t.vanished
+            .retain(|name, v| v.until > now && !state.services.contains_key(name));
+        t.last = state.clone();
+        let mut state = state;
+        for (name, v) in &t.vanished {
+            state.services.insert(name.clone(), v.service.clone());
+            for (rn, r) in &v.routers {
+                state.routers.entry(rn.clone()).or_insert_with(|| r.clone());
+            }
+        }
+        let report = Report::Valid {
+            state,
+            warnings: problems,
+        };
+        updates
+            .send(Update {
+                source: s.id(),
+                origin: s.origin(),
+                report,
+                revision: None,
+                origins: Default::default(),
+            })
+            .await
+            .map_err(|_| "shutting down".to_string())
+    }
+}
+
+impl DockerSource {
+    pub fn origin(&self) -> String {
+        Session::origin(self)
     }
 
     /// Follows the engine until `shutdown`. While the engine cannot be reached, the last routes
     /// keep serving; on reconnection the containers are listed again, so nothing that happened
     /// meanwhile is missed.
     pub async fn run(self, updates: mpsc::Sender<Update>, shutdown: CancellationToken) {
-        let mut tracker = Tracker::default();
-        let mut backoff = Backoff::default();
-        loop {
-            let connected_at = Instant::now();
-            match self.session(&mut tracker, &updates, &shutdown).await {
-                Ok(()) => return,
-                Err(why) => {
-                    let report = Report::Unreachable(format!("{}: {why}", self.origin()));
-                    if updates
-                        .send(Update {
-                            source: SourceId::Docker,
-                            origin: self.origin(),
-                            report,
-                            revision: None,
-                            origins: Default::default(),
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return;
+        run_sessions(&self, &updates, &shutdown).await;
+    }
+
+    async fn handle(&self, docker: &Docker, t: &mut Tracker, msg: EventMessage) {
+        let (Some(action), Some(actor)) = (msg.action, msg.actor) else {
+            return;
+        };
+        let Some(id) = actor.id else { return };
+        debug!(%action, container = %id, "docker event");
+        match action.as_str() {
+            "die" | "destroy" => {
+                t.containers.remove(&id);
+            }
+            "stop" | "kill" if stops(&action, actor.attributes.as_ref()) => mark_stopping(t, &id),
+            a if a == "start" || a == "pause" || a == "unpause" || a.starts_with("health_status") => {
+                match inspect(docker, &id).await {
+                    Some(facts) => {
+                        t.containers.insert(
+                            id,
+                            Observed {
+                                facts,
+                                stopping: false,
+                            },
+                        );
+                    }
+                    None => {
+                        t.containers.remove(&id);
                     }
                 }
             }
-            backoff.session_lasted(connected_at.elapsed());
-            if !backoff.wait(&shutdown).await {
-                return;
-            }
+            _ => {}
         }
+    }
+}
+
+impl Session for DockerSource {
+    fn id(&self) -> SourceId {
+        SourceId::Docker
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     async fn session(
         &self,
+        docker: Docker,
         t: &mut Tracker,
         updates: &mpsc::Sender<Update>,
         shutdown: &CancellationToken,
     ) -> Result<(), String> {
-        let docker = self.connect().map_err(|e| e.to_string())?;
-        let docker = docker.negotiate_version().await.map_err(|e| e.to_string())?;
         // Subscribe from just before the listing: whatever happens in between is replayed, and
         // replays are harmless (a container is inspected again).
         let since = SystemTime::now()
@@ -164,12 +316,12 @@ impl DockerSource {
             "docker: listed and inspected running containers"
         );
         t.containers = containers;
-        self.publish(t, updates).await?;
+        t.publish(self, updates).await?;
         loop {
-            let next_expiry = t.vanished.values().map(|v| v.until).min();
+            let next_expiry = t.next_expiry();
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = sleep_until(next_expiry) => self.publish(t, updates).await?,
+                _ = sleep_until(next_expiry) => t.publish(self, updates).await?,
                 ev = events.next() => {
                     let msg = match ev {
                         None => return Err("the event stream ended".into()),
@@ -184,106 +336,23 @@ impl DockerSource {
                             Err(e) => return Err(format!("the event stream broke: {e}")),
                         }
                     }
-                    self.publish(t, updates).await?;
+                    t.publish(self, updates).await?;
                 }
             }
         }
     }
+}
 
-    async fn handle(&self, docker: &Docker, t: &mut Tracker, msg: EventMessage) {
-        let (Some(action), Some(actor)) = (msg.action, msg.actor) else {
-            return;
-        };
-        let Some(id) = actor.id else { return };
-        debug!(%action, container = %id, "docker event");
-        match action.as_str() {
-            "die" | "destroy" => {
-                t.containers.remove(&id);
-            }
-            "stop" => mark_stopping(t, &id),
-            "kill" => {
-                // `docker kill -s HUP` is a signal, not a stop.
-                let signal = actor
-                    .attributes
-                    .as_ref()
-                    .and_then(|a| a.get("signal"))
-                    .map(String::as_str);
-                if matches!(
-                    signal,
-                    None | Some("9" | "15" | "2" | "3" | "SIGKILL" | "SIGTERM" | "SIGINT" | "SIGQUIT")
-                ) {
-                    mark_stopping(t, &id);
-                }
-            }
-            a if a == "start" || a == "pause" || a == "unpause" || a.starts_with("health_status") => {
-                match inspect(docker, &id).await {
-                    Some(facts) => {
-                        t.containers.insert(
-                            id,
-                            Observed {
-                                facts,
-                                stopping: false,
-                            },
-                        );
-                    }
-                    None => {
-                        t.containers.remove(&id);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Computes the state, keeps vanished services for the grace period, and sends it.
-    async fn publish(&self, t: &mut Tracker, updates: &mpsc::Sender<Update>) -> Result<(), String> {
-        let (state, problems) = desired(&t.containers, &self.options);
-        let now = Instant::now();
-        for (name, svc) in &t.last.services {
-            if !state.services.contains_key(name) && !t.vanished.contains_key(name) {
-                let routers: Vec<(String, gantry_config::Router)> = t
-                    .last
-                    .routers
-                    .iter()
-                    .filter(|(_, r)| &r.service == name)
-                    .map(|(n, r)| (n.clone(), r.clone()))
-                    .collect();
-                let mut empty = svc.clone();
-                empty.backends.clear();
-                t.vanished.insert(
-                    name.clone(),
-                    Vanished {
-                        routers,
-                        service: empty,
-                        until: now + self.grace,
-                    },
-                );
-            }
-        }
-        t.vanished
-            .retain(|name, v| v.until > now && !state.services.contains_key(name));
-        t.last = state.clone();
-        let mut state = state;
-        for (name, v) in &t.vanished {
-            state.services.insert(name.clone(), v.service.clone());
-            for (rn, r) in &v.routers {
-                state.routers.entry(rn.clone()).or_insert_with(|| r.clone());
-            }
-        }
-        let report = Report::Valid {
-            state,
-            warnings: problems,
-        };
-        updates
-            .send(Update {
-                source: SourceId::Docker,
-                origin: self.origin(),
-                report,
-                revision: None,
-                origins: Default::default(),
-            })
-            .await
-            .map_err(|_| "shutting down".to_string())
+/// A container event that means the container is being stopped (`docker kill -s HUP` is a
+/// signal, not a stop).
+pub(crate) fn stops(action: &str, attributes: Option<&HashMap<String, String>>) -> bool {
+    match action {
+        "stop" => true,
+        "kill" => matches!(
+            attributes.and_then(|a| a.get("signal")).map(String::as_str),
+            None | Some("9" | "15" | "2" | "3" | "SIGKILL" | "SIGTERM" | "SIGINT" | "SIGQUIT")
+        ),
+        _ => false,
     }
 }
 
@@ -293,7 +362,7 @@ fn mark_stopping(t: &mut Tracker, id: &str) {
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
+pub(crate) async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
