@@ -18,7 +18,7 @@ use crate::support::*;
 /// Builds the `demo` profile's binary (a no-op when `.ci/run` built it already) and the image
 /// from it.
 /// Returns the image's size in bytes as the script reports it.
-fn build_image(image: &str) -> u64 {
+pub(crate) fn build_image(image: &str) -> u64 {
     let root = env!("CARGO_MANIFEST_DIR");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo)

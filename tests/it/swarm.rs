@@ -1,8 +1,9 @@
 //! Docker Swarm mode against the real engine: a single-node swarm initialised on loopback by the
 //! test (and left after it, unless the engine was in one already), an attachable overlay
 //! network the test creates, stacks deployed with `docker stack deploy`, and Gantry in a
-//! container on that network (`gantry run --swarm`, the engine's socket mounted), reached
-//! through its published port. Swarm mode changes the whole engine, so these tests hold the
+//! container on that network (`gantry run --swarm`: the image of the image test, built from the
+//! `demo` profile's binary, running unprivileged with the socket's group), reached through its
+//! published port. Swarm mode changes the whole engine, so these tests hold the
 //! Docker tests' lock.
 
 use std::collections::{BTreeSet, HashMap};
@@ -25,6 +26,8 @@ struct Swarm {
     network: String,
     stacks: Vec<String>,
     containers: Vec<String>,
+    /// Gantry's image, built for this test.
+    image: Option<String>,
     dir: tempfile::TempDir,
 }
 
@@ -54,6 +57,7 @@ impl Swarm {
             network: String::new(),
             stacks: Vec::new(),
             containers: Vec::new(),
+            image: None,
             dir: tempfile::tempdir().unwrap(),
         };
         docker(&["network", "create", "-d", "overlay", "--attachable", &network]);
@@ -91,6 +95,11 @@ impl Swarm {
     /// admin addresses on loopback once it answers.
     async fn gantry(&mut self, args: &[&str]) -> (SocketAddr, SocketAddr) {
         let name = unique("gt-swarm-gantry");
+        let image = format!("{}:it", unique("gantry-swarm"));
+        crate::image::build_image(&image);
+        self.image = Some(image.clone());
+        let gid = run(Command::new("stat").args(["-c", "%g", "/var/run/docker.sock"]));
+        let gid = gid.trim().to_string();
         let mut all = vec![
             "run",
             "-d",
@@ -98,15 +107,15 @@ impl Swarm {
             &name,
             "--network",
             &self.network,
+            "--group-add",
+            &gid,
             "-p",
             "127.0.0.1::8080",
             "-p",
             "127.0.0.1::8081",
             "-v",
             "/var/run/docker.sock:/var/run/docker.sock",
-            "--entrypoint",
-            "/gantry",
-            test_image(),
+            &image,
             "run",
             "--swarm",
             "--listen",
@@ -171,6 +180,9 @@ impl Drop for Swarm {
                 break;
             }
             std::thread::sleep(Duration::from_millis(200));
+        }
+        if let Some(image) = &self.image {
+            let _ = Command::new("docker").args(["rmi", "-f", image]).output();
         }
         if self.joined_here {
             let _ = Command::new("docker")
