@@ -671,11 +671,14 @@ async fn with_etcd_a_canary_failing_on_one_instance_is_rolled_back_whichever_dri
             },
         )
         .await;
-        // Within the first step, on the fleet's error rate: B's share of the canary failed.
+        // Within the first step, on the fleet's error rate: B's share of the canary failed. (A's
+        // alone would be 0, B's alone 1; the gate may fail early, as soon as the errors alone
+        // pass the bar, and B's last second may not be reported yet: the rate is B's 20% or
+        // less, not exactly.)
         assert_eq!(decision["step"], 0, "{decision:#}");
         let rate = decision["canary"]["error_rate"].as_f64().unwrap();
         assert!(
-            (0.1..0.4).contains(&rate),
+            (0.02..0.45).contains(&rate) && decision["canary"]["errors"].as_u64() > Some(2),
             "the fleet's canary error rate: {decision:#}"
         );
         assert_eq!(

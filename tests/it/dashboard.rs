@@ -218,15 +218,17 @@ impl Browser {
 
     /// Waits until the element `css` has exactly `text`.
     async fn wait_text(&self, css: &str, text: &str) {
+        self.wait_text_where(css, &format!("read {text:?}"), |t| t == text)
+            .await;
+    }
+
+    /// Waits until the text of `css` passes `ok` (`what` says what is awaited).
+    async fn wait_text_where(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) {
         let c = self.c();
-        eventually(
-            Duration::from_secs(15),
-            &format!("{css} to read {text:?}"),
-            || async {
-                let e = c.find(Locator::Css(css)).await.ok()?;
-                (e.text().await.ok()? == text).then_some(())
-            },
-        )
+        eventually(Duration::from_secs(15), &format!("{css} to {what}"), || async {
+            let e = c.find(Locator::Css(css)).await.ok()?;
+            ok(&e.text().await.ok()?).then_some(())
+        })
         .await;
     }
 
@@ -738,14 +740,19 @@ async fn the_fleet_view_lists_the_instances_sharing_etcd() {
             r#"{"stable": "v1", "canary": "v2", "steps": [10, 100], "step_time": "1h"}"#,
         ],
     );
+    // What an instance drives: the rollout, and maybe the scaling publication besides.
+    let drives_web = |i: &Value| {
+        i["drives"]
+            .as_array()
+            .is_some_and(|d| d.contains(&json!("rollout web")))
+    };
     let fleet = eventually(
         Duration::from_secs(20),
         "both instances in the fleet, one driving the rollout",
         || async {
             let v = admin_json(a.admin, "/api/v1/fleet").await;
             let instances = v["instances"].as_array()?.clone();
-            (instances.len() == 2 && instances.iter().any(|i| i["drives"] == json!(["rollout web"])))
-                .then_some(v)
+            (instances.len() == 2 && instances.iter().any(drives_web)).then_some(v)
         },
     )
     .await;
@@ -755,7 +762,7 @@ async fn the_fleet_view_lists_the_instances_sharing_etcd() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|i| i["drives"] == json!(["rollout web"]))
+        .find(|i| drives_web(i))
         .unwrap()["id"]
         .as_str()
         .unwrap()
@@ -770,8 +777,10 @@ async fn the_fleet_view_lists_the_instances_sharing_etcd() {
             .await
             .contains("(this one)")
     );
-    b.wait_text(&format!("{} .drives", row(&driver)), "rollout web")
-        .await;
+    b.wait_text_where(&format!("{} .drives", row(&driver)), "name the rollout", |t| {
+        t.contains("rollout web")
+    })
+    .await;
     // The revision on the page is the one the instance reports in etcd.
     let shown: i64 = b
         .text_of(&format!("{} .revision", row("b")))
