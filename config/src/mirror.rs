@@ -224,6 +224,10 @@ impl Split {
     }
 
     pub fn to_json(&self) -> String {
+        self.to_value().to_string()
+    }
+
+    fn to_value(&self) -> serde_json::Value {
         let mut m: serde_json::Map<String, serde_json::Value> = self
             .versions
             .iter()
@@ -235,7 +239,7 @@ impl Split {
                 serde_json::json!({"version": version, "percent": percent}),
             );
         }
-        serde_json::Value::Object(m).to_string()
+        serde_json::Value::Object(m)
     }
 
     /// Sets this over `service`: its weights, and the mirror share (over the service's own
@@ -256,9 +260,7 @@ impl Split {
 
 impl Serialize for Split {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.to_json()).map_err(serde::ser::Error::custom)?;
-        v.serialize(s)
+        self.to_value().serialize(s)
     }
 }
 

@@ -197,7 +197,7 @@ impl FleetView {
             .get(keys.rollouts(), Some(GetOptions::new().with_prefix()))
             .await
             .map_err(|e| e.to_string())?;
-        let drivers: Vec<(String, String)> = rollouts
+        let mut drivers: Vec<(String, String)> = rollouts
             .kvs()
             .iter()
             .filter_map(|kv| {
@@ -206,7 +206,6 @@ impl FleetView {
                     .then(|| Some((kv.value_str().ok()?.to_string(), service.to_string())))?
             })
             .collect();
-        let mut drivers = drivers;
         let publisher = client
             .get(keys.leader("scaling"), None)
             .await

@@ -26,7 +26,19 @@ use crate::metrics::{Metrics, VersionMetrics};
 use crate::snapshot::{PickContext, Placement, ServiceRuntime};
 use crate::upstream::{is_idempotent, send};
 
-/// Why a copy picked for mirroring was not sent (the `reason` label).
+/// Why a copy picked for mirroring was not sent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Dropped {
+    /// `max_in_flight` copies are out.
+    Busy,
+    BodyTooLarge,
+    /// The client's body did not arrive whole.
+    Body,
+    /// No backend of the version can take it.
+    NoBackend,
+}
+
+/// The `reason` label of each [`Dropped`], in its order.
 pub const DROP_REASONS: [&str; 4] = ["busy", "body_too_large", "body", "no_backend"];
 
 const X_GANTRY_MIRROR: http::HeaderName = http::HeaderName::from_static("x-gantry-mirror");
@@ -53,8 +65,8 @@ impl MirrorRuntime {
         }
     }
 
-    fn drop_for(&self, reason: usize) {
-        self.dropped[reason].inc();
+    fn drop_for(&self, reason: Dropped) {
+        self.dropped[reason as usize].inc();
     }
 }
 
@@ -63,14 +75,14 @@ impl MirrorRuntime {
 pub struct Tee {
     buf: BytesMut,
     max: u64,
-    done: Option<oneshot::Sender<Result<Bytes, usize>>>,
+    done: Option<oneshot::Sender<Result<Bytes, Dropped>>>,
 }
 
 impl Tee {
     pub(crate) fn copy(&mut self, data: &Bytes) {
         if self.buf.len() as u64 + data.len() as u64 > self.max {
             if let Some(tx) = self.done.take() {
-                let _ = tx.send(Err(1));
+                let _ = tx.send(Err(Dropped::BodyTooLarge));
             }
             self.buf = BytesMut::new();
             return;
@@ -107,11 +119,11 @@ impl ServiceRuntime {
         }
         let has_body = !http_body::Body::is_end_stream(req.body());
         if has_body && crate::forward::content_length(req.headers()).is_some_and(|n| n > m.spec.max_body) {
-            m.drop_for(1);
+            m.drop_for(Dropped::BodyTooLarge);
             return req;
         }
         let Some(slot) = self.state.try_begin_mirror(m.spec.max_in_flight) else {
-            m.drop_for(0);
+            m.drop_for(Dropped::Busy);
             return req;
         };
         let ctx = PickContext {
@@ -121,7 +133,7 @@ impl ServiceRuntime {
             now: Instant::now(),
         };
         let Some(pick) = self.pick(&ctx, &[]) else {
-            m.drop_for(3);
+            m.drop_for(Dropped::NoBackend);
             return req;
         };
         let mut copy = Request::new(());
@@ -151,7 +163,7 @@ impl ServiceRuntime {
                 Some(rx) => match rx.await {
                     Ok(Ok(bytes)) => UpstreamBody::full(bytes),
                     Ok(Err(reason)) => return service.dropped(reason),
-                    Err(_) => return service.dropped(2),
+                    Err(_) => return service.dropped(Dropped::Body),
                 },
             };
             service.send_copy(pick.index, copy.map(|()| body), &conn).await;
@@ -159,7 +171,7 @@ impl ServiceRuntime {
         req
     }
 
-    fn dropped(&self, reason: usize) {
+    fn dropped(&self, reason: Dropped) {
         if let Some(m) = &self.mirror {
             m.drop_for(reason);
         }

@@ -52,6 +52,17 @@ pub struct EtcdTls {
 }
 
 impl EtcdTls {
+    /// The CA, client certificate and client key files after the flags a client names them
+    /// with (in that order).
+    pub fn flags(&self, names: [&str; 3]) -> Vec<String> {
+        let files = [&self.ca, &self.client_cert, &self.client_key];
+        names
+            .iter()
+            .zip(files)
+            .flat_map(|(flag, p)| [flag.to_string(), p.display().to_string()])
+            .collect()
+    }
+
     /// What a client of these members needs.
     pub fn options(&self) -> etcd_client::ConnectOptions {
         let read = |p: &std::path::Path| std::fs::read(p).unwrap();
@@ -84,14 +95,7 @@ impl Etcd {
     pub fn gantry_flags(&self) -> Vec<String> {
         let mut v = vec!["--etcd".to_string(), self.endpoints().join(",")];
         if let Some(t) = &self.tls {
-            for (flag, p) in [
-                ("--etcd-ca", &t.ca),
-                ("--etcd-cert", &t.client_cert),
-                ("--etcd-key", &t.client_key),
-            ] {
-                v.push(flag.into());
-                v.push(p.display().to_string());
-            }
+            v.extend(t.flags(["--etcd-ca", "--etcd-cert", "--etcd-key"]));
         }
         if self.root_password.is_some() {
             v.push("--etcd-user".into());
@@ -243,14 +247,7 @@ impl Etcd {
     pub fn ctl(&self, args: &[&str]) -> String {
         let mut all: Vec<String> = Vec::new();
         if let Some(t) = &self.tls {
-            for (flag, p) in [
-                ("--cacert", &t.ca),
-                ("--cert", &t.client_cert),
-                ("--key", &t.client_key),
-            ] {
-                all.push(flag.into());
-                all.push(p.display().to_string());
-            }
+            all.extend(t.flags(["--cacert", "--cert", "--key"]));
         }
         if let Some(pw) = &self.root_password {
             all.push("--user".into());

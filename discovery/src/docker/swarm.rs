@@ -322,6 +322,10 @@ impl Session for SwarmSource {
                         let attributes = m.actor.as_ref().and_then(|a| a.attributes.as_ref());
                         let task = attributes.and_then(|a| a.get("com.docker.swarm.task.id"));
                         let action = m.action.as_deref().unwrap_or_default();
+                        // Health checks exec into containers every interval: nothing to list.
+                        if action.starts_with("exec_") {
+                            continue;
+                        }
                         let stop = action == "die" || super::source::stops(action, attributes);
                         if let (Some(task), true) = (task, stop)
                             && let Some(o) = t.containers.get_mut(task.as_str())
