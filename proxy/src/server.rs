@@ -367,7 +367,7 @@ impl Conn {
                 Pin::new(&mut *conn),
                 &activity,
                 since,
-                S::RELEASE,
+                true,
                 timer.as_mut(),
                 cancelled.as_mut(),
             ))
@@ -691,25 +691,30 @@ where
 
 /// A client stream that a connection can hold bare between requests.
 trait Idle {
-    /// Whether hyper may give the stream back when the connection is idle.
-    const RELEASE: bool;
     /// Until bytes (or the end) arrive.
     fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
 }
 
 impl Idle for TcpStream {
-    const RELEASE: bool = true;
     fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
         TcpStream::readable(self)
     }
 }
 
-/// TLS: rustls may hold decrypted bytes that a readable socket would not announce, so the
-/// connection stays with hyper.
+/// TLS: released like plain TCP. hyper gives the stream back only after a read found nothing
+/// more, but rustls may still hold decrypted bytes (a read takes what fits in hyper's buffer)
+/// or the client's close_notify, which a readable socket would not announce: then the next
+/// connection starts at once. A partial record waits for the rest of it on the socket.
 impl Idle for tokio_rustls::server::TlsStream<TcpStream> {
-    const RELEASE: bool = false;
     fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
-        std::future::pending()
+        let (tcp, session) = self.get_ref();
+        let buffered = !session.wants_read();
+        async move {
+            if buffered {
+                return Ok(());
+            }
+            tcp.readable().await
+        }
     }
 }
 
