@@ -9,7 +9,7 @@
 //! Modules depend one way, from the listener down to the backend:
 //!
 //! ```text
-//! server      listeners, TLS, HTTP/1.1 + HTTP/2 connections, idle and drain     (io: framing guard)
+//! server      listeners, TLS, HTTP/1.1 + HTTP/2 connections, idle and drain     (io: write progress, peeks)
 //!   └─ forward    the request path, phase by phase: admit, route, pick, rewrite, attempt, respond
 //!        ├─ headers     what the backend sees: target, Host, X-Forwarded-*, no hop-by-hop
 //!        ├─ upstream    one attempt's exchange with a backend; replaying a body-less request

@@ -29,7 +29,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::conn::{ActiveRequest, Activity, ConnInfo};
 use crate::error::ProxyError;
-use crate::io::{ClientIo, FramingFlag, peek_start, wait_for_more};
+use crate::io::{ClientIo, peek_start, wait_for_more};
 use crate::plane::Proxy;
 use crate::proxy_protocol;
 use crate::shutdown::Shutdown;
@@ -301,8 +301,7 @@ impl Conn {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::default());
-        let framing = Arc::new(FramingFlag::default());
-        let service = service(self.proxy.clone(), info, activity.clone(), framing);
+        let service = service(self.proxy.clone(), info, activity.clone());
         let limits = &self.config.limits;
         let mut b = http2::Builder::new(TokioExecutor::new());
         // Explicit limits: streams per connection; headers (which also bounds CONTINUATION
@@ -335,8 +334,7 @@ impl Conn {
         S: AsyncRead + AsyncWrite + Idle + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::default());
-        let framing = Arc::new(FramingFlag::default());
-        let service = service(self.proxy.clone(), info, activity.clone(), framing.clone());
+        let service = service(self.proxy.clone(), info, activity.clone());
         let limits = &self.config.limits;
         let mut b = http1::Builder::new();
         // half_close: a client that shuts down its write side after the request still gets
@@ -349,17 +347,14 @@ impl Conn {
             .writev(false)
             .max_headers(limits.max_headers as usize)
             .max_header_size(limits.max_header_bytes as usize);
-        let (mut io, mut tracker, mut service) = (io, None, service);
+        let (mut io, mut service) = (io, service);
         let mut since = 0;
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
         let cancelled = self.shutdown.cancelled();
         tokio::pin!(cancelled);
         loop {
-            let client = match tracker.take() {
-                None if since == 0 => ClientIo::new(io, framing.clone(), activity.clone()),
-                t => ClientIo::resume(io, t, framing.clone(), activity.clone()),
-            };
+            let client = ClientIo::new(io, activity.clone());
             // Boxed, and so is the watch over it: while the connection is idle its task holds
             // none of this.
             let mut conn = Box::new(b.serve_connection(TokioIo::new(client), service).with_upgrades());
@@ -386,7 +381,7 @@ impl Conn {
             // the idle wait.
             debug_assert!(read_buf.is_empty());
             drop(read_buf);
-            (io, tracker) = client.into_inner().into_parts();
+            io = client.into_inner().into_inner();
             service = handler;
             since = activity.started.load(Ordering::Relaxed);
             if !self.idle(&io, timer.as_mut(), cancelled.as_mut()).await {
@@ -610,7 +605,6 @@ fn service(
     proxy: Arc<Proxy>,
     info: Arc<ConnInfo>,
     act: Arc<Activity>,
-    flag: Arc<FramingFlag>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<crate::response::ResponseBody>,
@@ -624,8 +618,9 @@ fn service(
         let proxy = proxy.clone();
         let info = info.clone();
         let act = act.clone();
-        let index = act.started.fetch_add(1, Ordering::Relaxed);
-        let smuggling = flag.is_violation(index);
+        act.started.fetch_add(1, Ordering::Relaxed);
+        // Both framing headers (hyper marks the request: third_party/hyper/GANTRY.md).
+        let smuggling = req.extensions().get::<hyper::ext::AmbiguousFraming>().is_some();
         async move {
             let mut resp = if smuggling {
                 proxy.fail(

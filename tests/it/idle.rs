@@ -280,7 +280,11 @@ async fn idle_h2c_clients_each_get_an_answer_to_their_next_request() {
             .take(250)
             .map(|(i, mut sender)| {
                 // Every tenth request carries 40 KB: more than one frame, more than a buffer.
-                let body = if i % 10 == 0 { vec![b'x'; 40_000] } else { Vec::new() };
+                let body = if i % 10 == 0 {
+                    vec![b'x'; 40_000]
+                } else {
+                    Vec::new()
+                };
                 let len = body.len().to_string();
                 tokio::spawn(async move { (get(&mut sender, body).await, len) })
             })

@@ -49,6 +49,13 @@ use std::collections::HashMap;
 #[cfg(feature = "http2")]
 use std::fmt;
 
+/// Gantry: set on a server's HTTP/1 request whose head carried both `Content-Length` and
+/// `Transfer-Encoding`. hyper reads such a request with the chunked framing, removes
+/// `Content-Length` and closes the connection after the response (RFC 9112 section 6.1); this
+/// marker lets the service refuse the request instead.
+#[derive(Clone, Copy, Debug)]
+pub struct AmbiguousFraming;
+
 #[cfg(any(feature = "http1", feature = "ffi"))]
 mod h1_reason_phrase;
 #[cfg(any(feature = "http1", feature = "ffi"))]

@@ -362,6 +362,11 @@ impl Http1Transaction for Server {
 
         let mut extensions = http::Extensions::default();
 
+        // Gantry: a request with both framing headers is marked for the service to refuse.
+        if is_te && is_cl {
+            extensions.insert(crate::ext::AmbiguousFraming);
+        }
+
         if let Some(header_case_map) = header_case_map {
             extensions.insert(header_case_map);
         }
