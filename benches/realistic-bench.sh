@@ -24,6 +24,7 @@ cat "$root"/README.md "$root"/docs/*.md "$root"/proxy/src/*.rs > "$work/all.txt"
 head -c 20480 "$work/all.txt" > "$work/www/page.txt"
 SIZE=$(stat -c %s "$work/www/page.txt")
 # Ports: backend 9401; nginx plain 9402, realistic 9403; Gantry plain 9404, realistic 9405.
+# The compressed sizes are printed at the end: both sides compress the same text at level 6.
 proxy_loc='location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }'
 nginx_conf() { # file port extra
   cat > "$1" <<NGX
@@ -116,4 +117,7 @@ awk -v gp="$(median <<<"${rps[gantry-plain]}")" -v np="$(median <<<"${rps[nginx-
     -v cgp="$(median <<<"${cpu[gantry-plain]}")" -v cnp="$(median <<<"${cpu[nginx-plain]}")" \
     -v cgr="$(median <<<"${cpu[gantry-real]}")" -v cnr="$(median <<<"${cpu[nginx-real]}")" \
     'BEGIN { printf "realistic ratio / plain ratio: RPS %.2f, CPU per request %.2f (within 10%%: 0.90..1.10)\n", (gr/nr)/(gp/np), (cgr/cnr)/(cgp/cnp) }'
+for port in 9403 9405; do
+  printf "gzip answer on port %s: %d bytes\n" "$port" "$(curl -s -H 'Accept-Encoding: gzip' "http://127.0.0.1:$port/page.txt" | wc -c)"
+done
 for f in nginx-access gantry-access; do printf "%s: %d lines\n" "$f" "$(wc -l < "$work/logs/$f.log")"; done
