@@ -329,12 +329,12 @@ impl Conn {
     /// holds nothing but its socket: told to by `drive`, hyper gives the socket back
     /// (`release_when_idle`, third_party/hyper/GANTRY.md), the task waits for the next bytes, and
     /// a new hyper connection serves them.
-    async fn serve_h1<S>(&self, io: S, info: Arc<ConnInfo>)
+    async fn serve_h1<S>(&self, mut io: S, info: Arc<ConnInfo>)
     where
         S: AsyncRead + AsyncWrite + Idle + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::default());
-        let service = service(self.proxy.clone(), info, activity.clone());
+        let mut service = service(self.proxy.clone(), info, activity.clone());
         let limits = &self.config.limits;
         let mut b = http1::Builder::new();
         // half_close: a client that shuts down its write side after the request still gets
@@ -347,7 +347,6 @@ impl Conn {
             .writev(false)
             .max_headers(limits.max_headers as usize)
             .max_header_size(limits.max_header_bytes as usize);
-        let (mut io, mut service) = (io, service);
         let mut since = 0;
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);

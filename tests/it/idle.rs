@@ -137,16 +137,7 @@ backends = [{{ url = "{}" }}]
     )
     .await;
     let addr = g.addr_of("websecure");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert_der.clone()).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let connector = ca.client(&[]);
 
     let mut clients = Vec::with_capacity(TLS_CLIENTS);
     for _ in 0..TLS_CLIENTS / 50 {
