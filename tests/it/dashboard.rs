@@ -26,6 +26,9 @@ struct Browser {
     driver: Child,
     port: u16,
     client: Option<Client>,
+    /// chromedriver's and chromium's temporary files (profile, singleton socket): a process
+    /// group ended with SIGKILL cannot remove them, so they live here and go with the browser.
+    _tmp: tempfile::TempDir,
 }
 
 impl Browser {
@@ -35,8 +38,10 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
+        let tmp = tempfile::tempdir().unwrap();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .env("TMPDIR", tmp.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             // Its own process group: dropping the browser ends chromedriver and every chromium
@@ -48,6 +53,7 @@ impl Browser {
             driver,
             port,
             client: None,
+            _tmp: tmp,
         };
         let url = format!("http://127.0.0.1:{port}");
         eventually(Duration::from_secs(20), "chromedriver to listen", || async {
