@@ -136,307 +136,321 @@ impl Proxy {
     /// and its state into itself, which cost ~1,000 instructions per request (3%, callgrind).
     /// Answers a request. With the access log on, `line` is its line: what the request's way
     /// through teaches (router, backend, attempts...) goes into it.
-    pub async fn handle(
+    ///
+    /// An `async move` block rather than an `async fn`, which would hold a second copy of the
+    /// request in its future: every request's future is moved whole into hyper's connection
+    /// (a `memcpy` of its size, callgrind).
+    #[allow(clippy::manual_async_fn)] // no second copy of the arguments
+    pub fn handle(
         &self,
         mut req: Request<Incoming>,
         conn: &Arc<ConnInfo>,
         mut line: Option<&mut crate::access_log::Line>,
-    ) -> Response<ResponseBody> {
-        let start = Instant::now();
-        let snap = self.store.load();
-        let request_id = request_id(req.headers_mut());
-        if let Some(l) = line.as_deref_mut() {
-            l.request_id(&request_id);
-        }
-        let mut admitted = match self.admit(&req, &request_id) {
-            Ok(a) => a,
-            Err(resp) => return resp,
-        };
-        // ACME HTTP-01 challenges, before any routing, redirect or middleware.
-        if let Some(acme) = self.acme.get()
-            && acme.http01
-            && conn.proto == "http"
-            && req.uri().path().starts_with(crate::acme::CHALLENGE_PREFIX)
-        {
-            return acme.answer(req.uri().path());
-        }
-        let r = match self.route(&snap, &req, conn, &mut admitted, &request_id) {
-            Ok(r) => r,
-            Err(resp) => return resp,
-        };
-        // The client: the peer, or with a trusted peer the address it reports.
-        // Answers from here on may get an error page (the router's `errors` middleware).
-        let pages_host = r
-            .route_rt
-            .chain
-            .as_ref()
-            .filter(|c| c.has_error_pages())
-            .map(|_| r.host.clone());
-        let chain = r.route_rt.chain.as_ref();
-        // What the access log line needs of the request's way through (only when it is on).
-        let mut trail = line.map(|line| {
-            let t = line.trail();
-            t.router = Some(r.route.name.clone());
-            t.service = Some(r.service.name.clone());
-            t.skip = !r.route.access_log;
-            t.spans = self.access_log.get().is_some_and(|l| l.spans());
-            t
-        });
-        let resp = 'answer: {
-            let client_ip = if conn.trusted_peer {
-                client_address(req.headers(), conn)
-            } else {
-                conn.client_ip
-            };
-            // The router's middlewares (boxed: a router without them keeps a small future).
-            let mut plan = crate::middleware::Plan::default();
-            if let Some(chain) = &r.route_rt.chain {
-                let (mut parts, body) = req.into_parts();
-                let line = crate::middleware::RequestLine {
-                    scheme: conn.proto,
-                    host: r.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
-                    path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-                    method: &parts.method,
-                };
-                let verdict =
-                    Box::pin(chain.request(&r.route.name, &mut parts.headers, client_ip, line)).await;
-                req = Request::from_parts(parts, body);
-                match verdict {
-                    Ok(p) => plan = p,
-                    Err((middleware, e)) => {
-                        self.metrics
-                            .middleware_refusals
-                            .with_label_values(&[&r.route.name, &middleware, e.kind()])
-                            .inc();
-                        r.route_rt.no_backend.inc(e.status().as_u16());
-                        if let ProxyError::Answered(_, resp) = e {
-                            // The middleware's own answer (an auth service's, a preflight's),
-                            // as it is: no error page over it.
-                            let mut resp = *resp;
-                            resp.headers_mut()
-                                .entry(X_REQUEST_ID.clone())
-                                .or_insert(request_id);
-                            return resp;
-                        }
-                        break 'answer self.fail(&e, request_id);
-                    }
-                }
+    ) -> impl Future<Output = Response<ResponseBody>> + Send {
+        async move {
+            let start = Instant::now();
+            let snap = self.store.load();
+            let request_id = request_id(req.headers_mut());
+            if let Some(l) = line.as_deref_mut() {
+                l.request_id(&request_id);
             }
-            let Picked {
-                _service_in_flight,
-                mut pick,
-                ctx,
-            } = match self.pick(&r, &req, client_ip, start, &request_id) {
-                Ok(p) => p,
-                Err(resp) => break 'answer resp,
+            let mut admitted = match self.admit(&req, &request_id) {
+                Ok(a) => a,
+                Err(resp) => return resp,
             };
-
-            // Rewrite.
-            let (route, service, route_rt) = (r.route, r.service, r.route_rt);
-            let upgrade = match self.upgrade(&r, pick.index, &mut req, &admitted, &request_id) {
-                Ok(u) => u,
-                Err(resp) => break 'answer resp,
-            };
-            let (parts, mut body) = req.into_parts();
-            let body = if admitted.chunked {
-                // Read the first chunk before anything reaches a backend: malformed chunk framing
-                // is refused here with 400, and the backend never sees the request.
-                match poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-                    Some(Err(_)) => {
-                        route_rt.no_backend.inc(400);
-                        break 'answer self.fail(&ProxyError::BadBody, request_id);
-                    }
-                    Some(Ok(first)) => UpstreamBody::prefixed(Some(first), body, route.max_body_bytes),
-                    None => UpstreamBody::prefixed(None, body, route.max_body_bytes),
-                }
-            } else {
-                UpstreamBody::new(body, route.max_body_bytes)
-            };
-            let body = match &mut trail {
-                Some(t) if body.is_end_stream() => {
-                    t.received = crate::access_log::Received::Nothing;
-                    body
-                }
-                Some(t) => {
-                    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
-                    t.received = crate::access_log::Received::Counted(counter.clone());
-                    body.counted(counter)
-                }
-                None => body,
-            };
-            let mut request = self.rewrite(&r, pick.index, Request::from_parts(parts, body), conn, &upgrade);
-            if r.service.mirror.is_some() && upgrade.protocol.is_none() {
-                request = r.service.mirror(pick.index, request, conn);
+            // ACME HTTP-01 challenges, before any routing, redirect or middleware.
+            if let Some(acme) = self.acme.get()
+                && acme.http01
+                && conn.proto == "http"
+                && req.uri().path().starts_with(crate::acme::CHALLENGE_PREFIX)
+            {
+                return acme.answer(req.uri().path());
             }
-            let template = upgrade.replayable.then(|| Template::of(&request));
-            let Upgrade {
-                protocol: upgrade,
-                client: mut client_upgrade,
-                h2_websocket,
-                ..
-            } = upgrade;
-
-            // Attempt: the picked backend and, when an attempt fails and the request can go again,
-            // another one, within the route's attempts and the service's retry budget.
-            let limits = service.spec.limits;
-            let retries = service.spec.retries;
-            let mut pending = Some(request);
-            let mut tried = [usize::MAX; 11];
-            let mut attempts = 0usize;
-            let mut only_connect_failures = true;
-            loop {
-                let backend_idx = pick.index;
-                tried[attempts] = backend_idx;
-                attempts += 1;
-                let backend = &service.backends[backend_idx];
-                let counters = route_rt.counters(&self.metrics, &route.name, service, backend_idx);
-                let failure = if backend.in_flight() >= limits.max_pending_requests_per_backend {
-                    // Busy, not broken: not counted against the backend's health.
-                    service.state.breaker_backend.inc();
-                    SendError {
-                        error: ProxyError::CircuitOpen,
-                        unsent: pending.take(),
-                    }
+            let r = match self.route(&snap, &req, conn, &mut admitted, &request_id) {
+                Ok(r) => r,
+                Err(resp) => return resp,
+            };
+            // The client: the peer, or with a trusted peer the address it reports.
+            // Answers from here on may get an error page (the router's `errors` middleware).
+            let pages_host = r
+                .route_rt
+                .chain
+                .as_ref()
+                .filter(|c| c.has_error_pages())
+                .map(|_| r.host.clone());
+            let chain = r.route_rt.chain.as_ref();
+            // What the access log line needs of the request's way through (only when it is on).
+            let mut trail = line.map(|line| {
+                let t = line.trail();
+                t.router = Some(r.route.name.clone());
+                t.service = Some(r.service.name.clone());
+                t.skip = !r.route.access_log;
+                t.spans = self.access_log.get().is_some_and(|l| l.spans());
+                t
+            });
+            let resp = 'answer: {
+                let client_ip = if conn.trusted_peer {
+                    client_address(req.headers(), conn)
                 } else {
-                    let Some(request) = pending
-                        .take()
-                        .or_else(|| template.as_ref().map(Template::rebuild))
-                    else {
-                        break 'answer self.fail(&ProxyError::NoBackend, request_id);
+                    conn.client_ip
+                };
+                // The router's middlewares (boxed: a router without them keeps a small future).
+                let mut plan = crate::middleware::Plan::default();
+                if let Some(chain) = &r.route_rt.chain {
+                    let (mut parts, body) = req.into_parts();
+                    let line = crate::middleware::RequestLine {
+                        scheme: conn.proto,
+                        host: r.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+                        path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                        method: &parts.method,
                     };
-                    if let Some(t) = &mut trail {
-                        t.backend = Some(backend.label.clone());
-                        t.version = service.spec.backends[backend_idx]
-                            .version
-                            .as_deref()
-                            .map(Arc::from);
-                        t.attempts = attempts as u32;
-                    }
-                    let in_flight = backend.begin();
-                    let attempt_start = Instant::now();
-                    let sent = send(backend, service, request, conn).await;
-                    if let Some(t) = &mut trail
-                        && t.spans
-                    {
-                        let status = match &sent {
-                            Ok((resp, _)) => resp.status().as_u16(),
-                            Err(e) => e.error.status().as_u16(),
-                        };
-                        t.tried.push(crate::access_log::Tried {
-                            backend: backend.label.clone(),
-                            start: attempt_start - start,
-                            end: start.elapsed(),
-                            status,
-                        });
-                    }
-                    match sent {
-                        Ok((mut resp, sender)) => {
-                            if let Some(cookie) = service.sticky_cookie(backend_idx, ctx.sticky) {
-                                resp.headers_mut().append(header::SET_COOKIE, cookie.clone());
+                    let verdict =
+                        Box::pin(chain.request(&r.route.name, &mut parts.headers, client_ip, line)).await;
+                    req = Request::from_parts(parts, body);
+                    match verdict {
+                        Ok(p) => plan = p,
+                        Err((middleware, e)) => {
+                            self.metrics
+                                .middleware_refusals
+                                .with_label_values(&[&r.route.name, &middleware, e.kind()])
+                                .inc();
+                            r.route_rt.no_backend.inc(e.status().as_u16());
+                            if let ProxyError::Answered(_, resp) = e {
+                                // The middleware's own answer (an auth service's, a preflight's),
+                                // as it is: no error page over it.
+                                let mut resp = *resp;
+                                resp.headers_mut()
+                                    .entry(X_REQUEST_ID.clone())
+                                    .or_insert(request_id);
+                                return resp;
                             }
-                            let now = Instant::now();
-                            let since_start = now - start;
-                            if let Some(t) = &mut trail {
-                                t.upstream = Some(since_start);
-                            }
-                            backend.observe_latency(now - attempt_start, now);
-                            let status = resp.status().as_u16();
-                            counters.inc(status);
-                            let elapsed = since_start.as_secs_f64();
-                            route_rt.histogram.observe(elapsed);
-                            service.observe_version(backend_idx, status, elapsed);
-                            if status >= 500 {
-                                self.backend_failed(backend, service);
-                            } else {
-                                backend.health.record_success();
-                            }
-                            let upgraded = match (client_upgrade.take(), upgrade) {
-                                (Some(c), Some(proto)) if status == 101 => Some((c, proto, h2_websocket)),
-                                _ => None,
-                            };
-                            let lease = Lease {
-                                in_flight,
-                                sender,
-                                max_idle: limits.max_idle_per_backend as usize,
-                            };
-                            break 'answer self.respond(
-                                resp,
-                                lease,
-                                upgraded,
-                                conn,
-                                request_id,
-                                route_rt.chain.as_ref().map(|c| (c, plan)),
-                            );
+                            break 'answer self.fail(&e, request_id);
                         }
-                        Err(e) => {
-                            if e.error.is_backend_fault() {
-                                // A failure costs a backend its timeout in the least-request score.
-                                let now = Instant::now();
-                                backend.observe_latency(
-                                    service.spec.timeouts.connect.max(now - attempt_start),
-                                    now,
-                                );
-                                self.backend_failed(backend, service);
-                            }
-                            e
-                        }
-                    }
-                };
-                counters.inc(failure.error.status().as_u16());
-                only_connect_failures &= failure.error.is_connect_failure();
-                debug!(route = %route.name, backend = %backend.label, error = %failure.error, attempts, "attempt failed");
-                pending = failure.unsent;
-                let can_replay = pending.is_some() || (template.is_some() && failure.error.is_replay_safe());
-                let next = if attempts <= retries.attempts as usize
-                    && can_replay
-                    && !failure.error.closes_connection()
-                {
-                    service.pick(&ctx, &tried[..attempts])
-                } else {
-                    None
-                };
-                // A refused connection never reached a backend, so retrying it cannot add load to
-                // one: only the attempt count bounds it. Anything else spends the retry budget.
-                let free = matches!(&failure.error, ProxyError::Connect(_)) && pending.is_some();
-                match next {
-                    Some(p)
-                        if free
-                            || service
-                                .state
-                                .withdraw(nanos_since_epoch(Instant::now()), retries.min_per_second) =>
-                    {
-                        pick = p;
-                    }
-                    _ => {
-                        let elapsed = start.elapsed().as_secs_f64();
-                        route_rt.histogram.observe(elapsed);
-                        // With every backend unhealthy (panic), or every backend tried unreachable, the
-                        // service is down: that is a 503, not one backend's bad answer.
-                        let unreachable = only_connect_failures && attempts > 1;
-                        let error = if (pick.panic || unreachable) && failure.error.is_connect_failure() {
-                            ProxyError::NoHealthyBackend
-                        } else {
-                            failure.error
-                        };
-                        service.observe_version(pick.index, error.status().as_u16(), elapsed);
-                        break 'answer self.fail(&error, request_id);
                     }
                 }
+                let Picked {
+                    _service_in_flight,
+                    mut pick,
+                    ctx,
+                } = match self.pick(&r, &req, client_ip, start, &request_id) {
+                    Ok(p) => p,
+                    Err(resp) => break 'answer resp,
+                };
+
+                // Rewrite.
+                let (route, service, route_rt) = (r.route, r.service, r.route_rt);
+                let upgrade = match self.upgrade(&r, pick.index, &mut req, &admitted, &request_id) {
+                    Ok(u) => u,
+                    Err(resp) => break 'answer resp,
+                };
+                let (parts, mut body) = req.into_parts();
+                let body = if admitted.chunked {
+                    // Read the first chunk before anything reaches a backend: malformed chunk framing
+                    // is refused here with 400, and the backend never sees the request.
+                    match poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                        Some(Err(_)) => {
+                            route_rt.no_backend.inc(400);
+                            break 'answer self.fail(&ProxyError::BadBody, request_id);
+                        }
+                        Some(Ok(first)) => UpstreamBody::prefixed(Some(first), body, route.max_body_bytes),
+                        None => UpstreamBody::prefixed(None, body, route.max_body_bytes),
+                    }
+                } else {
+                    UpstreamBody::new(body, route.max_body_bytes)
+                };
+                let body = match &mut trail {
+                    Some(t) if body.is_end_stream() => {
+                        t.received = crate::access_log::Received::Nothing;
+                        body
+                    }
+                    Some(t) => {
+                        let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                        t.received = crate::access_log::Received::Counted(counter.clone());
+                        body.counted(counter)
+                    }
+                    None => body,
+                };
+                let mut request =
+                    self.rewrite(&r, pick.index, Request::from_parts(parts, body), conn, &upgrade);
+                if r.service.mirror.is_some() && upgrade.protocol.is_none() {
+                    request = r.service.mirror(pick.index, request, conn);
+                }
+                // The template is taken from `pending`, not from `request`: a borrowed local
+                // keeps its place in the future to the end of its scope (beside `pending`).
+                let mut pending = Some(request);
+                let template = match &pending {
+                    Some(request) if upgrade.replayable => Some(Template::of(request)),
+                    _ => None,
+                };
+                let Upgrade {
+                    protocol: upgrade,
+                    client: mut client_upgrade,
+                    h2_websocket,
+                    ..
+                } = upgrade;
+
+                // Attempt: the picked backend and, when an attempt fails and the request can go again,
+                // another one, within the route's attempts and the service's retry budget.
+                let limits = service.spec.limits;
+                let retries = service.spec.retries;
+                let mut tried = [usize::MAX; 11];
+                let mut attempts = 0usize;
+                let mut only_connect_failures = true;
+                loop {
+                    let backend_idx = pick.index;
+                    tried[attempts] = backend_idx;
+                    attempts += 1;
+                    let backend = &service.backends[backend_idx];
+                    let counters = route_rt.counters(&self.metrics, &route.name, service, backend_idx);
+                    let failure = if backend.in_flight() >= limits.max_pending_requests_per_backend {
+                        // Busy, not broken: not counted against the backend's health.
+                        service.state.breaker_backend.inc();
+                        SendError {
+                            error: ProxyError::CircuitOpen,
+                            unsent: pending.take(),
+                        }
+                    } else {
+                        let Some(request) = pending
+                            .take()
+                            .or_else(|| template.as_ref().map(Template::rebuild))
+                        else {
+                            break 'answer self.fail(&ProxyError::NoBackend, request_id);
+                        };
+                        if let Some(t) = &mut trail {
+                            t.backend = Some(backend.label.clone());
+                            t.version = service.spec.backends[backend_idx]
+                                .version
+                                .as_deref()
+                                .map(Arc::from);
+                            t.attempts = attempts as u32;
+                        }
+                        let in_flight = backend.begin();
+                        let attempt_start = Instant::now();
+                        let sent = send(backend, service, request, conn).await;
+                        if let Some(t) = &mut trail
+                            && t.spans
+                        {
+                            let status = match &sent {
+                                Ok((resp, _)) => resp.status().as_u16(),
+                                Err(e) => e.error.status().as_u16(),
+                            };
+                            t.tried.push(crate::access_log::Tried {
+                                backend: backend.label.clone(),
+                                start: attempt_start - start,
+                                end: start.elapsed(),
+                                status,
+                            });
+                        }
+                        match sent {
+                            Ok((mut resp, sender)) => {
+                                if let Some(cookie) = service.sticky_cookie(backend_idx, ctx.sticky) {
+                                    resp.headers_mut().append(header::SET_COOKIE, cookie.clone());
+                                }
+                                let now = Instant::now();
+                                let since_start = now - start;
+                                if let Some(t) = &mut trail {
+                                    t.upstream = Some(since_start);
+                                }
+                                backend.observe_latency(now - attempt_start, now);
+                                let status = resp.status().as_u16();
+                                counters.inc(status);
+                                let elapsed = since_start.as_secs_f64();
+                                route_rt.histogram.observe(elapsed);
+                                service.observe_version(backend_idx, status, elapsed);
+                                if status >= 500 {
+                                    self.backend_failed(backend, service);
+                                } else {
+                                    backend.health.record_success();
+                                }
+                                let upgraded = match (client_upgrade.take(), upgrade) {
+                                    (Some(c), Some(proto)) if status == 101 => Some((c, proto, h2_websocket)),
+                                    _ => None,
+                                };
+                                let lease = Lease {
+                                    in_flight,
+                                    sender,
+                                    max_idle: limits.max_idle_per_backend as usize,
+                                };
+                                break 'answer self.respond(
+                                    resp,
+                                    lease,
+                                    upgraded,
+                                    conn,
+                                    request_id,
+                                    route_rt.chain.as_ref().map(|c| (c, plan)),
+                                );
+                            }
+                            Err(e) => {
+                                if e.error.is_backend_fault() {
+                                    // A failure costs a backend its timeout in the least-request score.
+                                    let now = Instant::now();
+                                    backend.observe_latency(
+                                        service.spec.timeouts.connect.max(now - attempt_start),
+                                        now,
+                                    );
+                                    self.backend_failed(backend, service);
+                                }
+                                e
+                            }
+                        }
+                    };
+                    counters.inc(failure.error.status().as_u16());
+                    only_connect_failures &= failure.error.is_connect_failure();
+                    debug!(route = %route.name, backend = %backend.label, error = %failure.error, attempts, "attempt failed");
+                    pending = failure.unsent;
+                    let can_replay =
+                        pending.is_some() || (template.is_some() && failure.error.is_replay_safe());
+                    let next = if attempts <= retries.attempts as usize
+                        && can_replay
+                        && !failure.error.closes_connection()
+                    {
+                        service.pick(&ctx, &tried[..attempts])
+                    } else {
+                        None
+                    };
+                    // A refused connection never reached a backend, so retrying it cannot add load to
+                    // one: only the attempt count bounds it. Anything else spends the retry budget.
+                    let free = matches!(&failure.error, ProxyError::Connect(_)) && pending.is_some();
+                    match next {
+                        Some(p)
+                            if free
+                                || service
+                                    .state
+                                    .withdraw(nanos_since_epoch(Instant::now()), retries.min_per_second) =>
+                        {
+                            pick = p;
+                        }
+                        _ => {
+                            let elapsed = start.elapsed().as_secs_f64();
+                            route_rt.histogram.observe(elapsed);
+                            // With every backend unhealthy (panic), or every backend tried unreachable, the
+                            // service is down: that is a 503, not one backend's bad answer.
+                            let unreachable = only_connect_failures && attempts > 1;
+                            let error = if (pick.panic || unreachable) && failure.error.is_connect_failure() {
+                                ProxyError::NoHealthyBackend
+                            } else {
+                                failure.error
+                            };
+                            service.observe_version(pick.index, error.status().as_u16(), elapsed);
+                            break 'answer self.fail(&error, request_id);
+                        }
+                    }
+                }
+            };
+            if let (Some(host), Some(chain)) = (&pages_host, chain)
+                && let Some(pages) = chain.error_pages(resp.status().as_u16())
+            {
+                return Box::pin(crate::error_pages::render(
+                    pages,
+                    resp,
+                    &snap,
+                    host.as_ref(),
+                    conn,
+                ))
+                .await;
             }
-        };
-        if let (Some(host), Some(chain)) = (&pages_host, chain)
-            && let Some(pages) = chain.error_pages(resp.status().as_u16())
-        {
-            return Box::pin(crate::error_pages::render(
-                pages,
-                resp,
-                &snap,
-                host.as_ref(),
-                conn,
-            ))
-            .await;
+            resp
         }
-        resp
     }
 
     /// Admit: refuses framing that could be read two ways (RFC 9112 section 6.1).

@@ -9,11 +9,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 
 use crate::access_log::{AccessLogger, Line};
-use crate::backend::{BackendState, InFlight};
-use crate::body::UpstreamBody;
+use crate::backend::{BackendState, InFlight, Upstream};
 use crate::conn::ActiveRequest;
 
 /// What keeps a backend exchange accounted for until the response body is finished: the
@@ -22,7 +20,7 @@ use crate::conn::ActiveRequest;
 #[derive(Debug)]
 pub struct Lease {
     pub(crate) in_flight: InFlight,
-    pub(crate) sender: Option<SendRequest<UpstreamBody>>,
+    pub(crate) sender: Option<Upstream>,
     pub(crate) max_idle: usize,
 }
 

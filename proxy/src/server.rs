@@ -206,59 +206,74 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run(self, mut stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
-        let _ = stream.set_nodelay(true);
-        self.active.inc();
-        let mut client_ip = canonical_ip(peer.ip());
-        let mut client_addr = peer;
-        let local_addr = stream.local_addr().unwrap_or(peer);
-        if self.config.proxy_protocol {
-            let trusted = self.config.trusted_ips.iter().any(|n| n.contains(&client_ip));
+    /// Serves one client connection to its end. Written as a function returning an `async move`
+    /// block rather than an `async fn`: an `async fn` keeps a second copy of its arguments in the
+    /// future, and this future is what every idle connection's task holds.
+    #[allow(clippy::manual_async_fn)] // no second copy of the arguments
+    fn run(
+        self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            let _ = stream.set_nodelay(true);
+            self.active.inc();
+            // In a block: what it borrows would otherwise keep a place in the future for the
+            // connection's whole life.
+            let info = {
+                let mut client_ip = canonical_ip(peer.ip());
+                let mut client_addr = peer;
+                let local_addr = stream.local_addr().unwrap_or(peer);
+                if self.config.proxy_protocol {
+                    let trusted = self.config.trusted_ips.iter().any(|n| n.contains(&client_ip));
+                    let limit = self.config.limits.header_read_timeout;
+                    match Box::pin(proxy_protocol::read(&mut stream, trusted, limit)).await {
+                        Ok(proxy_protocol::Header::Client(Some(client))) => {
+                            client_ip = canonical_ip(client.ip());
+                            client_addr = client;
+                        }
+                        Ok(_) => {}
+                        Err(why) => {
+                            let reason = why.reason();
+                            self.proxy
+                                .metrics
+                                .refused_requests
+                                .with_label_values(&[reason])
+                                .inc();
+                            debug!(%peer, reason, "connection closed at its PROXY header");
+                            self.active.dec();
+                            return;
+                        }
+                    }
+                }
+                Arc::new(ConnInfo {
+                    entrypoint: self.entrypoint,
+                    client_ip,
+                    client_addr,
+                    local_addr,
+                    client_ip_header: HeaderValue::from_str(&client_ip.to_string())
+                        .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+                    proto: if self.tls.is_some() { "https" } else { "http" },
+                    trusted_peer: self.config.trusted_ips.iter().any(|n| n.contains(&client_ip)),
+                    trusted_ips: self.config.trusted_ips.clone(),
+                    https_port: self.config.https_port,
+                    tls: Default::default(),
+                    _permit: permit,
+                })
+            };
             let limit = self.config.limits.header_read_timeout;
-            match Box::pin(proxy_protocol::read(&mut stream, trusted, limit)).await {
-                Ok(proxy_protocol::Header::Client(Some(client))) => {
-                    client_ip = canonical_ip(client.ip());
-                    client_addr = client;
-                }
-                Ok(_) => {}
-                Err(why) => {
-                    let reason = why.reason();
-                    self.proxy
-                        .metrics
-                        .refused_requests
-                        .with_label_values(&[reason])
-                        .inc();
-                    debug!(%peer, reason, "connection closed at its PROXY header");
-                    self.active.dec();
-                    return;
-                }
+            match &self.tls {
+                // Boxed: a plain connection's task does not carry the TLS path's size.
+                Some(acceptor) => Box::pin(self.serve_tls(acceptor, stream, info)).await,
+                None => match detect_h2(&stream, limit).await {
+                    Detected::Closed => {}
+                    Detected::H2 => Box::pin(self.serve_h2(stream, info)).await,
+                    Detected::Http1 => self.serve_h1(stream, info).await,
+                },
             }
+            self.active.dec();
         }
-        let info = Arc::new(ConnInfo {
-            entrypoint: self.entrypoint,
-            client_ip,
-            client_addr,
-            local_addr,
-            client_ip_header: HeaderValue::from_str(&client_ip.to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-            proto: if self.tls.is_some() { "https" } else { "http" },
-            trusted_peer: self.config.trusted_ips.iter().any(|n| n.contains(&client_ip)),
-            trusted_ips: self.config.trusted_ips.clone(),
-            https_port: self.config.https_port,
-            tls: Default::default(),
-            _permit: permit,
-        });
-        let limit = self.config.limits.header_read_timeout;
-        match &self.tls {
-            // Boxed: a plain connection's task does not carry the TLS path's size.
-            Some(acceptor) => Box::pin(self.serve_tls(acceptor, stream, info)).await,
-            None => match detect_h2(&stream, limit).await {
-                Detected::Closed => {}
-                Detected::H2 => Box::pin(self.serve_h2(stream, info)).await,
-                Detected::Http1 => self.serve_h1(stream, info).await,
-            },
-        }
-        self.active.dec();
     }
 
     /// The TLS handshake, then HTTP/2 or HTTP/1 as ALPN says.
@@ -296,95 +311,78 @@ impl Conn {
     }
 
     /// Serves an HTTP/2 connection to its end.
-    async fn serve_h2<S>(&self, io: S, info: Arc<ConnInfo>)
+    #[allow(clippy::manual_async_fn)] // no second copy of the arguments
+    fn serve_h2<S>(&self, io: S, info: Arc<ConnInfo>) -> impl Future<Output = ()> + Send
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Arc::new(Activity::default());
-        let service = service(self.proxy.clone(), info, activity.clone());
-        let limits = &self.config.limits;
-        let mut b = http2::Builder::new(TokioExecutor::new());
-        // Explicit limits: streams per connection; headers (which also bounds CONTINUATION
-        // frames in h2 >= 0.4.4); streams reset before being accepted (rapid reset,
-        // CVE-2023-44487) and streams the server had to reset (MadeYouReset, h2 >= 0.4.11).
-        b.timer(TokioTimer::new())
-            .max_concurrent_streams(limits.h2_max_concurrent_streams)
-            .max_header_list_size(limits.max_header_bytes)
-            .max_pending_accept_reset_streams(Some(20))
-            .max_local_error_reset_streams(Some(256))
-            // WebSocket over HTTP/2 (RFC 8441 extended CONNECT).
-            .enable_connect_protocol()
-            .keep_alive_interval(Some(Duration::from_secs(20)))
-            .keep_alive_timeout(Duration::from_secs(20));
-        let conn = b.serve_connection(TokioIo::new(io), service);
-        tokio::pin!(conn);
-        let timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(timer);
-        let cancelled = self.shutdown.cancelled();
-        tokio::pin!(cancelled);
-        self.drive(conn, &activity, 0, false, timer, cancelled).await;
+        // An `async move` block, not an `async fn`: no second copy of `io`; and the builder is
+        // a temporary, not held by the future.
+        async move {
+            let activity = Arc::new(Activity::default());
+            let service = service(self.proxy.clone(), info, activity.clone());
+            let conn = h2_builder(&self.config.limits).serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            let timer = tokio::time::sleep(Duration::ZERO);
+            tokio::pin!(timer);
+            let cancelled = self.shutdown.cancelled();
+            tokio::pin!(cancelled);
+            self.drive(conn, &activity, 0, false, timer, cancelled).await;
+        }
     }
 
     /// Serves an HTTP/1 connection to its end. A plain one that goes idle between requests
     /// holds nothing but its socket: told to by `drive`, hyper gives the socket back
     /// (`release_when_idle`, third_party/hyper/GANTRY.md), the task waits for the next bytes, and
     /// a new hyper connection serves them.
-    async fn serve_h1<S>(&self, mut io: S, info: Arc<ConnInfo>)
+    ///
+    /// An `async move` block, not an `async fn`: no second copy of `io` in the future.
+    #[allow(clippy::manual_async_fn)] // no second copy of the arguments
+    fn serve_h1<S>(&self, mut io: S, info: Arc<ConnInfo>) -> impl Future<Output = ()> + Send
     where
-        S: AsyncRead + AsyncWrite + Idle + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + Idle + Unpin + Send + Sync + 'static,
     {
-        let activity = Arc::new(Activity::default());
-        let mut service = service(self.proxy.clone(), info, activity.clone());
-        let limits = &self.config.limits;
-        let mut b = http1::Builder::new();
-        // half_close: a client that shuts down its write side after the request still gets
-        // the response (and hyper stops re-growing its read buffer per request).
-        // writev off: small heads and bodies are copied into one buffer and written with one
-        // write(2), cheaper than gathering (measured in shared/PERFORMANCE.md).
-        // max_header_size: a larger request head gets 431 and the connection is closed.
-        b.keep_alive(true)
-            .half_close(true)
-            .writev(false)
-            .max_headers(limits.max_headers as usize)
-            .max_header_size(limits.max_header_bytes as usize);
-        let mut since = 0;
-        let timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(timer);
-        let cancelled = self.shutdown.cancelled();
-        tokio::pin!(cancelled);
-        loop {
-            let client = ClientIo::new(io, activity.clone());
-            // Boxed, and so is the watch over it: while the connection is idle its task holds
-            // none of this.
-            let mut conn = Box::new(b.serve_connection(TokioIo::new(client), service).with_upgrades());
-            Box::pin(self.drive(
-                Pin::new(&mut *conn),
-                &activity,
-                since,
-                true,
-                timer.as_mut(),
-                cancelled.as_mut(),
-            ))
-            .await;
-            let Some(parts) = conn.take_released() else {
-                return;
-            };
-            drop(conn);
-            let http1::Parts {
-                io: client,
-                read_buf,
-                service: handler,
-                ..
-            } = parts;
-            // Released only with nothing read ahead; its (empty) buffer goes now, not after
-            // the idle wait.
-            debug_assert!(read_buf.is_empty());
-            drop(read_buf);
-            io = client.into_inner().into_inner();
-            service = handler;
-            since = activity.started.load(Ordering::Relaxed);
-            if !self.idle(&io, timer.as_mut(), cancelled.as_mut()).await {
-                return;
+        async move {
+            let activity = Arc::new(Activity::default());
+            let mut service = service(self.proxy.clone(), info, activity.clone());
+            let mut since = 0;
+            let timer = tokio::time::sleep(Duration::ZERO);
+            tokio::pin!(timer);
+            let cancelled = self.shutdown.cancelled();
+            tokio::pin!(cancelled);
+            loop {
+                let client = ClientIo::new(io, activity.clone());
+                // Boxed, and so is the watch over it: while the connection is idle its task holds
+                // none of this (nor the builder, made again per connection: it is a few stores).
+                let mut conn = Box::new(
+                    h1_builder(&self.config.limits)
+                        .serve_connection(TokioIo::new(client), service)
+                        .with_upgrades(),
+                );
+                Box::pin(self.drive(
+                    Pin::new(&mut *conn),
+                    &activity,
+                    since,
+                    true,
+                    timer.as_mut(),
+                    cancelled.as_mut(),
+                ))
+                .await;
+                // Released only with nothing read ahead. Its (empty) read buffer still has its
+                // capacity: `parts` goes at the end of this block, not after the idle wait.
+                let (client, handler) = {
+                    let Some(parts) = conn.take_released() else {
+                        return;
+                    };
+                    debug_assert!(parts.read_buf.is_empty());
+                    (parts.io, parts.service)
+                };
+                drop(conn);
+                (io, service) = (client.into_inner().into_inner(), handler);
+                since = activity.started.load(Ordering::Relaxed);
+                if !self.idle(&io, timer.as_mut(), cancelled.as_mut()).await {
+                    return;
+                }
             }
         }
     }
@@ -396,20 +394,24 @@ impl Conn {
         &self,
         io: &S,
         mut timer: Pin<&mut tokio::time::Sleep>,
-        cancelled: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+        mut cancelled: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
     ) -> bool {
         timer
             .as_mut()
             .reset(Instant::now() + self.config.limits.idle_timeout);
-        tokio::select! {
-            biased;
-            r = io.readable() => r.is_ok(),
-            _ = timer => {
-                debug!("closing idle connection");
-                false
+        // Readiness by poll, not by `readable()`, whose future (a waiter in the socket's list)
+        // every idle task would hold.
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = io.poll_idle(cx) {
+                return Poll::Ready(r.is_ok());
             }
-            _ = cancelled => false,
-        }
+            if timer.as_mut().poll(cx).is_ready() {
+                debug!("closing idle connection");
+                return Poll::Ready(false);
+            }
+            cancelled.as_mut().poll(cx).map(|()| false)
+        })
+        .await
     }
 
     /// Runs a connection to its end, closing it when it has been idle too long (or never sent a
@@ -685,13 +687,13 @@ where
 
 /// A client stream that a connection can hold bare between requests.
 trait Idle {
-    /// Until bytes (or the end) arrive.
-    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Ready when bytes (or the end) have arrived.
+    fn poll_idle(&self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>>;
 }
 
 impl Idle for TcpStream {
-    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
-        TcpStream::readable(self)
+    fn poll_idle(&self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_read_ready(cx)
     }
 }
 
@@ -700,16 +702,47 @@ impl Idle for TcpStream {
 /// or the client's close_notify, which a readable socket would not announce: then the next
 /// connection starts at once. A partial record waits for the rest of it on the socket.
 impl Idle for tokio_rustls::server::TlsStream<TcpStream> {
-    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+    fn poll_idle(&self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
         let (tcp, session) = self.get_ref();
-        let buffered = !session.wants_read();
-        async move {
-            if buffered {
-                return Ok(());
-            }
-            tcp.readable().await
+        if !session.wants_read() {
+            return Poll::Ready(Ok(()));
         }
+        tcp.poll_read_ready(cx)
     }
+}
+
+/// An HTTP/1 connection's settings.
+///
+/// - half_close: a client that shuts down its write side after the request still gets the
+///   response (and hyper stops re-growing its read buffer per request).
+/// - writev off: small heads and bodies are copied into one buffer and written with one
+///   write(2), cheaper than gathering (measured in shared/PERFORMANCE.md).
+/// - max_header_size: a larger request head gets 431 and the connection is closed.
+fn h1_builder(limits: &ListenerLimits) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.keep_alive(true)
+        .half_close(true)
+        .writev(false)
+        .max_headers(limits.max_headers as usize)
+        .max_header_size(limits.max_header_bytes as usize);
+    b
+}
+
+/// An HTTP/2 connection's settings. Explicit limits: streams per connection; headers (which
+/// also bounds CONTINUATION frames in h2 >= 0.4.4); streams reset before being accepted (rapid
+/// reset, CVE-2023-44487) and streams the server had to reset (MadeYouReset, h2 >= 0.4.11).
+fn h2_builder(limits: &ListenerLimits) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes)
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(256))
+        // WebSocket over HTTP/2 (RFC 8441 extended CONNECT).
+        .enable_connect_protocol()
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
 }
 
 enum Detected {

@@ -5,10 +5,9 @@ use gantry_config::Scheme;
 use http::header::HeaderMap;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use tracing::debug;
 
-use crate::backend::BackendState;
+use crate::backend::{BackendState, Upstream};
 use crate::body::UpstreamBody;
 use crate::conn::ConnInfo;
 use crate::error::ProxyError;
@@ -35,88 +34,106 @@ impl From<ProxyError> for SendError {
 ///
 /// A service that sends PROXY headers gets a new connection per request, opened with a header
 /// naming this request's client, and never pooled (a pooled connection would name another).
-pub(crate) async fn send(
+///
+/// An `async move` block, not an `async fn`, which would keep a second copy of the request in
+/// the future (every request's future holds this one).
+#[allow(clippy::manual_async_fn)] // no second copy of the arguments
+pub(crate) fn send<'a>(
+    backend: &'a BackendState,
+    service: &'a ServiceRuntime,
+    mut req: Request<UpstreamBody>,
+    conn: &'a ConnInfo,
+) -> impl Future<Output = Result<(Response<Incoming>, Option<Upstream>), SendError>> + Send + 'a {
+    async move {
+        let t = &service.spec.timeouts;
+        if backend.key.url.scheme == Scheme::H2c {
+            // Boxed: the HTTP/1.1 path's future (which every request's future holds) does not carry
+            // the size of this one's.
+            return Box::pin(send_h2(backend, service, req)).await;
+        }
+        let proxy_header = service
+            .spec
+            .proxy_protocol
+            .map(|v| proxy_protocol::header(v, Some((conn.client_addr, conn.local_addr))));
+        loop {
+            let pooled = match proxy_header {
+                None => backend.take_idle(t.idle).await,
+                Some(_) => None,
+            };
+            let (mut sender, fresh) = match pooled {
+                Some(s) => (s, false),
+                None => match backend
+                    .connect(
+                        t.connect,
+                        service.spec.limits.max_connections_per_backend,
+                        proxy_header.as_deref(),
+                    )
+                    .await
+                {
+                    Ok(s) => (s, true),
+                    Err(error) => {
+                        return Err(SendError {
+                            error: error.into(),
+                            unsent: Some(req),
+                        });
+                    }
+                },
+            };
+            match sender.send(req, t.response_header).await {
+                None => return Err(ProxyError::ResponseTimeout(t.response_header).into()),
+                Some(Ok(resp)) => return Ok((resp, proxy_header.is_none().then_some(sender))),
+                Some(Err(mut e)) => match e.take_message() {
+                    Some(unsent) if !fresh => {
+                        debug!(backend = %backend.label, "pooled connection was closed; retrying on a new one");
+                        req = unsent;
+                    }
+                    unsent => {
+                        return Err(SendError {
+                            error: ProxyError::from_upstream(e.into_error()),
+                            unsent,
+                        });
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// [`send`] to an h2c backend: on its shared HTTP/2 connection.
+async fn send_h2(
     backend: &BackendState,
     service: &ServiceRuntime,
-    mut req: Request<UpstreamBody>,
-    conn: &ConnInfo,
-) -> Result<(Response<Incoming>, Option<SendRequest<UpstreamBody>>), SendError> {
+    req: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, Option<Upstream>), SendError> {
     let t = &service.spec.timeouts;
-    if backend.key.url.scheme == Scheme::H2c {
-        let mut sender = match backend.h2_sender(t.connect).await {
-            Ok(s) => s,
-            Err(error) => {
-                return Err(SendError {
-                    error: error.into(),
-                    unsent: Some(req),
-                });
-            }
-        };
-        match tokio::time::timeout(t.connect, sender.ready()).await {
-            Err(_) => {
-                return Err(SendError {
-                    error: ProxyError::ConnectTimeout(t.connect),
-                    unsent: Some(req),
-                });
-            }
-            Ok(Err(e)) => {
-                return Err(SendError {
-                    error: ProxyError::Upstream(e),
-                    unsent: Some(req),
-                });
-            }
-            Ok(Ok(())) => {}
+    let mut sender = match backend.h2_sender(t.connect).await {
+        Ok(s) => s,
+        Err(error) => {
+            return Err(SendError {
+                error: error.into(),
+                unsent: Some(req),
+            });
         }
-        return match tokio::time::timeout(t.response_header, sender.send_request(req)).await {
-            Err(_) => Err(ProxyError::ResponseTimeout(t.response_header).into()),
-            Ok(Err(e)) => Err(ProxyError::from_upstream(e).into()),
-            Ok(Ok(resp)) => Ok((resp, None)),
-        };
+    };
+    match tokio::time::timeout(t.connect, sender.ready()).await {
+        Err(_) => {
+            return Err(SendError {
+                error: ProxyError::ConnectTimeout(t.connect),
+                unsent: Some(req),
+            });
+        }
+        Ok(Err(e)) => {
+            return Err(SendError {
+                error: ProxyError::Upstream(e),
+                unsent: Some(req),
+            });
+        }
+        Ok(Ok(())) => {}
     }
-    let proxy_header = service
-        .spec
-        .proxy_protocol
-        .map(|v| proxy_protocol::header(v, Some((conn.client_addr, conn.local_addr))));
-    loop {
-        let pooled = match proxy_header {
-            None => backend.take_idle(t.idle).await,
-            Some(_) => None,
-        };
-        let (mut sender, fresh) = match pooled {
-            Some(s) => (s, false),
-            None => match backend
-                .connect(
-                    t.connect,
-                    service.spec.limits.max_connections_per_backend,
-                    proxy_header.as_deref(),
-                )
-                .await
-            {
-                Ok(s) => (s, true),
-                Err(error) => {
-                    return Err(SendError {
-                        error: error.into(),
-                        unsent: Some(req),
-                    });
-                }
-            },
-        };
-        match tokio::time::timeout(t.response_header, sender.try_send_request(req)).await {
-            Err(_) => return Err(ProxyError::ResponseTimeout(t.response_header).into()),
-            Ok(Ok(resp)) => return Ok((resp, proxy_header.is_none().then_some(sender))),
-            Ok(Err(mut e)) => match e.take_message() {
-                Some(unsent) if !fresh => {
-                    debug!(backend = %backend.label, "pooled connection was closed; retrying on a new one");
-                    req = unsent;
-                }
-                unsent => {
-                    return Err(SendError {
-                        error: ProxyError::from_upstream(e.into_error()),
-                        unsent,
-                    });
-                }
-            },
-        }
+    match tokio::time::timeout(t.response_header, sender.send_request(req)).await {
+        Err(_) => Err(ProxyError::ResponseTimeout(t.response_header).into()),
+        Ok(Err(e)) => Err(ProxyError::from_upstream(e).into()),
+        Ok(Ok(resp)) => Ok((resp, None)),
     }
 }
 

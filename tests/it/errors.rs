@@ -111,3 +111,145 @@ async fn http11_request_without_host_is_400() {
     assert_eq!(ok.requests(), 0);
     g.running.shutdown().await;
 }
+
+/// A backend on raw TCP that answers the requests of each connection in turn with `answers`
+/// (`None`: never answer that one), and counts the connections it accepted.
+async fn scripted_backend(
+    answers: Vec<(Duration, Option<&'static str>)>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        let answers = std::sync::Arc::new(answers);
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                for (delay, answer) in answers.iter() {
+                    // One request head (the proxy sends these GETs without a body).
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    tokio::time::sleep(*delay).await;
+                    let Some(answer) = answer else {
+                        // Hold the connection, never answer.
+                        let _ = s.read(&mut chunk).await;
+                        return;
+                    };
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted, task)
+}
+
+const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// The response-header timeout runs per request on a kept (pooled) backend connection: three
+/// answers that each take 300 ms of a 500 ms allowance all arrive (900 ms in all on one
+/// connection), and a fourth that never comes is a 504 after 500 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_timeout_runs_per_request_on_a_kept_connection() {
+    let slow = Duration::from_millis(300);
+    let (addr, accepted, task) = scripted_backend(vec![
+        (Duration::ZERO, Some(OK)),
+        (slow, Some(OK)),
+        (slow, Some(OK)),
+        (slow, Some(OK)),
+        (Duration::ZERO, None),
+    ])
+    .await;
+    let config = format!(
+        r#"
+[routers.r]
+service = "s"
+path_prefix = "/"
+[services.s]
+backends = [{{ url = "http://{addr}" }}]
+timeouts = {{ response_header = "500ms" }}
+"#
+    );
+    let g = Gantry::start(&config).await;
+    let c = client();
+    for i in 0..4 {
+        let a = get(&c, g.addr(), "h", "/").await;
+        assert_eq!((i, a.status, a.body.as_str()), (i, 200, "ok"));
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the backend connection was not kept"
+    );
+    let t = Instant::now();
+    let a = get(&c, g.addr(), "h", "/").await;
+    let took = t.elapsed();
+    assert_eq!(a.status, 504, "{}", a.body);
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(10),
+        "the timeout fired after {took:?}"
+    );
+    task.abort();
+    g.running.shutdown().await;
+}
+
+/// A backend's response whose length could be read two ways is refused with 502, never passed
+/// on; agreeing repeats of one length and a chunked body are fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_response_framing_is_checked() {
+    let cases: [(&'static str, u16, &str); 6] = [
+        ("HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok", 200, "ok"),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+            200,
+            "ok",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            200,
+            "ok",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!",
+            502,
+            "",
+        ),
+        ("HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nok!", 502, ""),
+        ("HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok", 502, ""),
+    ];
+    for (answer, status, body) in cases {
+        let (addr, _, task) = scripted_backend(vec![(Duration::ZERO, Some(answer))]).await;
+        let config = format!(
+            r#"
+[routers.r]
+service = "s"
+path_prefix = "/"
+[services.s]
+backends = [{{ url = "http://{addr}" }}]
+"#
+        );
+        let g = Gantry::start(&config).await;
+        let a = get(&client(), g.addr(), "h", "/").await;
+        assert_eq!(a.status, status, "{answer:?}: {}", a.body);
+        if status == 200 {
+            assert_eq!(a.body, body, "{answer:?}");
+        }
+        task.abort();
+        g.running.shutdown().await;
+    }
+}

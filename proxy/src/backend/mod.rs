@@ -15,9 +15,12 @@ pub use health::{BackendPhase, Health};
 use crate::clock::nanos_since_epoch;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use gantry_config::BackendUrl;
@@ -52,8 +55,55 @@ enum Target {
 
 #[derive(Debug)]
 struct Idle {
-    sender: SendRequest<UpstreamBody>,
+    sender: Upstream,
     since: Instant,
+}
+
+/// An HTTP/1.1 connection to a backend, with the timer its exchanges' response-header timeout
+/// runs on. The timer lives as long as the connection and is pushed back per request, which is
+/// an atomic store while it is armed: a new timer per request (`tokio::time::timeout`) cost
+/// about 700 instructions to register and deregister (callgrind, `docs/performance.md`).
+#[derive(Debug)]
+pub struct Upstream {
+    pub(crate) sender: SendRequest<UpstreamBody>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Upstream {
+    fn new(sender: SendRequest<UpstreamBody>) -> Self {
+        Self {
+            sender,
+            timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+        }
+    }
+
+    /// Sends `req` (see `SendRequest::try_send_request`); `None` when no response head has
+    /// arrived within `timeout`.
+    pub(crate) async fn send(
+        &mut self,
+        req: http::Request<UpstreamBody>,
+        timeout: Duration,
+    ) -> Option<
+        Result<
+            http::Response<hyper::body::Incoming>,
+            hyper::client::conn::TrySendError<http::Request<UpstreamBody>>,
+        >,
+    > {
+        let Upstream { sender, timer } = self;
+        timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+        let mut sending = std::pin::pin!(sender.try_send_request(req));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = sending.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            timer.as_mut().poll(cx).map(|()| None)
+        })
+        .await
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
 }
 
 #[derive(Debug)]
@@ -156,7 +206,7 @@ impl BackendState {
     }
 
     /// Takes a pooled connection that is open, not expired, and ready for a request.
-    pub async fn take_idle(&self, idle_timeout: Duration) -> Option<SendRequest<UpstreamBody>> {
+    pub async fn take_idle(&self, idle_timeout: Duration) -> Option<Upstream> {
         loop {
             let candidate = {
                 let mut idle = self.idle.lock().ok()?;
@@ -165,20 +215,20 @@ impl BackendState {
             if candidate.sender.is_closed() || candidate.since.elapsed() > idle_timeout {
                 continue; // dropping the sender closes the connection
             }
-            let mut sender = candidate.sender;
-            if sender.is_ready() {
-                return Some(sender);
+            let mut up = candidate.sender;
+            if up.sender.is_ready() {
+                return Some(up);
             }
             // The previous exchange finished a moment ago; the connection task has not yet
             // marked it ready. That takes one scheduling round, not a network round trip.
-            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(100), sender.ready()).await {
-                return Some(sender);
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(100), up.sender.ready()).await {
+                return Some(up);
             }
         }
     }
 
     /// Returns a connection whose last response was read to its end.
-    pub fn put_idle(&self, sender: SendRequest<UpstreamBody>, max_idle: usize) {
+    pub fn put_idle(&self, sender: Upstream, max_idle: usize) {
         if sender.is_closed() || self.retired.load(Ordering::Relaxed) {
             return;
         }
@@ -296,13 +346,13 @@ impl BackendState {
         connect_timeout: Duration,
         max_connections: u32,
         preamble: Option<&[u8]>,
-    ) -> Result<SendRequest<UpstreamBody>, ConnectError> {
+    ) -> Result<Upstream, ConnectError> {
         if self.open.fetch_add(1, Ordering::Relaxed) >= max_connections {
             self.open.fetch_sub(1, Ordering::Relaxed);
             return Err(ConnectError::Limit);
         }
         match self.connect_inner(connect_timeout, preamble).await {
-            Ok(sender) => Ok(sender),
+            Ok(sender) => Ok(Upstream::new(sender)),
             Err(e) => {
                 self.open.fetch_sub(1, Ordering::Relaxed);
                 if !matches!(e, ConnectError::Handshake(_)) {

@@ -98,6 +98,50 @@ pub(super) fn content_length_parse_all_values(values: ValueIter<'_, HeaderValue>
     content_length
 }
 
+/// `Content-Length` folded over a message's lines as the head is parsed: what
+/// [`content_length_parse_all`] finds, without looking the header up again (Gantry patch).
+#[cfg(feature = "client")]
+#[derive(Default)]
+pub(super) struct ContentLengthFold {
+    seen: bool,
+    bad: bool,
+    value: Option<u64>,
+}
+
+#[cfg(feature = "client")]
+impl ContentLengthFold {
+    pub(super) fn add(&mut self, line: &HeaderValue) {
+        self.seen = true;
+        if self.bad {
+            return;
+        }
+        let Ok(line) = line.to_str() else {
+            self.bad = true;
+            return;
+        };
+        for v in line.split(',') {
+            match from_digits(v.trim().as_bytes()) {
+                Some(n) if self.value.is_none() || self.value == Some(n) => self.value = Some(n),
+                _ => {
+                    self.bad = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `None` without the header; `Some(None)` when its lines are invalid or disagree.
+    pub(super) fn get(&self) -> Option<Option<u64>> {
+        if !self.seen {
+            None
+        } else if self.bad {
+            Some(None)
+        } else {
+            Some(self.value)
+        }
+    }
+}
+
 fn from_digits(bytes: &[u8]) -> Option<u64> {
     // cannot use FromStr for u64, since it allows a signed prefix
     let mut result = 0u64;

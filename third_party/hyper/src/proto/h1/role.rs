@@ -1136,23 +1136,32 @@ impl Http1Transaction for Client {
             };
 
             headers.reserve(headers_len);
+            let mut saw_te = false;
+            let mut con_len = headers::ContentLengthFold::default();
             for header in &headers_indices[..headers_len] {
                 // SAFETY: array is valid up to `headers_len`
                 let header = unsafe { header.assume_init_ref() };
                 let name = header_name!(&slice[header.name.0..header.name.1]);
                 let value = header_value!(slice.slice(header.value.0..header.value.1));
 
-                if let header::CONNECTION = name {
-                    // A message may carry more than one `Connection` line. Once
-                    // any of them asks to close, a later `keep-alive` must not
-                    // undo it.
-                    if saw_connection_close || headers::connection_close(&value) {
-                        saw_connection_close = true;
-                        keep_alive = false;
-                    } else if !keep_alive {
-                        // HTTP/1.0, which defaults to close
-                        keep_alive = headers::connection_keep_alive(&value);
+                match name {
+                    header::CONNECTION => {
+                        // A message may carry more than one `Connection` line. Once
+                        // any of them asks to close, a later `keep-alive` must not
+                        // undo it.
+                        if saw_connection_close || headers::connection_close(&value) {
+                            saw_connection_close = true;
+                            keep_alive = false;
+                        } else if !keep_alive {
+                            // HTTP/1.0, which defaults to close
+                            keep_alive = headers::connection_keep_alive(&value);
+                        }
                     }
+                    // Gantry patch: the framing headers are noted as they go by, not
+                    // looked up again by `Client::decoder`.
+                    header::TRANSFER_ENCODING => saw_te = true,
+                    header::CONTENT_LENGTH => con_len.add(&value),
+                    _ => {}
                 }
 
                 if let Some(header_case_map) = &mut header_case_map {
@@ -1191,7 +1200,9 @@ impl Http1Transaction for Client {
                 headers,
                 extensions,
             };
-            if let Some((decode, is_upgrade)) = Client::decoder(&head, ctx.req_method)? {
+            if let Some((decode, is_upgrade)) =
+                Client::decoder(&head, ctx.req_method, saw_te, con_len.get())?
+            {
                 return Ok(Some(ParsedMessage {
                     head,
                     decode,
@@ -1282,9 +1293,14 @@ impl Client {
     /// Returns `Some(length, wants_upgrade)` if successful.
     ///
     /// Returns `None` if this message head should be skipped (like a 100 status).
+    ///
+    /// `saw_te` and `con_len` (Gantry patch): whether the head has `Transfer-Encoding`, and
+    /// its `Content-Length` as `headers::ContentLengthFold::get` gives it.
     fn decoder(
         inc: &MessageHead<StatusCode>,
         method: &mut Option<Method>,
+        saw_te: bool,
+        con_len: Option<Option<u64>>,
     ) -> Result<Option<(DecodedLength, bool)>, Parse> {
         // According to https://tools.ietf.org/html/rfc7230#section-3.3.3
         // 1. HEAD responses, and Status 1xx, 204, and 304 cannot have a body.
@@ -1321,7 +1337,7 @@ impl Client {
             }
         }
 
-        if inc.headers.contains_key(header::TRANSFER_ENCODING) {
+        if saw_te {
             // https://tools.ietf.org/html/rfc7230#section-3.3.3
             // If Transfer-Encoding header is present, and 'chunked' is
             // not the final encoding, and this is a Request, then it is
@@ -1335,9 +1351,9 @@ impl Client {
                 trace!("not chunked, read till eof");
                 Ok(Some((DecodedLength::CLOSE_DELIMITED, false)))
             }
-        } else if let Some(len) = headers::content_length_parse_all(&inc.headers) {
+        } else if let Some(Some(len)) = con_len {
             Ok(Some((DecodedLength::checked_new(len)?, false)))
-        } else if inc.headers.contains_key(header::CONTENT_LENGTH) {
+        } else if con_len.is_some() {
             debug!("illegal Content-Length header");
             Err(Parse::content_length_invalid())
         } else {
