@@ -61,8 +61,9 @@ struct Idle {
 
 /// An HTTP/1.1 connection to a backend, with the timer its exchanges' response-header timeout
 /// runs on. The timer lives as long as the connection and is pushed back per request, which is
-/// an atomic store while it is armed: a new timer per request (`tokio::time::timeout`) cost
-/// about 700 instructions to register and deregister (callgrind, `docs/performance.md`).
+/// one atomic compare-and-swap while it is armed: a new timer per request
+/// (`tokio::time::timeout`) cost about 700 instructions to register and deregister (callgrind,
+/// `docs/performance.md`).
 #[derive(Debug)]
 pub struct Upstream {
     pub(crate) sender: SendRequest<UpstreamBody>,
