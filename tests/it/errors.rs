@@ -159,6 +159,14 @@ async fn scripted_backend(
     (addr, accepted, task)
 }
 
+/// A config that sends every request to the one backend at `addr`, with `service` (lines of the
+/// service's table) added.
+fn everything_to(addr: std::net::SocketAddr, service: &str) -> String {
+    format!(
+        "[routers.r]\nservice = \"s\"\npath_prefix = \"/\"\n[services.s]\nbackends = [{{ url = \"http://{addr}\" }}]\n{service}\n"
+    )
+}
+
 const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 /// The response-header timeout runs per request on a kept (pooled) backend connection: three
@@ -175,17 +183,7 @@ async fn response_timeout_runs_per_request_on_a_kept_connection() {
         (Duration::ZERO, None),
     ])
     .await;
-    let config = format!(
-        r#"
-[routers.r]
-service = "s"
-path_prefix = "/"
-[services.s]
-backends = [{{ url = "http://{addr}" }}]
-timeouts = {{ response_header = "500ms" }}
-"#
-    );
-    let g = Gantry::start(&config).await;
+    let g = Gantry::start(&everything_to(addr, "timeouts = { response_header = \"500ms\" }")).await;
     let c = client();
     for i in 0..4 {
         let a = get(&c, g.addr(), "h", "/").await;
@@ -234,16 +232,7 @@ async fn backend_response_framing_is_checked() {
     ];
     for (answer, status, body) in cases {
         let (addr, _, task) = scripted_backend(vec![(Duration::ZERO, Some(answer))]).await;
-        let config = format!(
-            r#"
-[routers.r]
-service = "s"
-path_prefix = "/"
-[services.s]
-backends = [{{ url = "http://{addr}" }}]
-"#
-        );
-        let g = Gantry::start(&config).await;
+        let g = Gantry::start(&everything_to(addr, "")).await;
         let a = get(&client(), g.addr(), "h", "/").await;
         assert_eq!(a.status, status, "{answer:?}: {}", a.body);
         if status == 200 {

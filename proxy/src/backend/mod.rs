@@ -74,6 +74,7 @@ impl Upstream {
     fn new(sender: SendRequest<UpstreamBody>) -> Self {
         Self {
             sender,
+            // Not polled before `send` sets its deadline; this one only makes it.
             timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
         }
     }
