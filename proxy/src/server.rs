@@ -311,23 +311,24 @@ impl Conn {
     }
 
     /// Serves an HTTP/2 connection to its end.
-    #[allow(clippy::manual_async_fn)] // no second copy of the arguments
+    ///
+    /// The connection is made before the `async move` block, which then holds it and nothing of
+    /// what it was made from: a captured `io` or `info` would keep its place in the future for
+    /// the connection's whole life (and the builder is a temporary).
     fn serve_h2<S>(&self, io: S, info: Arc<ConnInfo>) -> impl Future<Output = ()> + Send
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        // An `async move` block, not an `async fn`: no second copy of `io`; and the builder is
-        // a temporary, not held by the future.
+        let activity = Arc::new(Activity::default());
+        let service = service(self.proxy.clone(), info, activity.clone());
+        let mut conn = h2_builder(&self.config.limits).serve_connection(TokioIo::new(io), service);
         async move {
-            let activity = Arc::new(Activity::default());
-            let service = service(self.proxy.clone(), info, activity.clone());
-            let conn = h2_builder(&self.config.limits).serve_connection(TokioIo::new(io), service);
-            tokio::pin!(conn);
             let timer = tokio::time::sleep(Duration::ZERO);
             tokio::pin!(timer);
             let cancelled = self.shutdown.cancelled();
             tokio::pin!(cancelled);
-            self.drive(conn, &activity, 0, false, timer, cancelled).await;
+            self.drive(Pin::new(&mut conn), &activity, 0, false, timer, cancelled)
+                .await;
         }
     }
 
@@ -430,120 +431,132 @@ impl Conn {
     /// `timer` and `cancelled` are the connection's own, made once: an HTTP/1 connection is
     /// driven again after each idle pause, and setting up a timer and a shutdown waiter per
     /// request costs more than resetting them.
-    async fn drive<C: Graceful>(
-        &self,
-        mut conn: Pin<&mut C>,
-        activity: &Activity,
+    ///
+    /// An `async move` block, not an `async fn`: no second copy of the arguments in the future
+    /// that every connection's task holds.
+    #[allow(clippy::manual_async_fn)] // no second copy of the arguments
+    fn drive<'a, C: Graceful + Send>(
+        &'a self,
+        mut conn: Pin<&'a mut C>,
+        activity: &'a Activity,
         since: u64,
         release: bool,
-        mut timer: Pin<&mut tokio::time::Sleep>,
-        mut cancelled: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
-    ) {
-        let limits = &self.config.limits;
-        let connected = Instant::now();
-        // What the last look saw. `idle_armed`: the connection was idle then, so idle now with
-        // no request started in between means a whole idle period (true at first: a connection
-        // with no request head by the header timeout is closed).
-        let mut last_started = since;
-        let mut idle_armed = true;
-        let mut last_progress = 0u64;
-        let mut last_handed = 0u64;
-        // The first look comes at whichever is sooner; until a request head has arrived the
-        // header timeout applies, afterwards the idle and send timeouts.
-        let mut look_at = connected
-            + limits
-                .header_read_timeout
-                .min(limits.idle_timeout)
-                .min(limits.send_timeout);
-        let mut release_at = release.then(|| connected + RELEASE_LOOK);
-        timer
-            .as_mut()
-            .reset(release_at.map_or(look_at, |r| r.min(look_at)));
-        let mut closing = false;
-        loop {
-            match watch(
-                conn.as_mut(),
-                timer.as_mut(),
-                cancelled.as_mut(),
-                &self.shutdown,
-                closing,
-            )
-            .await
-            {
-                Event::Done(res) => {
-                    if let Err(e) = res {
-                        debug!(error = %e, "client connection ended with an error");
-                    }
-                    return;
-                }
-                Event::Timer => {
-                    let started = activity.started.load(Ordering::Relaxed);
-                    let finished = activity.finished.load(Ordering::Relaxed);
-                    let now = Instant::now();
-                    if let Some(at) = release_at
-                        && now >= at
-                        && !closing
-                    {
-                        if started == finished {
-                            conn.as_mut().release();
-                            release_at = None;
-                        } else {
-                            release_at = Some(now + RELEASE_LOOK);
+        mut timer: Pin<&'a mut tokio::time::Sleep>,
+        mut cancelled: Pin<&'a mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        async move {
+            // (No `limits` local: it would keep a place in the future; `self` is there anyway.)
+            let connected = Instant::now();
+            // What the last look saw. `idle_armed`: the connection was idle then, so idle now with
+            // no request started in between means a whole idle period (true at first: a connection
+            // with no request head by the header timeout is closed).
+            let mut last_started = since;
+            let mut idle_armed = true;
+            let mut last_progress = 0u64;
+            let mut last_handed = 0u64;
+            // The first look comes at whichever is sooner; until a request head has arrived the
+            // header timeout applies, afterwards the idle and send timeouts.
+            let mut look_at = {
+                let limits = &self.config.limits;
+                connected
+                    + limits
+                        .header_read_timeout
+                        .min(limits.idle_timeout)
+                        .min(limits.send_timeout)
+            };
+            let mut release_at = release.then(|| connected + RELEASE_LOOK);
+            timer
+                .as_mut()
+                .reset(release_at.map_or(look_at, |r| r.min(look_at)));
+            let mut closing = false;
+            loop {
+                match watch(
+                    conn.as_mut(),
+                    timer.as_mut(),
+                    cancelled.as_mut(),
+                    &self.shutdown,
+                    closing,
+                )
+                .await
+                {
+                    Event::Done(res) => {
+                        if let Err(e) = res {
+                            debug!(error = %e, "client connection ended with an error");
                         }
+                        return;
                     }
-                    if now < look_at {
-                        timer
-                            .as_mut()
-                            .reset(release_at.map_or(look_at, |r| r.min(look_at)));
-                        continue;
-                    }
-                    let next = if closing {
-                        return; // the grace period after a close request has run out
-                    } else if started == since && connected.elapsed() < limits.header_read_timeout {
-                        // No request head yet; still in time. Looking again within a send
-                        // timeout catches a first request that stalls before the header timeout.
-                        (connected + limits.header_read_timeout).min(Instant::now() + limits.send_timeout)
-                    } else if started == finished {
-                        if idle_armed && started == last_started {
-                            debug!(requests = started, "closing idle connection");
-                            conn.as_mut().graceful();
-                            closing = true;
-                            Instant::now() + Duration::from_secs(1)
-                        } else {
-                            idle_armed = true;
-                            last_started = started;
-                            Instant::now() + limits.idle_timeout
-                        }
-                    } else {
-                        // Busy. Stalled if a response handed over before the last look is
-                        // still waiting on the client and the client took nothing since.
-                        let (progress, handed) = (activity.progress(), activity.handed());
-                        if !idle_armed
-                            && activity.waiting_on_client()
-                            && progress == last_progress
-                            && handed == last_handed
+                    Event::Timer => {
+                        let started = activity.started.load(Ordering::Relaxed);
+                        let finished = activity.finished.load(Ordering::Relaxed);
+                        let now = Instant::now();
+                        if let Some(at) = release_at
+                            && now >= at
+                            && !closing
                         {
-                            debug!(
-                                requests = started,
-                                "closing a connection whose client stopped taking its response"
-                            );
-                            self.proxy.metrics.send_timeouts.inc();
-                            return; // dropping the connection closes it; a graceful close would wait on the client
+                            if started == finished {
+                                conn.as_mut().release();
+                                release_at = None;
+                            } else {
+                                release_at = Some(now + RELEASE_LOOK);
+                            }
                         }
-                        idle_armed = false;
-                        (last_progress, last_handed) = (progress, handed);
-                        Instant::now() + limits.send_timeout
-                    };
-                    look_at = next;
-                    timer.as_mut().reset(release_at.map_or(next, |r| r.min(next)));
-                }
-                Event::Shutdown => {
-                    conn.as_mut().graceful();
-                    closing = true;
-                    release_at = None;
-                    // In-flight requests get the whole drain deadline (enforced by the caller).
-                    look_at = Instant::now() + Duration::from_secs(3600);
-                    timer.as_mut().reset(look_at);
+                        if now < look_at {
+                            timer
+                                .as_mut()
+                                .reset(release_at.map_or(look_at, |r| r.min(look_at)));
+                            continue;
+                        }
+                        let next = if closing {
+                            return; // the grace period after a close request has run out
+                        } else if started == since
+                            && connected.elapsed() < self.config.limits.header_read_timeout
+                        {
+                            // No request head yet; still in time. Looking again within a send
+                            // timeout catches a first request that stalls before the header timeout.
+                            (connected + self.config.limits.header_read_timeout)
+                                .min(Instant::now() + self.config.limits.send_timeout)
+                        } else if started == finished {
+                            if idle_armed && started == last_started {
+                                debug!(requests = started, "closing idle connection");
+                                conn.as_mut().graceful();
+                                closing = true;
+                                Instant::now() + Duration::from_secs(1)
+                            } else {
+                                idle_armed = true;
+                                last_started = started;
+                                Instant::now() + self.config.limits.idle_timeout
+                            }
+                        } else {
+                            // Busy. Stalled if a response handed over before the last look is
+                            // still waiting on the client and the client took nothing since.
+                            let (progress, handed) = (activity.progress(), activity.handed());
+                            if !idle_armed
+                                && activity.waiting_on_client()
+                                && progress == last_progress
+                                && handed == last_handed
+                            {
+                                debug!(
+                                    requests = started,
+                                    "closing a connection whose client stopped taking its response"
+                                );
+                                self.proxy.metrics.send_timeouts.inc();
+                                return; // dropping the connection closes it; a graceful close would wait on the client
+                            }
+                            idle_armed = false;
+                            (last_progress, last_handed) = (progress, handed);
+                            Instant::now() + self.config.limits.send_timeout
+                        };
+                        look_at = next;
+                        timer.as_mut().reset(release_at.map_or(next, |r| r.min(next)));
+                    }
+                    Event::Shutdown => {
+                        conn.as_mut().graceful();
+                        closing = true;
+                        release_at = None;
+                        // In-flight requests get the whole drain deadline (enforced by the caller).
+                        look_at = Instant::now() + Duration::from_secs(3600);
+                        timer.as_mut().reset(look_at);
+                    }
                 }
             }
         }
@@ -563,13 +576,15 @@ enum Event {
 /// for the task's life, and `Sleep::reset` keeps it); on later wakes one atomic load each tells
 /// whether they fired. Polling them on every wake, as `select!` does, cost about 2.5% of a
 /// proxied request.
-async fn watch<C: Graceful>(
-    mut conn: Pin<&mut C>,
-    mut timer: Pin<&mut tokio::time::Sleep>,
-    mut cancelled: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
-    shutdown: &Shutdown,
+///
+/// A function returning the `poll_fn`, not an `async fn`: no second copy of the arguments.
+fn watch<'a, C: Graceful + Send>(
+    mut conn: Pin<&'a mut C>,
+    mut timer: Pin<&'a mut tokio::time::Sleep>,
+    mut cancelled: Pin<&'a mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    shutdown: &'a Shutdown,
     closing: bool,
-) -> Event {
+) -> impl Future<Output = Event> + Send + 'a {
     let mut registered = false;
     std::future::poll_fn(move |cx| {
         if !registered {
@@ -597,7 +612,6 @@ async fn watch<C: Graceful>(
         }
         Poll::Pending
     })
-    .await
 }
 
 /// A connection's request handler: counts the requests, refuses one whose head carried both
