@@ -671,15 +671,16 @@ async fn with_etcd_a_canary_failing_on_one_instance_is_rolled_back_whichever_dri
             },
         )
         .await;
-        // Within the first step, on the fleet's error rate: B's share of the canary failed. (A's
-        // alone would be 0, B's alone 1; the gate may fail early, as soon as the errors alone
-        // pass the bar, and B's last second may not be reported yet: the rate is B's 20% or
-        // less, not exactly.)
+        // Within the first step, on the fleet's figures: B's errors count whichever drives (A's
+        // and C's own figures have none). The gate fails as soon as the errors alone pass what
+        // min_requests allows (more than 2), on whatever reports are in: B's latest second may
+        // come before A's (reports are a second apart) or after, so the rate may be below B's
+        // 20% of the canary's requests or anywhere above it, up to 1.
         assert_eq!(decision["step"], 0, "{decision:#}");
-        let rate = decision["canary"]["error_rate"].as_f64().unwrap();
+        let canary = &decision["canary"];
         assert!(
-            (0.02..0.45).contains(&rate) && decision["canary"]["errors"].as_u64() > Some(2),
-            "the fleet's canary error rate: {decision:#}"
+            canary["errors"].as_u64() > Some(2) && canary["error_rate"].as_f64() > Some(0.05),
+            "rolled back on the fleet's canary errors: {decision:#}"
         );
         assert_eq!(
             value_of(&mut c, "/gantry/weights/web").await.unwrap(),

@@ -145,16 +145,20 @@ pub enum Verdict {
 /// Judges a step from the canary's and stable's figures since it began.
 ///
 /// The error gate fails as soon as the canary has had `min_requests` with too high an error
-/// rate, or earlier when its errors alone already exceed what `min_requests` would allow; the
+/// rate, or earlier (before `min_requests`) when its errors alone already exceed what
+/// `min_requests` would allow; the
 /// latency gate fails when, over at least `min_requests`, the canary's p99 is above stable's
 /// times `max_p99_ratio` plus `p99_slack`. With both gates holding, the step ends once its time
 /// is up and it has seen `min_requests`.
 pub fn judge(spec: &RolloutSpec, canary: &VersionStats, stable: &VersionStats, elapsed: Duration) -> Verdict {
     let min = spec.min_requests.max(1);
     let rate = canary.error_rate();
-    if (canary.requests >= min && rate > spec.max_error_rate)
-        || canary.errors as f64 > spec.max_error_rate * min as f64
-    {
+    let too_many_errors = if canary.requests >= min {
+        rate > spec.max_error_rate
+    } else {
+        canary.errors as f64 > spec.max_error_rate * min as f64
+    };
+    if too_many_errors {
         return Verdict::Fail(format!(
             "canary error rate {:.2}% ({} of {}) above {:.2}%",
             rate * 100.0,
@@ -417,6 +421,11 @@ mod tests {
         assert!(matches!(
             judge(&s, &stats(200, 20, 2.0), &stable, Duration::ZERO),
             Verdict::Fail(_)
+        ));
+        // Past min_requests only the rate counts: 10 errors in 1,000 requests is 1%.
+        assert!(matches!(
+            judge(&s, &stats(1000, 10, 2.0), &stable, Duration::ZERO),
+            Verdict::Wait(_)
         ));
         // p99 of 50 ms against 2 ms x 1.5 + 5 ms.
         let v = judge(&s, &stats(200, 0, 50.0), &stable, Duration::from_secs(10));
