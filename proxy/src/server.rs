@@ -614,8 +614,17 @@ fn watch<'a, C: Graceful + Send>(
     })
 }
 
+/// What a connection's request handler gives hyper.
+type Answer = Result<http::Response<crate::response::ResponseBody>, Infallible>;
+
 /// A connection's request handler: counts the requests, refuses one whose head carried both
 /// framing headers, writes the access log line when the log is on.
+///
+/// Each request's future (about 4 KB) is boxed where it is made: hyper would otherwise move it
+/// whole into its connection (HTTP/1) or its stream task (HTTP/2), a `memcpy` of its size. The
+/// allocation costs less than the copy: 29,404 -> 29,079 instructions per HTTP/1.1 request and
+/// 50,567 -> 49,437 per h2c request (callgrind), and a busy HTTP/1 connection no longer keeps a
+/// 4 KB slot for it.
 fn service(
     proxy: Arc<Proxy>,
     info: Arc<ConnInfo>,
@@ -624,9 +633,7 @@ fn service(
     http::Request<hyper::body::Incoming>,
     Response = http::Response<crate::response::ResponseBody>,
     Error = Infallible,
-    Future = impl Future<Output = Result<http::Response<crate::response::ResponseBody>, Infallible>>
-             + Send
-             + 'static,
+    Future = Pin<Box<impl Future<Output = Answer> + Send + 'static>>,
 > + Send
 + 'static {
     service_fn(move |req| {
@@ -636,7 +643,7 @@ fn service(
         act.started.fetch_add(1, Ordering::Relaxed);
         // Both framing headers (hyper marks the request: third_party/hyper/GANTRY.md).
         let smuggling = req.extensions().get::<hyper::ext::AmbiguousFraming>().is_some();
-        async move {
+        Box::pin(async move {
             let mut resp = if smuggling {
                 proxy.fail(
                     &ProxyError::BadFraming("both Content-Length and Transfer-Encoding"),
@@ -655,8 +662,8 @@ fn service(
                 }
             };
             resp.body_mut().set_active(ActiveRequest::new(act));
-            Ok::<_, Infallible>(resp)
-        }
+            Answer::Ok(resp)
+        })
     })
 }
 
