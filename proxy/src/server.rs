@@ -422,11 +422,12 @@ impl Conn {
     /// `since`: the requests the connection had started before (it was idle and its next bytes
     /// have arrived): the header timeout applies until one more has.
     ///
-    /// `release`: a connection found with no request in flight at a look (every
-    /// [`RELEASE_LOOK`]) is told to give its socket back when idle (it then ends, and the
-    /// caller holds the bare socket). Not after every request: a busy keep-alive client's next
-    /// request usually follows within microseconds, and setting hyper's connection up again per
-    /// request cost 18% more instructions (callgrind).
+    /// `release`: a connection found at a look (every [`RELEASE_LOOK`]) with no request in
+    /// flight and none started since the look before is told to give its socket back when idle
+    /// (it then ends, and the caller holds the bare socket). Not after every request: a busy
+    /// keep-alive client's next request usually follows within microseconds, and setting
+    /// hyper's connection up again per request cost 18% more instructions (callgrind). Nor at a
+    /// look that merely falls between two requests of a busy client.
     ///
     /// `timer` and `cancelled` are the connection's own, made once: an HTTP/1 connection is
     /// driven again after each idle pause, and setting up a timer and a shutdown waiter per
@@ -465,6 +466,9 @@ impl Conn {
                         .min(limits.send_timeout)
             };
             let mut release_at = release.then(|| connected + RELEASE_LOOK);
+            // The requests started by the last release look: a connection is released when a
+            // look finds it with none in flight and none started since the look before.
+            let mut release_seen = since;
             timer
                 .as_mut()
                 .reset(release_at.map_or(look_at, |r| r.min(look_at)));
@@ -493,10 +497,11 @@ impl Conn {
                             && now >= at
                             && !closing
                         {
-                            if started == finished {
+                            if started == finished && started == release_seen {
                                 conn.as_mut().release();
                                 release_at = None;
                             } else {
+                                release_seen = started;
                                 release_at = Some(now + RELEASE_LOOK);
                             }
                         }
@@ -675,7 +680,7 @@ trait Graceful: Future<Output = hyper::Result<()>> {
 }
 
 /// How often an HTTP/1 connection is looked at for idleness (see `drive`'s `release`): an idle
-/// one gives its socket back within one look.
+/// one gives its socket back within two looks.
 const RELEASE_LOOK: Duration = Duration::from_millis(50);
 
 impl<I, S> Graceful for http1::UpgradeableConnection<I, S>

@@ -165,7 +165,7 @@ backends = [{{ url = "{}" }}]
         .await
         .unwrap();
     first.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await; // past the 50 ms look: a pause, not a sync
+    tokio::time::sleep(Duration::from_millis(150)).await; // past two 50 ms looks: a pause, not a sync
     first.write_all(b"X-Part: two\r\n\r\n").await.unwrap();
     first.flush().await.unwrap();
     let mut buf = vec![0u8; 4096];
