@@ -146,10 +146,9 @@ pub enum Verdict {
 ///
 /// The error gate fails as soon as the canary has had `min_requests` with too high an error
 /// rate, or earlier (before `min_requests`) when its errors alone already exceed what
-/// `min_requests` would allow; the
-/// latency gate fails when, over at least `min_requests`, the canary's p99 is above stable's
-/// times `max_p99_ratio` plus `p99_slack`. With both gates holding, the step ends once its time
-/// is up and it has seen `min_requests`.
+/// `min_requests` would allow; the latency gate fails when, over at least `min_requests`, the
+/// canary's p99 is above stable's times `max_p99_ratio` plus `p99_slack`. With both gates
+/// holding, the step ends once its time is up and it has seen `min_requests`.
 pub fn judge(spec: &RolloutSpec, canary: &VersionStats, stable: &VersionStats, elapsed: Duration) -> Verdict {
     let min = spec.min_requests.max(1);
     let rate = canary.error_rate();
