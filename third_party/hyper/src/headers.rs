@@ -32,6 +32,12 @@ pub(super) fn connection_any_close(headers: &http::HeaderMap) -> bool {
 
 #[cfg(feature = "http1")]
 fn connection_has(value: &HeaderValue, needle: &str) -> bool {
+    // Gantry: the usual value is one token (`keep-alive`, `close`): compared without splitting
+    // (a header value holds no line breaks, so ASCII trimming is what `str::trim` would do).
+    let bytes = value.as_bytes();
+    if !bytes.contains(&b',') {
+        return bytes.trim_ascii().eq_ignore_ascii_case(needle.as_bytes());
+    }
     if let Ok(s) = value.to_str() {
         for val in s.split(',') {
             if val.trim().eq_ignore_ascii_case(needle) {

@@ -579,13 +579,11 @@ where
         async move {
             trace!("client handshake HTTP/2");
 
-            let (tx, rx) = dispatch::channel();
+            let (tx, rx) = dispatch::unbounded_channel();
             let h2 = proto::h2::client::handshake(io, rx, &opts.h2_builder, opts.exec, opts.timer)
                 .await?;
             Ok((
-                SendRequest {
-                    dispatch: tx.unbound(),
-                },
+                SendRequest { dispatch: tx },
                 Connection {
                     inner: (PhantomData, h2),
                 },
