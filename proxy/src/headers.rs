@@ -175,54 +175,79 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, expect: bool) {
     strip(h, expect, false);
 }
 
-/// [`strip_hop_by_hop`], and with `forwarded` also the client's forwarded headers, in one pass.
+/// [`strip_hop_by_hop`], and with `forwarded` also the client's forwarded headers, in one pass
+/// (a second one only when more names qualify than one pass holds: every one goes).
 fn strip(h: &mut HeaderMap, expect: bool, forwarded: bool) {
-    // Few distinct names can qualify; a fixed array avoids an allocation.
-    let mut present: [Option<HeaderName>; 16] = Default::default();
-    let mut n = 0;
-    for name in h.keys() {
-        let s = name.as_str();
-        if n < present.len()
-            && (is_hop_by_hop(s)
+    loop {
+        // The names that qualify (usually none on a request, `connection` on a response), in a
+        // fixed array: no allocation, and the map cannot change while its names are walked.
+        let mut present: [Option<HeaderName>; 8] = Default::default();
+        let mut n = 0;
+        let mut full = false;
+        for name in h.keys() {
+            let s = name.as_str();
+            if is_hop_by_hop(s)
                 || (expect && name == header::EXPECT)
-                || (forwarded && is_forwarded(s.as_bytes())))
-        {
-            present[n] = Some(name.clone());
-            n += 1;
+                || (forwarded && is_forwarded(s.as_bytes()))
+            {
+                if n == present.len() {
+                    full = true;
+                    break;
+                }
+                present[n] = Some(name.clone());
+                n += 1;
+            }
+        }
+        for slot in &mut present[..n] {
+            let Some(name) = slot.take() else { continue };
+            if name == header::CONNECTION {
+                remove_connection(h);
+            } else if name == header::TE
+                && h.get(header::TE)
+                    .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+            {
+                // Kept: the next pass finds it again, but each full pass removes the other seven.
+                continue;
+            } else {
+                h.remove(name);
+            }
+        }
+        if !full {
+            return;
         }
     }
-    for slot in present.iter_mut().take(n) {
-        let Some(name) = slot.take() else { continue };
-        if name == header::CONNECTION {
-            let mut named: Vec<HeaderName> = Vec::new();
-            for v in h.get_all(header::CONNECTION) {
-                for token in v.to_str().unwrap_or("").split(',') {
-                    let token = token.trim();
-                    // `close` and `keep-alive` are connection options, not header names (and the
-                    // Keep-Alive header is removed anyway).
-                    if token.is_empty()
-                        || token.eq_ignore_ascii_case("close")
-                        || token.eq_ignore_ascii_case("keep-alive")
-                    {
-                        continue;
-                    }
-                    if let Ok(n) = HeaderName::from_bytes(token.as_bytes())
-                        && n != header::TE
-                    {
-                        named.push(n);
-                    }
-                }
-            }
-            for n in named {
-                h.remove(n);
-            }
-        } else if name == header::TE
-            && h.get(header::TE)
-                .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"))
-        {
+}
+
+/// Removes `Connection` and the headers it names (one lookup for the header and its values).
+fn remove_connection(h: &mut HeaderMap) {
+    let header::Entry::Occupied(e) = h.entry(header::CONNECTION) else {
+        return;
+    };
+    let mut named: Vec<HeaderName> = Vec::new();
+    for v in e.remove_entry_mult().1 {
+        let b = v.as_bytes();
+        // The usual value is one connection option, not a header name (and the Keep-Alive
+        // header is removed anyway).
+        if b.eq_ignore_ascii_case(b"keep-alive") || b.eq_ignore_ascii_case(b"close") {
             continue;
         }
-        h.remove(name);
+        for token in v.to_str().unwrap_or("").split(',') {
+            let token = token.trim();
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || token.eq_ignore_ascii_case("keep-alive")
+            {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(token.as_bytes())
+                && n != header::TE
+            {
+                named.push(n);
+            }
+        }
+    }
+    for n in named {
+        h.remove(n);
     }
 }
 
@@ -279,6 +304,31 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut h, true);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn every_forwarded_header_goes_however_many_names_come_before_it() {
+        let mut h = HeaderMap::new();
+        for i in 0..20 {
+            h.insert(
+                HeaderName::from_bytes(format!("x-forwarded-{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        h.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_static("6.6.6.6"));
+        h.insert(
+            HeaderName::from_static("x-real-ip"),
+            HeaderValue::from_static("6.6.6.6"),
+        );
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-secret"));
+        h.insert(HeaderName::from_static("x-secret"), HeaderValue::from_static("1"));
+        h.insert(HeaderName::from_static("x-kept"), HeaderValue::from_static("1"));
+        strip(&mut h, true, true);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["te", "x-kept"]);
     }
 
     #[test]
