@@ -225,18 +225,13 @@ fn remove_connection(h: &mut HeaderMap) {
     };
     let mut named: Vec<HeaderName> = Vec::new();
     for v in e.remove_entry_mult().1 {
-        let b = v.as_bytes();
-        // The usual value is one connection option, not a header name (and the Keep-Alive
-        // header is removed anyway).
-        if b.eq_ignore_ascii_case(b"keep-alive") || b.eq_ignore_ascii_case(b"close") {
+        // The usual value is one connection option: no splitting needed.
+        if is_connection_option(v.as_bytes()) {
             continue;
         }
         for token in v.to_str().unwrap_or("").split(',') {
             let token = token.trim();
-            if token.is_empty()
-                || token.eq_ignore_ascii_case("close")
-                || token.eq_ignore_ascii_case("keep-alive")
-            {
+            if token.is_empty() || is_connection_option(token.as_bytes()) {
                 continue;
             }
             if let Ok(n) = HeaderName::from_bytes(token.as_bytes())
@@ -249,6 +244,12 @@ fn remove_connection(h: &mut HeaderMap) {
     for n in named {
         h.remove(n);
     }
+}
+
+/// `close` and `keep-alive` are connection options, not header names (and the Keep-Alive header
+/// is removed anyway).
+fn is_connection_option(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"close") || token.eq_ignore_ascii_case(b"keep-alive")
 }
 
 #[inline]

@@ -362,7 +362,8 @@ where
         }
 
         // Gantry: `TE` is a request header; a response's says nothing (one map lookup saved).
-        self.state.allow_trailer_fields = T::is_server() && headers::te_is_trailers(&msg.head.headers);
+        self.state.allow_trailer_fields =
+            T::is_server() && headers::te_is_trailers(&msg.head.headers);
 
         Poll::Ready(Some(Ok((msg.head, msg.decode, wants))))
     }
