@@ -21,6 +21,7 @@ use http::{Method, Request, Response, Version};
 use prometheus::IntCounter;
 
 use crate::conn::ConnInfo;
+use crate::request_id::hex;
 use crate::response::ResponseBody;
 
 /// What `handle` learned about a request, for its line (a response extension, only when the
@@ -436,23 +437,6 @@ fn set_traceparent(h: &mut http::HeaderMap, trace_id: u128, span_id: u64, flags:
     hex(&mut v[53..], &[flags]);
     if let Ok(v) = HeaderValue::from_bytes(&v) {
         h.insert(TRACEPARENT.clone(), v);
-    }
-}
-
-/// Lowercase hex of `bytes` into `out` (twice as long).
-fn hex(out: &mut [u8], bytes: &[u8]) {
-    static PAIRS: [[u8; 2]; 256] = {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut t = [[0u8; 2]; 256];
-        let mut i = 0;
-        while i < 256 {
-            t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
-            i += 1;
-        }
-        t
-    };
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&PAIRS[usize::from(*b)]);
     }
 }
 

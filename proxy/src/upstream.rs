@@ -79,7 +79,11 @@ pub(crate) fn send<'a>(
                     }
                 },
             };
-            match sender.send(req, t.response_header).await {
+            let answer = match sender.send(req, t.response_header) {
+                Ok(sending) => sending.await,
+                Err(e) => Some(Err(e)),
+            };
+            match answer {
                 None => return Err(ProxyError::ResponseTimeout(t.response_header).into()),
                 Some(Ok(resp)) => return Ok((resp, proxy_header.is_none().then_some(sender))),
                 Some(Err(mut e)) => match e.take_message() {

@@ -64,6 +64,10 @@ struct Idle {
 /// one atomic compare-and-swap while it is armed: a new timer per request
 /// (`tokio::time::timeout`) cost about 700 instructions to register and deregister (callgrind,
 /// `docs/performance.md`).
+/// A request the connection did not take, or could not send, with the message back when it
+/// never left.
+type Unsent = hyper::client::conn::TrySendError<http::Request<UpstreamBody>>;
+
 #[derive(Debug)]
 pub struct Upstream {
     pub(crate) sender: SendRequest<UpstreamBody>,
@@ -79,28 +83,32 @@ impl Upstream {
         }
     }
 
-    /// Sends `req` (see `SendRequest::try_send_request`); `None` when no response head has
-    /// arrived within `timeout`.
-    pub(crate) async fn send(
+    /// Queues `req` on the connection (see `SendRequest::try_send_request_queued`): the request
+    /// comes back at once when the connection cannot take it; otherwise the future answers
+    /// with the response head, or `None` when none arrived within `timeout`. Not an `async fn`:
+    /// its future would hold the request (a copy of it per request).
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn send(
         &mut self,
         req: http::Request<UpstreamBody>,
         timeout: Duration,
-    ) -> Option<
-        Result<
-            http::Response<hyper::body::Incoming>,
-            hyper::client::conn::TrySendError<http::Request<UpstreamBody>>,
-        >,
+    ) -> Result<
+        impl Future<Output = Option<Result<http::Response<hyper::body::Incoming>, Unsent>>> + Send + '_,
+        Unsent,
     > {
         let Upstream { sender, timer } = self;
+        let sending = sender.try_send_request_queued(req)?;
         timer.as_mut().reset(tokio::time::Instant::now() + timeout);
-        let mut sending = std::pin::pin!(sender.try_send_request(req));
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = sending.as_mut().poll(cx) {
-                return Poll::Ready(Some(r));
-            }
-            timer.as_mut().poll(cx).map(|()| None)
+        Ok(async move {
+            let mut sending = std::pin::pin!(sending);
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = sending.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                timer.as_mut().poll(cx).map(|()| None)
+            })
+            .await
         })
-        .await
     }
 
     pub(crate) fn is_closed(&self) -> bool {

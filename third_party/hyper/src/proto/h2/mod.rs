@@ -48,6 +48,15 @@ enum MessageKind {
 }
 
 fn strip_connection_headers(headers: &mut HeaderMap, kind: MessageKind) {
+    // Gantry: one pass over the names first. Nearly every message carries none of them, and a
+    // lookup by hash for each (six) cost about 300 instructions per message (callgrind;
+    // `GANTRY.md`).
+    if !headers
+        .keys()
+        .any(|name| *name == http::header::TE || *name == CONNECTION || CONNECTION_HEADERS.contains(name))
+    {
+        return;
+    }
     for header in &CONNECTION_HEADERS {
         if headers.remove(header).is_some() {
             warn!("Connection header illegal in HTTP/2: {}", header.as_str());
@@ -325,5 +334,34 @@ impl<B: Buf> Buf for SendBuf<B> {
             Self::Cursor(c) => c.chunks_vectored(dst),
             Self::None => 0,
         }
+    }
+}
+
+/// Gantry: the one-pass check in `strip_connection_headers` changes no verdict.
+#[cfg(all(test, feature = "server"))]
+mod gantry_tests {
+    use super::*;
+
+    #[test]
+    fn connection_headers_are_stripped_and_others_kept() {
+        let mut plain = HeaderMap::new();
+        plain.insert("content-type", "text/plain".parse().unwrap());
+        plain.insert("x-request-id", "abc".parse().unwrap());
+        let before = plain.clone();
+        strip_connection_headers(&mut plain, MessageKind::Response);
+        assert_eq!(plain, before);
+
+        for name in ["keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"] {
+            let mut h = before.clone();
+            h.insert(HeaderName::from_static(name), "x".parse().unwrap());
+            strip_connection_headers(&mut h, MessageKind::Response);
+            assert_eq!(h, before, "{name} is stripped");
+        }
+
+        let mut h = before.clone();
+        h.insert(CONNECTION, "close, x-hop".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        strip_connection_headers(&mut h, MessageKind::Response);
+        assert_eq!(h, before, "connection and the names it lists are stripped");
     }
 }
