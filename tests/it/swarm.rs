@@ -172,15 +172,7 @@ impl Drop for Swarm {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        while Instant::now() < deadline {
-            let out = Command::new("docker")
-                .args(["network", "rm", &self.network])
-                .output();
-            if out.is_ok_and(|o| o.status.success()) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        remove_network(&self.network, deadline);
         if let Some(image) = &self.image {
             let _ = Command::new("docker").args(["rmi", "-f", image]).output();
         }
@@ -189,11 +181,28 @@ impl Drop for Swarm {
                 .args(["swarm", "leave", "--force"])
                 .output();
             if !self.gwbridge_before {
-                let _ = Command::new("docker")
-                    .args(["network", "rm", "docker_gwbridge"])
-                    .output();
+                // Its endpoints go some time after the leave returns. A stale ingress endpoint
+                // (moby/moby#37018) can keep it until dockerd restarts: then it stays, and the
+                // next `init` finds it there and reuses it.
+                remove_network("docker_gwbridge", Instant::now() + Duration::from_secs(10));
             }
         }
+    }
+}
+
+/// Removes a network, trying again until `deadline` while it still has endpoints.
+fn remove_network(name: &str, deadline: Instant) {
+    while Instant::now() < deadline {
+        let Ok(out) = Command::new("docker").args(["network", "rm", name]).output() else {
+            return;
+        };
+        let gone = String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("not found");
+        if out.status.success() || gone {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
