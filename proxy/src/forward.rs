@@ -50,20 +50,17 @@ struct Framing {
 /// h2c request (callgrind, `docs/performance.md`).
 #[inline]
 fn request_id(h: &mut HeaderMap) -> HeaderValue {
-    match h.entry(&X_REQUEST_ID) {
+    let id = match h.entry(&X_REQUEST_ID) {
         header::Entry::Occupied(mut e) => {
             if e.get().is_empty() || e.get().len() > 200 {
                 e.insert(new_request_id());
             }
-            e.get_mut().set_sensitive(true);
-            e.get().clone()
+            e.into_mut()
         }
-        header::Entry::Vacant(e) => {
-            let mut id = new_request_id();
-            id.set_sensitive(true);
-            e.insert(id).clone()
-        }
-    }
+        header::Entry::Vacant(e) => e.insert(new_request_id()),
+    };
+    id.set_sensitive(true);
+    id.clone()
 }
 
 fn scan(h: &HeaderMap) -> Framing {

@@ -59,15 +59,15 @@ struct Idle {
     since: Instant,
 }
 
+/// A request the connection did not take, or could not send, with the message back when it
+/// never left.
+type Unsent = hyper::client::conn::TrySendError<http::Request<UpstreamBody>>;
+
 /// An HTTP/1.1 connection to a backend, with the timer its exchanges' response-header timeout
 /// runs on. The timer lives as long as the connection and is pushed back per request, which is
 /// one atomic compare-and-swap while it is armed: a new timer per request
 /// (`tokio::time::timeout`) cost about 700 instructions to register and deregister (callgrind,
 /// `docs/performance.md`).
-/// A request the connection did not take, or could not send, with the message back when it
-/// never left.
-type Unsent = hyper::client::conn::TrySendError<http::Request<UpstreamBody>>;
-
 #[derive(Debug)]
 pub struct Upstream {
     pub(crate) sender: SendRequest<UpstreamBody>,

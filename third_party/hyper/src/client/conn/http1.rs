@@ -262,23 +262,12 @@ where
         &mut self,
         req: Request<B>,
     ) -> impl Future<Output = Result<Response<IncomingBody>, TrySendError<Request<B>>>> {
-        let sent = self.dispatch.try_send(req);
+        // Gantry: the two steps of `try_send_request_queued`, in one future.
+        let sent = self.try_send_request_queued(req);
         async move {
             match sent {
-                Ok(rx) => match rx.await {
-                    Ok(Ok(res)) => Ok(res),
-                    Ok(Err(err)) => Err(err),
-                    // this is definite bug if it happens, but it shouldn't happen!
-                    Err(_) => unreachable!("dispatch dropped without returning error"),
-                },
-                Err(req) => {
-                    debug!("connection was not ready");
-                    let error = crate::Error::new_canceled().with("connection was not ready");
-                    Err(TrySendError {
-                        error,
-                        message: Some(req),
-                    })
-                }
+                Ok(sending) => sending.await,
+                Err(unsent) => Err(unsent),
             }
         }
     }
@@ -288,11 +277,11 @@ impl<B> SendRequest<B>
 where
     B: Body + 'static,
 {
-    /// Gantry: `try_send_request` in two steps. The request is queued on the connection now;
-    /// when the connection cannot take it, it comes back at once (`Err`, with the message).
-    /// Otherwise the returned future holds only the response's receiver, not a request-sized
-    /// `Result` as `try_send_request`'s does: about 80 instructions per request in copies
-    /// (callgrind; `GANTRY.md`).
+    /// Gantry: `try_send_request` in two steps (it is now made of them). The request is queued
+    /// on the connection now; when the connection cannot take it, it comes back at once (`Err`,
+    /// with the message). Otherwise the returned future holds only the response's receiver, not
+    /// a request-sized `Result` as `try_send_request`'s does: about 80 instructions per request
+    /// in copies (callgrind; `GANTRY.md`).
     #[allow(clippy::result_large_err)]
     pub fn try_send_request_queued(
         &mut self,

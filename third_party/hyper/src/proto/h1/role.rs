@@ -116,6 +116,7 @@ fn common_header_name(bytes: &[u8]) -> Option<HeaderName> {
     };
     Some(name)
 }
+
 /// construct `HeaderValue` from a maybe shared expression.
 macro_rules! header_value {
     ($bytes:expr) => {{
