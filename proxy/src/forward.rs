@@ -332,7 +332,9 @@ impl Proxy {
                             t.attempts = attempts as u32;
                         }
                         let in_flight = backend.begin();
-                        let attempt_start = Instant::now();
+                        // The first attempt starts with the request (a clock read less per
+                        // request; routing and picking take microseconds).
+                        let attempt_start = if attempts == 1 { start } else { Instant::now() };
                         let sent = send(backend, service, request, conn).await;
                         if let Some(t) = &mut trail
                             && t.spans

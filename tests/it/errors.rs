@@ -59,6 +59,34 @@ backends = []
     let a = get(&c, g.addr(), "unknown.test", "/").await;
     assert_eq!(a.status, 404);
     assert!(a.body.contains("no route"), "{}", a.body);
+    // Gantry's own answers carry a current Date (RFC 9110 section 6.6.1), and it moves on with
+    // the clock (it is cached per second).
+    let date =
+        |a: &Answer| httpdate::parse_http_date(a.headers["date"].to_str().unwrap()).expect("an HTTP date");
+    let first = date(&a);
+    let skew = |d: std::time::SystemTime| {
+        let now = std::time::SystemTime::now();
+        now.duration_since(d).or_else(|_| d.duration_since(now)).unwrap()
+    };
+    assert!(
+        skew(first) < Duration::from_secs(5),
+        "stale Date: {:?}",
+        a.headers["date"]
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = get(&c, g.addr(), "unknown.test", "/").await;
+        if date(&a) > first {
+            assert!(
+                skew(date(&a)) < Duration::from_secs(5),
+                "stale Date: {:?}",
+                a.headers["date"]
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "Date stuck at {:?}", a.headers["date"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let a = get(&c, g.addr(), "refused.test", "/").await;
     assert_eq!(a.status, 502);

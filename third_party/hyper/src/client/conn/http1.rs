@@ -281,7 +281,8 @@ where
     /// on the connection now; when the connection cannot take it, it comes back at once (`Err`,
     /// with the message). Otherwise the returned future holds only the response's receiver, not
     /// a request-sized `Result` as `try_send_request`'s does: about 80 instructions per request
-    /// in copies (callgrind; `GANTRY.md`).
+    /// in copies (callgrind; `GANTRY.md`). The response usually comes back in the slot the
+    /// request went through (`dispatch::ResponsePromise`), not in a `oneshot` per request.
     #[allow(clippy::result_large_err)]
     pub fn try_send_request_queued(
         &mut self,
@@ -291,13 +292,7 @@ where
         TrySendError<Request<B>>,
     > {
         match self.dispatch.try_send(req) {
-            Ok(rx) => Ok(async move {
-                match rx.await {
-                    Ok(res) => res,
-                    // this is definite bug if it happens, but it shouldn't happen!
-                    Err(_) => unreachable!("dispatch dropped without returning error"),
-                }
-            }),
+            Ok(promise) => Ok(promise),
             Err(req) => {
                 debug!("connection was not ready");
                 Err(TrySendError {

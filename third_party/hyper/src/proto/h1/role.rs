@@ -592,10 +592,6 @@ impl Http1Transaction for Server {
     fn is_server() -> bool {
         true
     }
-
-    fn update_date() {
-        date::update();
-    }
 }
 
 #[cfg(feature = "server")]
@@ -1064,6 +1060,10 @@ impl Server {
         if !wrote_date && msg.date_header {
             dst.reserve(date::DATE_VALUE_LENGTH + 8);
             header_name_writer.write_header_name_with_colon(dst, "date: ", header::DATE);
+            // Gantry: the clock is read here, for a response that gets hyper's Date, rather than
+            // on every poll of the connection (twice per request, most of them answered with
+            // the backend's own Date).
+            date::update();
             date::extend(dst);
             extend(dst, b"\r\n\r\n");
         } else {
