@@ -228,7 +228,12 @@ impl Conn {
                 if self.config.proxy_protocol {
                     let trusted = self.config.trusted_ips.iter().any(|n| n.contains(&client_ip));
                     let limit = self.config.limits.header_read_timeout;
-                    match Box::pin(proxy_protocol::read(&mut stream, trusted, limit)).await {
+                    let read = Box::pin(proxy_protocol::read(&mut stream, trusted, limit));
+                    let Some(header) = self.unless_shutdown(read).await else {
+                        self.active.dec();
+                        return;
+                    };
+                    match header {
                         Ok(proxy_protocol::Header::Client(Some(client))) => {
                             client_ip = canonical_ip(client.ip());
                             client_addr = client;
@@ -266,20 +271,41 @@ impl Conn {
             match &self.tls {
                 // Boxed: a plain connection's task does not carry the TLS path's size.
                 Some(acceptor) => Box::pin(self.serve_tls(acceptor, stream, info)).await,
-                None => match detect_h2(&stream, limit).await {
-                    Detected::Closed => {}
-                    Detected::H2 => Box::pin(self.serve_h2(stream, info)).await,
-                    Detected::Http1 => self.serve_h1(stream, info).await,
+                None => match self.unless_shutdown(detect_h2(&stream, limit)).await {
+                    None | Some(Detected::Closed) => {}
+                    Some(Detected::H2) => Box::pin(self.serve_h2(stream, info)).await,
+                    Some(Detected::Http1) => self.serve_h1(stream, info).await,
                 },
             }
             self.active.dec();
         }
     }
 
+    /// A connection's first steps (its PROXY header, the protocol's first bytes, the TLS
+    /// handshake), unless the shutdown starts first: a connection that has not sent a request by
+    /// then is closed at once, as an idle keep-alive one is, instead of holding the drain until
+    /// its header timeout. `None` when the shutdown came first.
+    async fn unless_shutdown<F: Future>(&self, step: F) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            out = step => Some(out),
+            () = self.shutdown.cancelled() => {
+                debug!("closing a connection that had not sent a request at shutdown");
+                None
+            }
+        }
+    }
+
     /// The TLS handshake, then HTTP/2 or HTTP/1 as ALPN says.
     async fn serve_tls(&self, acceptor: &TlsAcceptor, stream: TcpStream, info: Arc<ConnInfo>) {
         let limit = self.config.limits.header_read_timeout;
-        match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        let Some(handshake) = self
+            .unless_shutdown(tokio::time::timeout(limit, acceptor.accept(stream)))
+            .await
+        else {
+            return;
+        };
+        match handshake {
             Ok(Ok(tls)) => {
                 let session = tls.get_ref().1;
                 if session.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {

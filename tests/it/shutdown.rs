@@ -1,5 +1,5 @@
-//! SIGTERM: stop accepting, close idle connections at once, GOAWAY on HTTP/2, let in-flight
-//! requests finish, exit 0.
+//! SIGTERM: stop accepting, close idle connections (and those that have not sent a request) at
+//! once, GOAWAY on HTTP/2, let in-flight requests finish, exit 0.
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,8 @@ async fn sigterm_drains_two_hundred_in_flight_requests_and_exits_0() {
         .await
         .unwrap();
     let h2_conn = tokio::spawn(h2_conn);
+    // A connection that has sent nothing yet (a client's spare pooled connection, say).
+    let mut silent = TcpStream::connect(addr).await.unwrap();
 
     // 200 slow requests in flight, each on its own connection.
     let mut in_flight = Vec::new();
@@ -70,6 +72,13 @@ async fn sigterm_drains_two_hundred_in_flight_requests_and_exits_0() {
     let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
         .await
         .expect("idle connection closed")
+        .unwrap();
+    assert_eq!(n, 0);
+    // So does the one that never sent a request: it does not hold the drain until its header
+    // timeout.
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("silent connection closed")
         .unwrap();
     assert_eq!(n, 0);
     let h2_end = tokio::time::timeout(Duration::from_secs(5), h2_conn)
