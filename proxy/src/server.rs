@@ -229,24 +229,23 @@ impl Conn {
                     let trusted = self.config.trusted_ips.iter().any(|n| n.contains(&client_ip));
                     let limit = self.config.limits.header_read_timeout;
                     let read = proxy_protocol::read(&mut stream, trusted, limit);
-                    let Some(header) = self.unless_shutdown(read).await else {
-                        self.active.dec();
-                        return;
-                    };
-                    match header {
-                        Ok(proxy_protocol::Header::Client(Some(client))) => {
+                    match self.unless_shutdown(read).await {
+                        Some(Ok(proxy_protocol::Header::Client(Some(client)))) => {
                             client_ip = canonical_ip(client.ip());
                             client_addr = client;
                         }
-                        Ok(_) => {}
-                        Err(why) => {
-                            let reason = why.reason();
-                            self.proxy
-                                .metrics
-                                .refused_requests
-                                .with_label_values(&[reason])
-                                .inc();
-                            debug!(%peer, reason, "connection closed at its PROXY header");
+                        Some(Ok(_)) => {}
+                        // A bad header, or the shutdown came first: the connection ends here.
+                        ended => {
+                            if let Some(Err(why)) = ended {
+                                let reason = why.reason();
+                                self.proxy
+                                    .metrics
+                                    .refused_requests
+                                    .with_label_values(&[reason])
+                                    .inc();
+                                debug!(%peer, reason, "connection closed at its PROXY header");
+                            }
                             self.active.dec();
                             return;
                         }
