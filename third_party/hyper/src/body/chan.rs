@@ -172,8 +172,13 @@ impl Receiver {
             false
         };
         if let Some(item) = state.item.take() {
+            // Gantry: a sender that has gone (a body read whole, then ended) is not woken: its
+            // task would be polled for nothing, a wake-up and a poll per proxied response.
+            let sender_open = state.sender_open;
             drop(state);
-            self.shared.sender_waker.wake();
+            if sender_open {
+                self.shared.sender_waker.wake();
+            }
             return Poll::Ready(Some(item));
         }
         if let Some(err) = state.pending_error.take() {
@@ -312,5 +317,37 @@ mod tests {
         assert!(rx.poll_next(&mut cx).is_pending());
         drop(tx);
         assert_eq!(wakes(), 2);
+    }
+
+    // Gantry: taking the item wakes a sender that is still open (it may send more), and not one
+    // that sent its last chunk and went.
+    #[test]
+    fn receiving_wakes_only_an_open_sender() {
+        struct Count(AtomicUsize);
+
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let wakes = || count.0.load(Ordering::Relaxed);
+
+        let (mut tx, mut rx) = channel(false);
+        assert!(tx.poll_ready(&mut cx).is_ready());
+        tx.try_send_data(Bytes::from_static(b"one")).unwrap();
+        assert!(matches!(rx.poll_next(&mut cx), Poll::Ready(Some(Ok(_)))));
+        assert_eq!(wakes(), 1, "an open sender is woken to send more");
+
+        assert!(tx.poll_ready(&mut cx).is_ready());
+        tx.try_send_data(Bytes::from_static(b"last")).unwrap();
+        drop(tx);
+        let before = wakes();
+        assert!(matches!(rx.poll_next(&mut cx), Poll::Ready(Some(Ok(_)))));
+        assert_eq!(wakes(), before, "a sender that went is not woken");
+        assert!(matches!(rx.poll_next(&mut cx), Poll::Ready(None)));
     }
 }

@@ -460,6 +460,11 @@ where
         ret
     }
 
+    /// Gantry: the connection's task is polled again: the socket may have become readable.
+    pub(crate) fn begin_poll(&mut self) {
+        self.io.begin_poll();
+    }
+
     pub(crate) fn wants_read_again(&mut self) -> bool {
         let ret = self.state.notify_read;
         self.state.notify_read = false;
@@ -498,6 +503,10 @@ where
             debug!("received an unexpected {} bytes", self.io.read_buf().len());
             return Poll::Ready(Err(crate::Error::new_unexpected_message()));
         }
+        // Gantry: a read already returned `Pending` in this poll; another one would too.
+        if self.io.is_blocked_this_poll() {
+            return Poll::Pending;
+        }
 
         let num_read = ready!(self.force_io_read(cx)).map_err(crate::Error::new_io)?;
 
@@ -526,7 +535,9 @@ where
         debug_assert!(!self.can_read_head() && !self.can_read_body() && !self.is_read_closed());
         debug_assert!(self.is_mid_message());
 
-        if self.state.allow_half_close || !self.io.read_buf().is_empty() {
+        // Gantry: nor when a read already returned `Pending` in this poll.
+        if self.state.allow_half_close || !self.io.read_buf().is_empty() || self.io.is_blocked_this_poll()
+        {
             return Poll::Pending;
         }
 

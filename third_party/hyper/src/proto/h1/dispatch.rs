@@ -157,6 +157,8 @@ where
         cx: &mut Context<'_>,
         should_shutdown: bool,
     ) -> Poll<crate::Result<Dispatched>> {
+        // Gantry: reads that found nothing in an earlier poll may find something now.
+        self.conn.begin_poll();
         ready!(self.poll_loop(cx))?;
 
         // Gantry: idle between requests, the IO goes back to the caller (not shut down).

@@ -34,6 +34,8 @@ pub(crate) struct Buffered<T, B> {
     io: T,
     partial_len: Option<usize>,
     read_blocked: bool,
+    // Gantry: a read returned `Pending` in this poll of the connection (see `Conn::begin_poll`).
+    blocked_this_poll: bool,
     read_buf: BytesMut,
     read_buf_strategy: ReadStrategy,
     write_buf: WriteBuf<B>,
@@ -68,6 +70,7 @@ where
             io,
             partial_len: None,
             read_blocked: false,
+            blocked_this_poll: false,
             read_buf: BytesMut::with_capacity(0),
             read_buf_strategy: ReadStrategy::default(),
             write_buf,
@@ -261,6 +264,7 @@ where
             }
             Poll::Pending => {
                 self.read_blocked = true;
+                self.blocked_this_poll = true;
                 Poll::Pending
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -273,6 +277,18 @@ where
 
     pub(crate) fn is_read_blocked(&self) -> bool {
         self.read_blocked
+    }
+
+    /// Gantry: a read returned `Pending` since [`Buffered::begin_poll`]: the task's waker is
+    /// registered for the socket's next readiness, and another read in the same poll would
+    /// return `Pending` too.
+    pub(crate) fn is_blocked_this_poll(&self) -> bool {
+        self.blocked_this_poll
+    }
+
+    /// Gantry: a new poll of the connection's task begins (it may have been woken by the socket).
+    pub(crate) fn begin_poll(&mut self) {
+        self.blocked_this_poll = false;
     }
 
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
