@@ -88,7 +88,9 @@ async fn fetch(
     req.headers_mut()
         .insert(header::ACCEPT, HeaderValue::from_static("text/html, */*;q=0.5"));
     let in_flight = backend.begin();
-    let (resp, sender) = send(backend, service, req, conn).await.ok()?;
+    let (resp, sender) = send(backend, service, req, conn, std::time::Instant::now())
+        .await
+        .ok()?;
     if !resp.status().is_success() {
         return None;
     }

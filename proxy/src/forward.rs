@@ -251,6 +251,8 @@ impl Proxy {
                     Err(resp) => break 'answer resp,
                 };
                 let (parts, mut body) = req.into_parts();
+                // A middleware or the body's first chunk was waited for (see the attempt).
+                let waited = route_rt.chain.is_some() || admitted.chunked;
                 let body = if admitted.chunked {
                     // Read the first chunk before anything reaches a backend: malformed chunk framing
                     // is refused here with 400, and the backend never sees the request.
@@ -333,9 +335,15 @@ impl Proxy {
                         }
                         let in_flight = backend.begin();
                         // The first attempt starts with the request (a clock read less per
-                        // request; routing and picking take microseconds).
-                        let attempt_start = if attempts == 1 { start } else { Instant::now() };
-                        let sent = send(backend, service, request, conn).await;
+                        // request; routing and picking take microseconds), unless the request
+                        // waited for a middleware or for its body's first chunk: the backend's
+                        // latency and response-header timeout run from the attempt.
+                        let attempt_start = if attempts == 1 && !waited {
+                            start
+                        } else {
+                            Instant::now()
+                        };
+                        let sent = send(backend, service, request, conn, attempt_start).await;
                         if let Some(t) = &mut trail
                             && t.spans
                         {

@@ -1,6 +1,8 @@
 //! One attempt's exchange with a backend: a pooled or new HTTP/1.1 connection, or the shared
 //! h2c connection; and what it takes to send a body-less request again.
 
+use std::time::Instant;
+
 use gantry_config::Scheme;
 use http::header::HeaderMap;
 use http::{Request, Response, Uri, Version};
@@ -35,6 +37,9 @@ impl From<ProxyError> for SendError {
 /// A service that sends PROXY headers gets a new connection per request, opened with a header
 /// naming this request's client, and never pooled (a pooled connection would name another).
 ///
+/// `start` is the attempt's start: on a pooled connection the response-header timeout runs
+/// from it (no second clock read), on a new one from when the connection is up.
+///
 /// An `async move` block, not an `async fn`, which would keep a second copy of the request in
 /// the future (every request's future holds this one).
 #[allow(clippy::manual_async_fn)] // no second copy of the arguments
@@ -43,6 +48,7 @@ pub(crate) fn send<'a>(
     service: &'a ServiceRuntime,
     mut req: Request<UpstreamBody>,
     conn: &'a ConnInfo,
+    start: Instant,
 ) -> impl Future<Output = Result<(Response<Incoming>, Option<Upstream>), SendError>> + Send + 'a {
     async move {
         let t = &service.spec.timeouts;
@@ -55,9 +61,10 @@ pub(crate) fn send<'a>(
             .spec
             .proxy_protocol
             .map(|v| proxy_protocol::header(v, Some((conn.client_addr, conn.local_addr))));
+        let mut now = start;
         loop {
             let pooled = match proxy_header {
-                None => backend.take_idle(t.idle).await,
+                None => backend.take_idle(t.idle, &mut now).await,
                 Some(_) => None,
             };
             let (mut sender, fresh) = match pooled {
@@ -70,7 +77,10 @@ pub(crate) fn send<'a>(
                     )
                     .await
                 {
-                    Ok(s) => (s, true),
+                    Ok(s) => {
+                        now = Instant::now();
+                        (s, true)
+                    }
                     Err(error) => {
                         return Err(SendError {
                             error: error.into(),
@@ -79,7 +89,7 @@ pub(crate) fn send<'a>(
                     }
                 },
             };
-            let answer = match sender.send(req, t.response_header) {
+            let answer = match sender.send(req, now, t.response_header) {
                 Ok(sending) => sending.await,
                 Err(e) => Some(Err(e)),
             };

@@ -230,6 +230,31 @@ async fn response_timeout_runs_per_request_on_a_kept_connection() {
     g.running.shutdown().await;
 }
 
+/// The response-header timeout runs from when the request goes to the backend, not from when
+/// its head arrived: a client that sends its chunked body's first chunk 400 ms after the head
+/// gets the answer a backend gives 300 ms later, under a 500 ms allowance (700 ms after the head).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_timeout_starts_when_the_request_is_sent() {
+    let (addr, _, task) = scripted_backend(vec![(Duration::from_millis(300), Some(OK))]).await;
+    let g = Gantry::start(&everything_to(addr, "timeouts = { response_header = \"500ms\" }")).await;
+    let mut s = TcpStream::connect(g.addr()).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // The client's own pause before its body, the case under test (not a wait for Gantry).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.write_all(b"2\r\nok\r\n0\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok"), "{answer}");
+    task.abort();
+    g.running.shutdown().await;
+}
+
 /// A backend's response whose length could be read two ways is refused with 502, never passed
 /// on; agreeing repeats of one length and a chunked body are fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,12 +85,14 @@ impl Upstream {
 
     /// Queues `req` on the connection (see `SendRequest::try_send_request_queued`): the request
     /// comes back at once when the connection cannot take it; otherwise the future answers
-    /// with the response head, or `None` when none arrived within `timeout`. Not an `async fn`:
+    /// with the response head, or `None` when none arrived within `timeout` of `sent` (the
+    /// caller's clock reading from just before: a read less per request). Not an `async fn`:
     /// its future would hold the request (a copy of it per request).
     #[allow(clippy::result_large_err)]
     pub(crate) fn send(
         &mut self,
         req: http::Request<UpstreamBody>,
+        sent: Instant,
         timeout: Duration,
     ) -> Result<
         impl Future<Output = Option<Result<http::Response<hyper::body::Incoming>, Unsent>>> + Send + '_,
@@ -98,7 +100,9 @@ impl Upstream {
     > {
         let Upstream { sender, timer } = self;
         let sending = sender.try_send_request_queued(req)?;
-        timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::from_std(sent) + timeout);
         Ok(async move {
             let mut sending = std::pin::pin!(sending);
             std::future::poll_fn(|cx| {
@@ -215,14 +219,16 @@ impl BackendState {
         ewma * (-age / EWMA_DECAY.as_nanos() as f64).exp()
     }
 
-    /// Takes a pooled connection that is open, not expired, and ready for a request.
-    pub async fn take_idle(&self, idle_timeout: Duration) -> Option<Upstream> {
+    /// Takes a pooled connection that is open, not expired, and ready for a request. `now` is
+    /// the caller's clock reading from a moment ago (the attempt's start), moved on when this
+    /// has to wait for a connection to become ready.
+    pub async fn take_idle(&self, idle_timeout: Duration, now: &mut Instant) -> Option<Upstream> {
         loop {
             let candidate = {
                 let mut idle = self.idle.lock().ok()?;
                 idle.pop()?
             };
-            if candidate.sender.is_closed() || candidate.since.elapsed() > idle_timeout {
+            if candidate.sender.is_closed() || now.saturating_duration_since(candidate.since) > idle_timeout {
                 continue; // dropping the sender closes the connection
             }
             let mut up = candidate.sender;
@@ -231,7 +237,9 @@ impl BackendState {
             }
             // The previous exchange finished a moment ago; the connection task has not yet
             // marked it ready. That takes one scheduling round, not a network round trip.
-            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(100), up.sender.ready()).await {
+            let ready = tokio::time::timeout(Duration::from_millis(100), up.sender.ready()).await;
+            *now = Instant::now();
+            if let Ok(Ok(())) = ready {
                 return Some(up);
             }
         }
