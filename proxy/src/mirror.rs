@@ -184,7 +184,7 @@ impl ServiceRuntime {
         let _in_flight = backend.begin();
         let start = Instant::now();
         let timeouts = self.spec.timeouts;
-        let (status, sender) = match send(backend, self, req, conn, std::time::Instant::now()).await {
+        let (status, sender) = match send(backend, self, req, conn, start).await {
             Ok((resp, sender)) => (resp.status().as_u16(), Some((resp.into_body(), sender))),
             Err(e) => (e.error.status().as_u16(), None),
         };
