@@ -279,18 +279,23 @@ mod tests {
         assert_eq!(rx.take_trailers().unwrap()["x-trailer"], "value");
     }
 
+    // Gantry: the counting waker of the two wake-up tests, written once.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counting_waker() -> (Waker, Arc<Count>) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (Waker::from(count.clone()), count)
+    }
+
     #[test]
     fn drop_wakes_only_an_open_peer() {
-        struct Count(AtomicUsize);
-
-        impl Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (waker, count) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         let wakes = || count.0.load(Ordering::Relaxed);
 
@@ -323,16 +328,7 @@ mod tests {
     // that sent its last chunk and went.
     #[test]
     fn receiving_wakes_only_an_open_sender() {
-        struct Count(AtomicUsize);
-
-        impl Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (waker, count) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         let wakes = || count.0.load(Ordering::Relaxed);
 
