@@ -111,7 +111,36 @@ pub(crate) fn run_backend(cleanup: &mut Cleanup, labels: &[(&str, &str)], extra:
     args.extend(tail);
     let id = docker(&args);
     cleanup.containers.insert(name.clone());
+    wait_answering(&name);
     id[..12].to_string()
+}
+
+/// Waits until a container's backend answers on its published port 80. `docker run` returns
+/// once the process has started, not once it listens: until then Docker's proxy accepts and
+/// closes each connection, and those failures would get the replica ejected by outlier
+/// detection (30 s) before the test has begun.
+fn wait_answering(container: &str) {
+    use std::io::{Read, Write};
+    let url = published_url(container, 80);
+    let addr = url.trim_start_matches("http://").to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answered = std::net::TcpStream::connect(&addr).is_ok_and(|mut s| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut head = [0u8; 8];
+            s.write_all(b"GET / HTTP/1.0\r\nHost: ready.test\r\n\r\n").is_ok()
+                && s.read_exact(&mut head).is_ok()
+                && head.starts_with(b"HTTP/1.")
+        });
+        if answered {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {container} does not answer on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,8 +269,9 @@ async fn a_container_failing_its_healthcheck_gets_no_request_until_healthy() {
     .await;
     let mut args = healthcheck.to_vec();
     args.extend(["--", "--unhealthy-for", "5s"]);
-    let late = run_backend(&mut cleanup, &[("gantry.routing.port_80", &host)], &args);
+    // From before `docker run`: the 5 s of failing health start with the container.
     let started = Instant::now();
+    let late = run_backend(&mut cleanup, &[("gantry.routing.port_80", &host)], &args);
     let c = client();
     let mut sent = 0;
     while started.elapsed() < Duration::from_secs(4) && sent < 50_000 {
