@@ -691,6 +691,14 @@ impl Proxy {
             && let Some((client_upgrade, proto, h2)) = upgraded
         {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
+            // hyper hands the backend's socket over when its connection future ends, which
+            // nothing of this exchange will poll any more.
+            let Lease {
+                in_flight, sender, ..
+            } = lease;
+            if let Some(up) = sender {
+                up.detach();
+            }
             let slot = self
                 .access_log
                 .get()
@@ -698,7 +706,7 @@ impl Proxy {
             self.tunnel(
                 client_upgrade,
                 backend_upgrade,
-                lease.in_flight,
+                in_flight,
                 conn.clone(),
                 slot.clone(),
             );

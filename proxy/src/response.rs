@@ -15,8 +15,9 @@ use crate::backend::{BackendState, InFlight, Upstream};
 use crate::conn::ActiveRequest;
 
 /// What keeps a backend exchange accounted for until the response body is finished: the
-/// in-flight count, and the connection, which goes back to the pool only once the backend's
-/// response has been read to its end.
+/// in-flight count, and the connection, which the body moves on as it is read (it has no task
+/// of its own) and which goes back to the pool only once the backend's response has been read
+/// to its end.
 #[derive(Debug)]
 pub struct Lease {
     pub(crate) in_flight: InFlight,
@@ -153,7 +154,18 @@ impl Body for ResponseBody {
         let res = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream { body, lease } => {
-                let res = Pin::new(body).poll_frame(cx);
+                // A body known to be complete is not polled again: its connection may be back
+                // in the pool, and nothing would move it on to close the body's channel.
+                if body.is_end_stream() {
+                    if let Some(mut l) = lease.take() {
+                        l.release();
+                    }
+                    return Poll::Ready(None);
+                }
+                let res = match lease {
+                    Some(Lease { sender: Some(up), .. }) => up.poll_body(body, cx),
+                    _ => Pin::new(body).poll_frame(cx),
+                };
                 match &res {
                     Poll::Ready(None) => {
                         if let Some(mut l) = lease.take() {

@@ -95,7 +95,10 @@ pub(crate) fn send<'a>(
             };
             match answer {
                 None => return Err(ProxyError::ResponseTimeout(t.response_header).into()),
-                Some(Ok(resp)) => return Ok((resp, proxy_header.is_none().then_some(sender))),
+                Some(Ok(resp)) => {
+                    sender.reusable = proxy_header.is_none();
+                    return Ok((resp, Some(sender)));
+                }
                 Some(Err(mut e)) => match e.take_message() {
                     Some(unsent) if !fresh => {
                         debug!(backend = %backend.label, "pooled connection was closed; retrying on a new one");

@@ -230,6 +230,35 @@ async fn response_timeout_runs_per_request_on_a_kept_connection() {
     g.running.shutdown().await;
 }
 
+/// A backend that closes a kept-alive connection while it sits in Gantry's pool: Gantry lets it
+/// go without a request having to try it first (the backend's open and idle connection counts
+/// fall to 0), and the next request is answered on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_backend_closes_is_let_go() {
+    // One answer per connection, then the backend closes it.
+    let (addr, accepted, task) = scripted_backend(vec![(Duration::ZERO, Some(OK))]).await;
+    let g = Gantry::start(&everything_to(addr, "")).await;
+    let c = client();
+    let a = get(&c, g.addr(), "h", "/").await;
+    assert_eq!((a.status, a.body.as_str()), (200, "ok"));
+    let counts = || async {
+        let routes = admin_json(g.running.admin_addr, "/api/v1/routes").await;
+        let b = &routes["services"]["s"]["backends"][0];
+        (b["open_connections"].clone(), b["idle_connections"].clone())
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the closed connection to leave the pool",
+        || async { (counts().await == (0.into(), 0.into())).then_some(()) },
+    )
+    .await;
+    let a = get(&c, g.addr(), "h", "/").await;
+    assert_eq!((a.status, a.body.as_str()), (200, "ok"));
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    task.abort();
+    g.running.shutdown().await;
+}
+
 /// The response-header timeout runs from when the request goes to the backend, not from when
 /// its head arrived: a client that sends its chunked body's first chunk 400 ms after the head
 /// gets the answer a backend gives 300 ms later, under a 500 ms allowance (700 ms after the head).

@@ -63,23 +63,112 @@ struct Idle {
 /// never left.
 type Unsent = hyper::client::conn::TrySendError<http::Request<UpstreamBody>>;
 
-/// An HTTP/1.1 connection to a backend, with the timer its exchanges' response-header timeout
-/// runs on. The timer lives as long as the connection and is pushed back per request, which is
-/// one atomic compare-and-swap while it is armed: a new timer per request
-/// (`tokio::time::timeout`) cost about 700 instructions to register and deregister (callgrind,
-/// `docs/performance.md`).
+/// An HTTP/1.1 connection to a backend: hyper's handle for sending on it, the connection itself
+/// (see [`Driver`]), and the timer its exchanges' response-header timeout runs on. The timer
+/// lives as long as the connection and is pushed back per request, which is one atomic
+/// compare-and-swap while it is armed: a new timer per request (`tokio::time::timeout`) cost
+/// about 700 instructions to register and deregister (callgrind, `docs/performance.md`).
 #[derive(Debug)]
 pub struct Upstream {
     pub(crate) sender: SendRequest<UpstreamBody>,
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// `None` once the connection has ended.
+    conn: Option<Driver>,
+    /// Whether it may serve another request once this one is done (not when it was opened with
+    /// a PROXY header naming one client).
+    pub(crate) reusable: bool,
+}
+
+/// hyper's HTTP/1.1 client connection: the future that writes the requests and reads the
+/// responses. It has no task of its own. Whatever waits on the connection moves it on, in its
+/// own task: the request's send (`Upstream::send`), the response body as the client's
+/// connection reads it (`response::ResponseBody`), a mirrored copy's drain, the pool (a
+/// connection taken out before it asked for a request, and the periodic eviction, which lets
+/// go of those the backend closed). A task per connection cost two task polls and two
+/// hand-overs between tasks per request (`docs/performance.md`). Only an upgrade, which outlives
+/// the exchange, gets a task ([`Upstream::detach`]). Dropping it closes the connection.
+struct Driver {
+    conn: Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>,
+    /// The backend's count of open connections, decremented when the connection ends.
+    open: Arc<AtomicU32>,
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        self.conn.as_mut().poll(cx).map(|r| {
+            if let Err(e) = r {
+                debug!(error = %e, "upstream connection ended with an error");
+            }
+        })
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Driver")
+    }
 }
 
 impl Upstream {
-    fn new(sender: SendRequest<UpstreamBody>) -> Self {
+    fn new(sender: SendRequest<UpstreamBody>, conn: Driver) -> Self {
         Self {
             sender,
             // Not polled before `send` sets its deadline; this one only makes it.
             timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            conn: Some(conn),
+            reusable: true,
+        }
+    }
+
+    /// Moves the connection on in the calling task: hyper writes what is queued and reads
+    /// what has arrived (readiness is cached, so a connection with nothing to do costs no
+    /// system call). Returns false once the connection has ended.
+    #[inline]
+    pub(crate) fn drive(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        if let Some(c) = &mut self.conn
+            && Pin::new(c).poll(cx).is_ready()
+        {
+            // Dropping hyper's connection also cancels a request still queued on it, which
+            // then comes back to its sender with the message.
+            self.conn = None;
+        }
+        self.conn.is_some()
+    }
+
+    /// Polls `body`, this connection's response body, moving the connection on when the body
+    /// has nothing yet. The body's channel is filled only by the connection, which only this
+    /// task moves on, so it is polled without a waker of its own: a wake-up from it would only
+    /// poll the task once more. What the task waits for is the connection's socket.
+    pub(crate) fn poll_body(
+        &mut self,
+        body: &mut hyper::body::Incoming,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        use http_body::Body;
+        let mut quiet = std::task::Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut *body).poll_frame(&mut quiet) {
+            Poll::Pending => {
+                self.drive(cx);
+                Pin::new(body).poll_frame(&mut quiet)
+            }
+            ready => ready,
+        }
+    }
+
+    /// Gives the connection a task of its own, for what outlives the exchange: after `101
+    /// Switching Protocols`, hyper hands the socket over to the upgrade when its connection
+    /// future ends.
+    pub(crate) fn detach(mut self) {
+        if let Some(c) = self.conn.take() {
+            tokio::spawn(c);
         }
     }
 
@@ -98,25 +187,30 @@ impl Upstream {
         impl Future<Output = Option<Result<http::Response<hyper::body::Incoming>, Unsent>>> + Send + '_,
         Unsent,
     > {
-        let Upstream { sender, timer } = self;
-        let sending = sender.try_send_request_queued(req)?;
-        timer
+        // The connection is not woken for it: the future below moves it on.
+        let sending = self.sender.try_send_request_inline(req)?;
+        self.timer
             .as_mut()
             .reset(tokio::time::Instant::from_std(sent) + timeout);
         Ok(async move {
             let mut sending = std::pin::pin!(sending);
             std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = sending.as_mut().poll(cx) {
+                // The connection first: it writes the request and reads the answer, which
+                // then is in the promise. Only `drive` answers it, so the promise needs no
+                // waker: the socket's readiness wakes this task.
+                self.drive(cx);
+                let mut quiet = std::task::Context::from_waker(std::task::Waker::noop());
+                if let Poll::Ready(r) = sending.as_mut().poll(&mut quiet) {
                     return Poll::Ready(Some(r));
                 }
-                timer.as_mut().poll(cx).map(|()| None)
+                self.timer.as_mut().poll(cx).map(|()| None)
             })
             .await
         })
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.sender.is_closed()
+        self.conn.is_none() || self.sender.is_closed()
     }
 }
 
@@ -232,14 +326,34 @@ impl BackendState {
                 continue; // dropping the sender closes the connection
             }
             let mut up = candidate.sender;
+            // Its last exchange left it asking for the next request (it is put back once the
+            // response has been read to its end). A close that arrived meanwhile is read by
+            // the send's first move, before the request is written: the request comes back
+            // unsent and goes on a new connection (`upstream::send`).
             if up.sender.is_ready() {
                 return Some(up);
             }
-            // The previous exchange finished a moment ago; the connection task has not yet
-            // marked it ready. That takes one scheduling round, not a network round trip.
-            let ready = tokio::time::timeout(Duration::from_millis(100), up.sender.ready()).await;
+            // Not asking yet: move it on, which reads what came (a close, most often nothing).
+            let open = std::future::poll_fn(|cx| Poll::Ready(up.drive(cx))).await;
+            if up.sender.is_ready() {
+                return Some(up);
+            }
+            if !open {
+                continue;
+            }
+            // Not ready yet: the previous exchange's end has not been read to its last byte.
+            let ready = tokio::time::timeout(
+                Duration::from_millis(100),
+                std::future::poll_fn(|cx| {
+                    if !up.drive(cx) {
+                        return Poll::Ready(false);
+                    }
+                    up.sender.poll_ready(cx).map(|r| r.is_ok())
+                }),
+            )
+            .await;
             *now = Instant::now();
-            if let Ok(Ok(())) = ready {
+            if let Ok(true) = ready {
                 return Some(up);
             }
         }
@@ -247,7 +361,7 @@ impl BackendState {
 
     /// Returns a connection whose last response was read to its end.
     pub fn put_idle(&self, sender: Upstream, max_idle: usize) {
-        if sender.is_closed() || self.retired.load(Ordering::Relaxed) {
+        if !sender.reusable || sender.is_closed() || self.retired.load(Ordering::Relaxed) {
             return;
         }
         if let Ok(mut idle) = self.idle.lock()
@@ -260,10 +374,14 @@ impl BackendState {
         }
     }
 
-    /// Closes pooled connections unused for longer than `idle_timeout`.
+    /// Closes pooled connections unused for longer than `idle_timeout`, and forgets those the
+    /// backend has closed. Nothing else moves a pooled connection on, so this looks at each
+    /// (a connection with nothing to read costs no system call); the no-op waker also lets go
+    /// of the task that used it last.
     pub fn evict_idle(&self, idle_timeout: Duration) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() <= idle_timeout);
+            idle.retain_mut(|c| c.sender.drive(&mut cx) && c.since.elapsed() <= idle_timeout);
         }
     }
 
@@ -370,7 +488,7 @@ impl BackendState {
             return Err(ConnectError::Limit);
         }
         match self.connect_inner(connect_timeout, preamble).await {
-            Ok(sender) => Ok(Upstream::new(sender)),
+            Ok(up) => Ok(up),
             Err(e) => {
                 self.open.fetch_sub(1, Ordering::Relaxed);
                 if !matches!(e, ConnectError::Handshake(_)) {
@@ -386,7 +504,7 @@ impl BackendState {
         &self,
         connect_timeout: Duration,
         preamble: Option<&[u8]>,
-    ) -> Result<SendRequest<UpstreamBody>, ConnectError> {
+    ) -> Result<Upstream, ConnectError> {
         let stream = self.tcp(connect_timeout, preamble).await?;
         // writev off: a request head and a small body go out in one write(2).
         let (sender, conn) = http1::Builder::new()
@@ -395,14 +513,11 @@ impl BackendState {
             .await
             .map_err(ConnectError::Handshake)?;
         self.connections_opened.inc();
-        let open = self.open.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(error = %e, "upstream connection ended with an error");
-            }
-            open.fetch_sub(1, Ordering::Relaxed);
-        });
-        Ok(sender)
+        let conn = Driver {
+            conn: Box::pin(conn.with_upgrades()),
+            open: self.open.clone(),
+        };
+        Ok(Upstream::new(sender, conn))
     }
 }
 

@@ -243,7 +243,7 @@ impl fmt::Debug for Sender {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{
         sync::atomic::{AtomicUsize, Ordering},
         task::{Wake, Waker},
@@ -279,8 +279,9 @@ mod tests {
         assert_eq!(rx.take_trailers().unwrap()["x-trailer"], "value");
     }
 
-    // Gantry: the counting waker of the two wake-up tests, written once.
-    struct Count(AtomicUsize);
+    // Gantry: the counting waker of the wake-up tests, written once (also used by
+    // `client::dispatch`'s).
+    pub(crate) struct Count(pub(crate) AtomicUsize);
 
     impl Wake for Count {
         fn wake(self: Arc<Self>) {
@@ -288,7 +289,7 @@ mod tests {
         }
     }
 
-    fn counting_waker() -> (Waker, Arc<Count>) {
+    pub(crate) fn counting_waker() -> (Waker, Arc<Count>) {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         (Waker::from(count.clone()), count)
     }

@@ -80,7 +80,7 @@ pub(crate) use self::incoming::Sender;
 pub(crate) use self::length::DecodedLength;
 
 #[cfg(all(any(feature = "client", feature = "server"), feature = "http1"))]
-mod chan;
+pub(crate) mod chan; // Gantry: pub(crate) for its tests' counting waker
 mod incoming;
 #[cfg(all(
     any(feature = "http1", feature = "http2"),

@@ -296,6 +296,7 @@ impl<T, U> Sender<T, U> {
     fn queue<P>(
         &mut self,
         val: T,
+        wake: bool,
         promise: impl FnOnce(&mut Slot<T, U>, &Arc<Mutex<Slot<T, U>>>) -> (Callback<T, U>, P),
     ) -> Result<P, T> {
         let mut slot = lock(&self.slot);
@@ -311,7 +312,7 @@ impl<T, U> Sender<T, U> {
         }
         let (cb, p) = promise(&mut slot, &self.slot);
         slot.queued = Some(Envelope(Some((val, cb))));
-        let waker = slot.rx_waker.take();
+        let waker = if wake { slot.rx_waker.take() } else { None };
         drop(slot);
         if let Some(w) = waker {
             w.wake();
@@ -320,7 +321,18 @@ impl<T, U> Sender<T, U> {
     }
 
     pub(crate) fn try_send(&mut self, val: T) -> Result<ResponsePromise<T, U>, T> {
-        self.queue(val, |slot, shared| {
+        self.try_send_waking(val, true)
+    }
+
+    /// Gantry: `try_send` for a sender that polls the connection itself right after (it has
+    /// no task of its own): the connection is not woken, which would only poll the caller's
+    /// task once more for nothing.
+    pub(crate) fn try_send_unwoken(&mut self, val: T) -> Result<ResponsePromise<T, U>, T> {
+        self.try_send_waking(val, false)
+    }
+
+    fn try_send_waking(&mut self, val: T, wake: bool) -> Result<ResponsePromise<T, U>, T> {
+        self.queue(val, wake, |slot, shared| {
             if matches!(slot.answer, Answer::None) {
                 slot.answer = Answer::Waiting(None);
                 let promise = SlotPromise {
@@ -335,7 +347,7 @@ impl<T, U> Sender<T, U> {
     }
 
     pub(crate) fn send(&mut self, val: T) -> Result<Promise<U>, T> {
-        self.queue(val, |_, _| {
+        self.queue(val, true, |_, _| {
             let (tx, rx) = oneshot::channel();
             (Callback::NoRetry(Some(tx)), rx)
         })
@@ -825,6 +837,28 @@ mod tests {
         drop(cb);
         let err = promise.await.expect_err("dispatch gone");
         assert!(err.message.is_none());
+    }
+
+    // Gantry: a request queued with `try_send_unwoken` leaves the connection's task alone (its
+    // caller polls the connection itself next); `try_send` wakes it.
+    #[test]
+    fn an_unwoken_send_does_not_wake_the_connection() {
+        use std::sync::atomic::Ordering;
+        let (waker, count) = crate::body::chan::tests::counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        let wakes = || count.0.load(Ordering::Relaxed);
+        let (mut tx, mut rx) = channel::<Custom, i32>();
+        assert!(rx.poll_recv(&mut cx).is_pending(), "rx empty");
+        let first = tx.try_send_unwoken(Custom(1)).expect("1 queued");
+        assert_eq!(wakes(), 0, "woken by an unwoken send");
+        let Poll::Ready(Some((_, cb))) = rx.poll_recv(&mut cx) else {
+            panic!("1 not received");
+        };
+        cb.send(Ok(1));
+        drop(first);
+        assert!(rx.poll_recv(&mut cx).is_pending(), "rx empty");
+        let _second = tx.try_send(Custom(2)).expect("2 queued");
+        assert_eq!(wakes(), 1, "not woken by a send");
     }
 
     #[cfg(feature = "http2")]

@@ -291,16 +291,33 @@ where
         impl Future<Output = Result<Response<IncomingBody>, TrySendError<Request<B>>>>,
         TrySendError<Request<B>>,
     > {
-        match self.dispatch.try_send(req) {
-            Ok(promise) => Ok(promise),
-            Err(req) => {
-                debug!("connection was not ready");
-                Err(TrySendError {
-                    error: crate::Error::new_canceled().with("connection was not ready"),
-                    message: Some(req),
-                })
+        Self::queued(self.dispatch.try_send(req))
+    }
+
+    /// Gantry: `try_send_request_queued` for a caller that polls the [`Connection`] itself
+    /// right after, in its own task (the connection has no task of its own): the connection is
+    /// not woken for the request. Its future is answered only while the connection is polled,
+    /// so it may be polled with a waker that does nothing.
+    #[allow(clippy::result_large_err)]
+    pub fn try_send_request_inline(
+        &mut self,
+        req: Request<B>,
+    ) -> Result<
+        impl Future<Output = Result<Response<IncomingBody>, TrySendError<Request<B>>>>,
+        TrySendError<Request<B>>,
+    > {
+        Self::queued(self.dispatch.try_send_unwoken(req))
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn queued<P>(sent: Result<P, Request<B>>) -> Result<P, TrySendError<Request<B>>> {
+        sent.map_err(|req| {
+            debug!("connection was not ready");
+            TrySendError {
+                error: crate::Error::new_canceled().with("connection was not ready"),
+                message: Some(req),
             }
-        }
+        })
     }
 }
 
