@@ -10,18 +10,16 @@
 //! are never retried. Upgrades (WebSocket) and, unless `non_idempotent` is set, methods that are
 //! not idempotent are not mirrored.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use gantry_config::mirror::Mirror;
 use http::{HeaderValue, Request};
-use http_body::Body;
 use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
+use crate::backend::Upstream;
 use crate::body::UpstreamBody;
 use crate::conn::ConnInfo;
 use crate::metrics::{Metrics, VersionMetrics};
@@ -194,24 +192,15 @@ impl ServiceRuntime {
         // The answer is read through (so that the connection can serve again) and dropped.
         if let Some((mut body, mut sender)) = sender {
             let drained = tokio::time::timeout(timeouts.response_header, async {
-                loop {
-                    // The connection moves on as its body is read (it has no task of its own).
-                    let frame = std::future::poll_fn(|cx| {
-                        if body.is_end_stream() {
-                            return Poll::Ready(None);
-                        }
-                        match &mut sender {
-                            Some(up) => up.poll_body(&mut body, cx),
-                            None => Pin::new(&mut body).poll_frame(cx),
-                        }
-                    })
-                    .await;
-                    match frame {
-                        None => return true,
-                        Some(Err(_)) => return false,
-                        Some(Ok(_)) => {}
+                // The connection moves on as its body is read (it has no task of its own).
+                while let Some(frame) =
+                    std::future::poll_fn(|cx| Upstream::poll_body(sender.as_mut(), &mut body, cx)).await
+                {
+                    if frame.is_err() {
+                        return false;
                     }
                 }
+                true
             })
             .await;
             if let (Ok(true), Some(sender)) = (drained, sender) {

@@ -154,18 +154,8 @@ impl Body for ResponseBody {
         let res = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream { body, lease } => {
-                // A body known to be complete is not polled again: its connection may be back
-                // in the pool, and nothing would move it on to close the body's channel.
-                if body.is_end_stream() {
-                    if let Some(mut l) = lease.take() {
-                        l.release();
-                    }
-                    return Poll::Ready(None);
-                }
-                let res = match lease {
-                    Some(Lease { sender: Some(up), .. }) => up.poll_body(body, cx),
-                    _ => Pin::new(body).poll_frame(cx),
-                };
+                let up = lease.as_mut().and_then(|l| l.sender.as_mut());
+                let res = Upstream::poll_body(up, body, cx);
                 match &res {
                     Poll::Ready(None) => {
                         if let Some(mut l) = lease.take() {

@@ -143,20 +143,31 @@ impl Upstream {
         self.conn.is_some()
     }
 
-    /// Polls `body`, this connection's response body, moving the connection on when the body
-    /// has nothing yet. The body's channel is filled only by the connection, which only this
-    /// task moves on, so it is polled without a waker of its own: a wake-up from it would only
-    /// poll the task once more. What the task waits for is the connection's socket.
+    /// Polls `body`, a response body of a backend connection, `up` while the exchange holds
+    /// it (`None` once it is back in the pool, or for a connection with a task of its own).
+    ///
+    /// A body known to be complete is not polled again: its connection may be back in the
+    /// pool, and nothing would move it on to close the body's channel. Otherwise the connection
+    /// is moved on when the body has nothing yet. The body's channel is filled only by the
+    /// connection, which only this task moves on, so it is polled without a waker of its own:
+    /// a wake-up from it would only poll the task once more. What the task waits for is the
+    /// connection's socket.
     pub(crate) fn poll_body(
-        &mut self,
+        up: Option<&mut Upstream>,
         body: &mut hyper::body::Incoming,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
         use http_body::Body;
+        if body.is_end_stream() {
+            return Poll::Ready(None);
+        }
+        let Some(up) = up else {
+            return Pin::new(body).poll_frame(cx);
+        };
         let mut quiet = std::task::Context::from_waker(std::task::Waker::noop());
         match Pin::new(&mut *body).poll_frame(&mut quiet) {
             Poll::Pending => {
-                self.drive(cx);
+                up.drive(cx);
                 Pin::new(body).poll_frame(&mut quiet)
             }
             ready => ready,
@@ -210,7 +221,8 @@ impl Upstream {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.conn.is_none() || self.sender.is_closed()
+        // Also once `conn` is gone: dropping hyper's connection closes the sender's side.
+        self.sender.is_closed()
     }
 }
 
@@ -487,17 +499,15 @@ impl BackendState {
             self.open.fetch_sub(1, Ordering::Relaxed);
             return Err(ConnectError::Limit);
         }
-        match self.connect_inner(connect_timeout, preamble).await {
-            Ok(up) => Ok(up),
-            Err(e) => {
+        self.connect_inner(connect_timeout, preamble)
+            .await
+            .inspect_err(|e| {
                 self.open.fetch_sub(1, Ordering::Relaxed);
                 if !matches!(e, ConnectError::Handshake(_)) {
                     self.connect_errors.inc();
                 }
                 debug!(backend = %self.label, error = %e, "connect failed");
-                Err(e)
-            }
-        }
+            })
     }
 
     async fn connect_inner(
