@@ -118,7 +118,14 @@ impl Backend {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let me = me.clone();
                         let behavior = behavior.clone();
-                        async move { me.serve(req, behavior).await }
+                        async move {
+                            // A stopped backend answers nothing, also on a kept connection whose
+                            // task has not yet seen the stop (hyper then closes it unanswered).
+                            if me.stop.is_cancelled() {
+                                return Err(std::io::Error::other("backend stopped"));
+                            }
+                            me.serve(req, behavior).await
+                        }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc);
